@@ -1,0 +1,3 @@
+from shmkit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""shmkit command line (DESIGN.md "CLI contract").
+
+Exit status: 0 all went as planned; 1 a step stayed perturbed or a worker was
+lost; 2 bad input or a harness failure (one line on stderr, no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from shmkit import __version__
+
+BUNDLED = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def _bundled_files() -> list[str]:
+    return sorted(str(p) for p in BUNDLED.glob("*.toml"))
+
+
+def _expand(paths: list[str]) -> list[str]:
+    out: list[str] = []
+    for p in paths or []:
+        if os.path.isdir(p):
+            out.extend(sorted(str(x) for x in Path(p).glob("*.toml")))
+        else:
+            out.append(p)
+    return out
+
+
+def _raise_on_term(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def load_all(files: list[str]):
+    """Parses and preflights every file before anything is created."""
+    from shmkit import preflight, spec
+
+    exps = []
+    for f in files:
+        if not os.path.exists(f):
+            raise spec.SpecError(f, None, None, None, "no such file", "a path to an experiment .toml file")
+        exps.append(spec.load(f))
+    for e in exps:
+        preflight.check(e)
+    return exps
+
+
+def cmd_run(args) -> int:
+    from shmkit import manager, record, report
+    from shmkit.profile import read_profile
+
+    files = _expand(args.files) or _bundled_files()
+    exps = load_all(files)
+    results = []
+    status = 0
+    for exp in exps:
+        rec = manager.run_experiment(exp, attempts=args.attempts, step_timeout=args.timeout)
+        results.append(rec)
+        if not args.quiet:
+            print(report.render(rec))
+            print()
+        if rec["status"] != "ok":
+            status = 1
+    ok = sum(1 for r in results if r["status"] == "ok")
+    print(f"{ok} of {len(results)} experiment(s) ran with every step clean"
+          + ("" if ok == len(results) else "; see PERTURBED/ABORTED above"))
+    if args.json:
+        doc = record.document("run", results, read_profile().to_dict(), __version__)
+        record.write_json(doc, args.json)
+        print(f"record written to {args.json}")
+    return status
+
+
+def cmd_clean(args) -> int:
+    from shmkit import registry
+
+    removed, skipped = registry.clean()
+    for r in removed:
+        print(f"removed {r}")
+    for s in skipped:
+        print(f"kept {s}")
+    if not removed:
+        print("nothing left by earlier runs")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    import json
+
+    from shmkit.profile import read_profile
+
+    print(json.dumps(read_profile().to_dict(), indent=1, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shmkit", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"shmkit {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run experiments on the live kernel and observe each step")
+    r.add_argument("files", nargs="*", help="experiment files or directories (default: the bundled ones)")
+    r.add_argument("--json", metavar="OUT", help="write the JSON record (docs/record.md)")
+    r.add_argument("--attempts", type=int, default=3, help="runs of a perturbed experiment (default 3)")
+    r.add_argument("--timeout", type=float, default=60.0, help="seconds a step may take (default 60)")
+    r.add_argument("--quiet", action="store_true", help="only the summary line")
+    r.set_defaults(func=cmd_run)
+    c = sub.add_parser("clean", help="remove what killed runs left (objects whose owner is gone)")
+    c.set_defaults(func=cmd_clean)
+    pr = sub.add_parser("profile", help="print this host's kernel profile as JSON")
+    pr.set_defaults(func=cmd_profile)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from shmkit.manager import HarnessError
+    from shmkit.spec import SpecError
+
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_on_term)
+    signal.signal(signal.SIGHUP, _raise_on_term)
+    try:
+        return args.func(args)
+    except SpecError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except HarnessError as e:
+        print(f"shmkit: harness failure: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("shmkit: interrupted; everything this run created was removed", file=sys.stderr)
+        return 130

@@ -1,0 +1,422 @@
+"""The parent of a run: spawns workers, sends each step to the process it names,
+enforces timeouts, observes every live process after every step, detects steps
+perturbed by the interpreter, retries, and cleans up on every path.
+
+Role split as in pyperf's _manager.py; the worker side is shmkit.worker.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from shmkit import libc, protocol
+from shmkit.observe import PAGE, process_view, residency, system_view, zero_page_pfn
+from shmkit.registry import Run, process_start
+
+PR_SET_CHILD_SUBREAPER = 36
+READY_TIMEOUT = 60.0
+
+
+class HarnessError(Exception):
+    """The harness itself failed (not the experiment): exit status 2."""
+
+
+class WorkerLost(Exception):
+    def __init__(self, proc: str, how: dict, step: int | None):
+        super().__init__(f"process '{proc}' {how} at step {step}")
+        self.proc, self.how, self.step = proc, how, step
+
+
+@dataclass
+class Proc:
+    name: str
+    pid: int
+    sock: socket.socket
+    parent: str | None
+    popen: subprocess.Popen | None = None
+    alive: bool = True
+    regions: dict = field(default_factory=dict)
+    interp: dict = field(default_factory=dict)  # (start,end) -> fingerprint of the interpreter's VMAs
+    pads: list = field(default_factory=list)
+
+
+def _prot(p: str) -> int:
+    return 0 if p in ("none", "") else sum(libc.PROT[c] for c in p)
+
+
+def _flags(names) -> int:
+    out = 0
+    for n in names:
+        out |= libc.MAP[n.upper()]
+    return out
+
+
+class Manager:
+    """Runs one experiment once (an attempt). Use run_experiment() for retries."""
+
+    def __init__(self, exp, step_timeout: float = 60.0, zero_pfn: int | None = None):
+        self.exp = exp
+        self.timeout = step_timeout
+        self.run = Run(user=exp.setup.user)
+        self.procs: dict[str, Proc] = {}
+        self.zero_pfn = zero_pfn
+        self.segments: dict[str, int] = {}  # handle -> shmid
+        self.segment_size: dict[str, int] = {}
+
+    # ----- process management --------------------------------------------------------
+    def spawn_main(self) -> Proc:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        setup = self.exp.setup
+        config = {
+            "name": "main", "manager": os.getpid(), "aslr": setup.aslr, "layout": setup.layout,
+            "rlimits": [list(r) for r in setup.rlimits], "user": setup.user, "cwd": str(self.run.dir),
+        }
+        env = dict(os.environ, PYTHONMALLOC="malloc", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
+        env.pop("PYTHONTRACEMALLOC", None)
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "shmkit.worker", str(theirs.fileno()), json.dumps(config)],
+            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, close_fds=True)
+        theirs.close()
+        self.run.note({"kind": "worker", "pid": popen.pid, "start": process_start(popen.pid), "name": "main"})
+        proc = Proc("main", popen.pid, ours, None, popen)
+        self.procs["main"] = proc
+        ready = self._recv(proc, READY_TIMEOUT, None)
+        if "ready" not in ready:
+            raise HarnessError(f"worker did not start: {ready}")
+        proc.pads = ready.get("pads", [])
+        self._record_interp(proc)
+        return proc
+
+    def _recv(self, proc: Proc, timeout: float, step: int | None):
+        r, _, _ = select.select([proc.sock], [], [], timeout)
+        if not r:
+            self._kill(proc)
+            raise WorkerLost(proc.name, {"timeout": timeout, "status": self._reap(proc)}, step)
+        try:
+            return protocol.recv(proc.sock)
+        except (EOFError, ConnectionResetError):
+            proc.alive = False
+            raise WorkerLost(proc.name, {"died": self._reap(proc)}, step)
+
+    def _kill(self, proc: Proc) -> None:
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.alive = False
+
+    def _reap(self, proc: Proc):
+        """Exit status of a worker: the manager waits for its own child; a forked
+        worker is waited for by its parent worker, or by us as subreaper once that
+        parent is gone (kernel/exit.c: forget_original_parent)."""
+        if proc.popen is not None:
+            try:
+                code = proc.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                return None
+            return {"signal": signal.Signals(-code).name} if code < 0 else {"exit": code}
+        parent = self.procs.get(proc.parent or "")
+        if parent is not None and parent.alive:
+            try:
+                protocol.send(parent.sock, {"cmd": "reap", "pid": proc.pid})
+                return self._recv(parent, 10, None).get("status")
+            except (WorkerLost, OSError):
+                pass
+        try:
+            _, status = os.waitpid(proc.pid, 0)
+        except ChildProcessError:
+            return None
+        if os.WIFSIGNALED(status):
+            return {"signal": signal.Signals(os.WTERMSIG(status)).name}
+        return {"exit": os.WEXITSTATUS(status)}
+
+    def shutdown(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            if proc.alive:
+                self._kill(proc)
+        for proc in reversed(list(self.procs.values())):
+            if proc.popen is not None:
+                try:
+                    proc.popen.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+            proc.sock.close()
+        # orphans adopted by us as subreaper
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+
+    # ----- observation -------------------------------------------------------------------
+    def _record_interp(self, proc: Proc) -> None:
+        """Fingerprints of the VMAs that are not the experiment's (the interpreter's,
+        the pads): any later change to them that a step cannot explain is a perturbation."""
+        view = process_view(proc.pid)
+        exp = [(a, a + max(n, 1)) for a, n, _m, _k in proc.regions.values()]
+        proc.interp = {(v["start"], v["end"]): _fingerprint(v) for v in view["vmas"]
+                       if not any(s < v["end"] and v["start"] < e for s, e in exp)}
+
+    def observe(self) -> dict:
+        out = {}
+        for name, proc in self.procs.items():
+            if not proc.alive:
+                continue
+            view = process_view(proc.pid)
+            regions = {}
+            for handle, (addr, length, mapped, kind) in proc.regions.items():
+                if handle.startswith("_"):
+                    continue
+                npages = (length + PAGE - 1) // PAGE
+                res = residency(proc.pid, addr, npages, self.zero_pfn) if npages < (1 << 22) else None
+                regions[handle] = {"addr": addr, "length": length, "mapped": mapped, "kind": kind,
+                                   **(res.to_dict() if res else {})}
+            out[name] = {"pid": proc.pid, "maps": view["lines"], "vmas": view["vmas"], "regions": regions}
+        return out
+
+    def system(self) -> dict:
+        return system_view(self.run.prefix, set(self.run.keys), set(self.segments.values()))
+
+    def perturbation(self, proc: Proc, view: dict, affected: list, op: str) -> list[str]:
+        """Interpreter VMAs that changed though the step could not have changed them."""
+        if op == "fork":
+            return []
+        problems = []
+        now = {(v["start"], v["end"]): v for v in view["vmas"]}
+        for (s, e), fp in proc.interp.items():
+            if any(a < e and s < b for a, b in affected):
+                continue
+            v = now.get((s, e))
+            if v is None:
+                problems.append(f"interpreter VMA {s:x}-{e:x} changed shape")
+            elif _fingerprint(v) != fp:
+                problems.append(f"interpreter VMA {s:x}-{e:x} {v['path'] or '[anon]'} changed: "
+                                f"{fp} -> {_fingerprint(v)}")
+        known = set(proc.interp)
+        for (s, e), v in now.items():
+            if (s, e) in known or any(a < e and s < b for a, b in affected):
+                continue
+            if not any(r[0] < e and s < r[0] + max(r[1], 1) for r in proc.regions.values()):
+                problems.append(f"VMA {s:x}-{e:x} {v['path'] or '[anon]'} appeared outside the step")
+        return problems
+
+    # ----- steps ------------------------------------------------------------------------------
+    def resolve(self, step) -> dict:
+        """The worker's arguments: real names, numbers for symbolic flags."""
+        g = step.get
+        op = step.do
+        run = self.run
+        a: dict = {}
+        if op == "file":
+            path = run.file_path(g("name"), g("on") or "disk")
+            run.files[path] = g("name")
+            run.note({"kind": "file", "path": path})
+            a = {"path": path, "size": g("size"), "fill": g("fill") or "zero", "value": g("value"),
+                 "seed": g("name"), "cache": g("cache") or "warm"}
+            if a["value"] is None:
+                a.pop("value")
+        elif op in ("open", "evict"):
+            a = {"path": self._file(g("file")), "as": g("as"), "mode": g("mode") or "rw"}
+        elif op == "mmap":
+            a = {"as": g("as"), "length": g("length"), "prot": _prot(g("prot")), "flags": _flags(g("flags") or ()),
+                 "offset": g("offset") or 0, "addr": g("addr")}
+            for kind in ("file", "fd", "shm", "memfd"):
+                if g(kind) is not None:
+                    a["source"] = ("file", self._file(g(kind))) if kind == "file" else (kind, g(kind))
+        elif op in ("munmap", "mprotect", "madvise", "msync", "mlock", "munlock", "touch", "read", "mremap", "shmdt"):
+            a = {"region": g("region"), "pages": g("pages")}
+            if op == "mprotect":
+                a["prot"] = _prot(g("prot"))
+            elif op == "madvise":
+                a["advice"] = libc.MADV[g("advice").lower()]
+            elif op == "msync":
+                a["flags"] = sum(libc.MS[f.lower()] for f in (g("flags") or ("sync",)))
+            elif op == "mlock":
+                a["onfault"] = bool(g("onfault"))
+            elif op == "mremap":
+                a.update(length=g("length"), flags=sum(libc.MREMAP[f.lower()] for f in (g("flags") or ())), addr=g("addr"))
+            elif op == "touch":
+                a.update(access=g("access") or "read", value=1 if g("value") is None else g("value"))
+        elif op == "shm_open":
+            name = run.posix_name(g("name"))
+            run.posix[name] = g("name")
+            if g("create"):
+                run.note({"kind": "posix", "name": name})
+            a = {"as": g("as"), "name": name, "create": g("create"), "excl": g("excl"), "truncate": g("truncate"),
+                 "access": g("access") or "rw", "size": g("size"), "mode": 0o600 if g("mode") is None else g("mode")}
+        elif op == "shm_unlink":
+            a = {"name": run.posix_name(g("name"))}
+        elif op == "memfd":
+            name = run.memfd_name(g("name"))
+            run.memfds[name] = g("name")
+            run.note({"kind": "memfd", "name": name})
+            a = {"as": g("as"), "name": name, "size": g("size") or 0}
+        elif op == "shmget":
+            key = run.sysv_key(g("key") if g("key") is not None else "private")
+            run.keys[key] = g("as")
+            flags = (0o600 if g("mode") is None else g("mode"))
+            if g("create"):
+                flags |= libc.IPC_CREAT
+            if g("excl"):
+                flags |= libc.IPC_EXCL
+            run.note({"kind": "sysv", "key": key})
+            a = {"as": g("as"), "key": key, "size": g("size"), "flags": flags}
+        elif op == "shmat":
+            seg = g("segment")
+            flags = (libc.SHM_RDONLY if g("readonly") else 0) | (libc.SHM_RND if g("rnd") else 0)
+            a = {"as": g("as"), "shmid": self.segments.get(seg, -1), "flags": flags, "addr": g("addr"),
+                 "size": self.segment_size.get(seg)}
+        elif op == "shmctl":
+            a = {"shmid": self.segments.get(g("segment"), -1), "cmd": g("cmd")}
+        elif op == "fork":
+            a = {"child": g("child")}
+        elif op == "rlimit":
+            a = {"resource": g("resource"), "soft": g("soft"), "hard": g("hard")}
+        elif op == "exit":
+            a = {}
+        else:
+            raise HarnessError(f"operation {op!r} is not implemented by the live side")
+        return a
+
+    def _file(self, handle: str) -> str:
+        for path, h in self.run.files.items():
+            if h == handle:
+                return path
+        return str(self.run.dir / f"missing-{handle}")
+
+    def do_step(self, step) -> dict:
+        proc = self.procs[step.proc]
+        args = self.resolve(step)
+        fds: list[int] = []
+        child_sock = None
+        if step.do == "fork":
+            child_sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            fds = [theirs.fileno()]
+        protocol.send(proc.sock, {"cmd": "step", "op": step.do, "args": args}, fds)
+        if child_sock is not None:
+            theirs.close()
+        reply = self._recv(proc, self.timeout, step.index)
+        proc.regions = reply.get("regions", proc.regions)
+        if step.do == "shmget" and reply["result"] == "ok":
+            self.segments[step.get("as")] = reply["value"]["shmid"]
+            self.segment_size[step.get("as")] = step.get("size")
+            self.run.note({"kind": "sysv", "key": args["key"], "shmid": reply["value"]["shmid"]})
+        if step.do == "fork":
+            if reply["result"] == "ok":
+                pid = reply["value"]["pid"]
+                self.run.note({"kind": "worker", "pid": pid, "start": process_start(pid), "name": args["child"]})
+                child = Proc(args["child"], pid, child_sock, proc.name)
+                self.procs[child.name] = child
+                ready = self._recv(child, READY_TIMEOUT, step.index)
+                child.regions = ready.get("regions", {})
+                child.pads = proc.pads
+                self._record_interp(child)
+                self._record_interp(proc)
+            else:
+                child_sock.close()
+        if step.do == "exit" and reply["result"] == "ok":
+            proc.alive = False
+            reply["status"] = self._reap(proc)
+        return reply
+
+
+def _fingerprint(v: dict) -> tuple:
+    k = v.get("smaps_kb", {})
+    # Rss, Anonymous and the dirty total change only by this process's own accesses;
+    # the Shared/Private split changes when another process forks or exits.
+    return (v["perms"], v["offset"], v["inode"], v["path"], k.get("Rss"), k.get("Anonymous"),
+            (k.get("Private_Dirty") or 0) + (k.get("Shared_Dirty") or 0))
+
+
+def run_attempt(exp, step_timeout: float, zero_pfn) -> dict:
+    m = Manager(exp, step_timeout, zero_pfn)
+    record = {"path": exp.path, "about": exp.about, "setup": _setup_dict(exp.setup),
+              "run_id": m.run.run_id, "prefix": m.run.prefix, "status": "ok", "steps": []}
+    m.run.open()
+    try:
+        m.spawn_main()
+        record["initial"] = {"processes": m.observe(), **m.system()}
+        record["pads"] = {"main": m.procs["main"].pads}
+        for step in exp.steps:
+            reply = m.do_step(step)
+            processes = m.observe()
+            problems = []
+            for name, view in processes.items():
+                proc = m.procs[name]
+                aff = reply.get("affected", []) if name == step.proc else []
+                problems += [f"{name}: {p}" for p in m.perturbation(proc, view, aff, step.do)]
+            rec = {
+                "index": step.index, "do": step.do, "in": step.proc, "args": step.raw,
+                "result": reply["result"], "faults": _faults(reply.get("faults")),
+                "value": reply.get("value"), "note": reply.get("note"),
+                "processes": processes, **m.system(),
+                "perturbed": problems or None,
+            }
+            if "status" in reply:
+                rec["exit_status"] = reply["status"]
+            record["steps"].append(rec)
+            if problems:  # judge the next step against this state, not the perturbed one
+                for name in processes:
+                    m._record_interp(m.procs[name])
+        if any(s["perturbed"] for s in record["steps"]):
+            record["status"] = "perturbed"
+    except WorkerLost as lost:
+        record["status"] = "aborted"
+        record["abort"] = {"process": lost.proc, "step": lost.step, **lost.how}
+    finally:
+        m.shutdown()
+        record["cleaned"] = m.run.cleanup()
+        record["names"] = {"posix": m.run.posix, "files": m.run.files, "keys": {str(k): v for k, v in m.run.keys.items()},
+                           "memfds": m.run.memfds, "shmids": {str(v): k for k, v in m.segments.items()}}
+    return record
+
+
+def _faults(f):
+    return None if f is None else {"minor": f[0], "major": f[1]}
+
+
+def _setup_dict(s) -> dict:
+    return {"aslr": s.aslr, "layout": s.layout, "rlimits": [list(r) for r in s.rlimits], "user": s.user}
+
+
+_SUBREAPER_SET = False
+
+
+def become_subreaper() -> None:
+    global _SUBREAPER_SET
+    if not _SUBREAPER_SET:
+        try:
+            libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
+        except OSError:
+            pass
+        _SUBREAPER_SET = True
+
+
+def run_experiment(exp, attempts: int = 3, step_timeout: float = 60.0, zero_pfn="auto") -> dict:
+    """Runs an experiment until an attempt has no perturbed step (at most `attempts`)."""
+    become_subreaper()
+    if zero_pfn == "auto":
+        zero_pfn = zero_page_pfn()
+    tried = []
+    for n in range(1, attempts + 1):
+        rec = run_attempt(exp, step_timeout, zero_pfn)
+        rec["attempt"] = n
+        tried.append(rec)
+        if rec["status"] != "perturbed":
+            break
+    best = min(tried, key=lambda r: sum(1 for s in r["steps"] if s["perturbed"]))
+    best["attempts"] = len(tried)
+    return best
+
+
+def wall_time() -> float:
+    return time.time()

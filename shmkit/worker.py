@@ -1,0 +1,646 @@
+"""The worker: one real process of an experiment, driven over a socket.
+
+Role split as in pyperf's _worker.py / _manager.py: this module runs inside the
+measured process and does as little as it can besides the step itself. The
+manager (shmkit.manager) resolves names, writes the registry, reads /proc and
+builds the observation record.
+
+What makes its fault counts the step's own (measured on this kernel; see
+README "Exact observations"):
+- PYTHONMALLOC=malloc and mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=1 GiB): every
+  Python allocation comes from the brk heap, never from a new mmap, and the
+  heap is grown and written once at start, so that allocating later faults no
+  page and adds no VMA;
+- gc disabled: a collection would walk (and, after fork, copy) objects;
+- each measuring code path is run once before the first step (warm-up);
+- page accesses run in C (shmkit._access) between two getrusage() calls;
+- after a fork, both processes rewrite every page of the interpreter's own
+  writable memory (never the experiment's) so that the copy-on-write faults
+  of the interpreter are taken during the fork step, not during later steps;
+- the address space below the interpreter's libraries is padded to a 2 MiB
+  boundary with PROT_NONE mappings of an empty memfd named "shmkit-pad", and
+  the holes between its libraries are filled likewise, so that experiment
+  mappings land at the same offsets from that boundary under ASLR (fault-around
+  windows and THP blocks depend on the address).
+"""
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import random
+import resource
+import signal
+import socket
+import sys
+
+from shmkit import libc, protocol
+from shmkit import _access  # the C loops; imported before the first observation
+
+import posix_ipc  # noqa: E402  (imported now so that their .so mappings exist from the start)
+import sysv_ipc  # noqa: E402
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+HEAP_RESERVE = 24 << 20
+PAD_ALIGN = 2 << 20
+PAD_NAME = "shmkit-pad"
+
+RLIMITS = {
+    "as": resource.RLIMIT_AS, "data": resource.RLIMIT_DATA, "memlock": resource.RLIMIT_MEMLOCK,
+    "stack": resource.RLIMIT_STACK, "nofile": resource.RLIMIT_NOFILE,
+    "fsize": resource.RLIMIT_FSIZE, "core": resource.RLIMIT_CORE,
+}
+
+
+class StepFailed(Exception):
+    """The step's call failed; result is its errno name (or another outcome)."""
+
+    def __init__(self, result: dict, note: str | None = None):
+        super().__init__(result)
+        self.result = result
+        self.note = note
+
+
+def _errno_result(exc: OSError) -> dict:
+    return {"errno": libc.errno_name(exc.errno or 0)}
+
+
+# posix_ipc and sysv_ipc turn errno into exception classes and fixed messages
+# (posix_ipc_module.c SharedMemory_init/my_shm_unlink; sysv_ipc memory.c
+# shm_attach/shm_remove/SharedMemory_detach); this table turns them back.
+_IPC_ERRNO = [
+    (posix_ipc.ExistentialError, "already exists", "EEXIST"),
+    (posix_ipc.ExistentialError, "No shared memory exists", "ENOENT"),
+    (posix_ipc.PermissionsError, "", "EACCES"),
+    (ValueError, "too long", "ENAMETOOLONG"),
+    (ValueError, "Invalid parameter", "EINVAL"),
+    (sysv_ipc.PermissionsError, "", "EACCES"),
+    (sysv_ipc.ExistentialError, "", "EINVAL"),
+    (sysv_ipc.NotAttachedError, "", "EINVAL"),
+    (MemoryError, "", "ENOMEM"),
+    (ValueError, "Invalid id, address, or flags", "EINVAL"),
+]
+
+
+def _ipc_result(exc: BaseException) -> dict:
+    if isinstance(exc, OSError) and exc.errno:
+        return _errno_result(exc)
+    msg = str(exc)
+    for cls, text, name in _IPC_ERRNO:
+        if isinstance(exc, cls) and text in msg:
+            return {"errno": name}
+    return {"error": f"{type(exc).__name__}: {msg}"}
+
+
+class Region:
+    __slots__ = ("addr", "length", "mapped", "keep", "kind")
+
+    def __init__(self, addr: int, length: int, kind: str, keep=None):
+        self.addr = addr
+        self.length = length
+        self.mapped = True
+        self.keep = keep
+        self.kind = kind
+
+
+class Worker:
+    def __init__(self, sock: socket.socket, name: str, config: dict):
+        self.sock = sock
+        self.name = name
+        self.config = config
+        self.regions: dict[str, Region] = {}
+        self.fds: dict[str, int] = {}
+        self.keep: dict[str, object] = {}
+        self.children: dict[str, int] = {}
+        self.interp: list[tuple[int, int]] = []
+        self.readbuf = bytearray(1 << 16)
+
+    # ----- address-space control ---------------------------------------------------
+    @staticmethod
+    def own_maps():
+        from shmkit.procfs import parse_maps
+
+        with open("/proc/self/maps", "rb") as f:
+            return parse_maps(f.read())
+
+    def pad_address_space(self) -> dict:
+        """Fill the holes among the interpreter's library mappings and pad the free
+        side of that cluster to a 2 MiB boundary (see the module docstring)."""
+        vmas = self.own_maps()
+        anchor = next((i for i, v in enumerate(vmas) if "libc.so" in v.path), None)
+        if anchor is None:
+            return {"holes": [], "edge": None, "layout": self.config.get("layout", "topdown")}
+        lo = hi = anchor
+        limit = 64 << 20
+        while lo > 0 and vmas[lo].start - vmas[lo - 1].end < limit and not vmas[lo - 1].path.startswith("["):
+            lo -= 1
+        while hi + 1 < len(vmas) and vmas[hi + 1].start - vmas[hi].end < limit \
+                and vmas[hi + 1].path != "[stack]":
+            hi += 1
+        holes = [(vmas[i].end, vmas[i + 1].start) for i in range(lo, hi) if vmas[i + 1].start > vmas[i].end]
+        if self.config.get("layout") == "legacy":
+            top = vmas[hi].end
+            edge = (top + PAD_ALIGN - 1) // PAD_ALIGN * PAD_ALIGN
+            if edge > top:
+                holes.append((top, edge))
+        else:
+            bottom = vmas[lo].start
+            edge = bottom // PAD_ALIGN * PAD_ALIGN
+            if edge < bottom:
+                holes.append((edge, bottom))
+        fd = os.memfd_create(PAD_NAME, os.MFD_CLOEXEC)
+        try:
+            for start, end in holes:
+                libc.mmap(start, end - start, 0, libc.MAP["PRIVATE"] | libc.MAP["FIXED_NOREPLACE"], fd, 0)
+        finally:
+            os.close(fd)
+        return {"holes": holes, "edge": edge, "layout": self.config.get("layout", "topdown")}
+
+    def record_interpreter(self) -> None:
+        """The interpreter's own writable private memory, as it is before the first step."""
+        self.interp = [(v.start, v.end) for v in self.own_maps()
+                       if v.perms[1] == "w" and v.perms[3] == "p"]
+
+    def rewrite_interpreter(self) -> int:
+        """After fork: write every page of the interpreter's writable private memory
+        that is not an experiment region, so that its copy-on-write faults happen now."""
+        exp = sorted((r.addr, r.addr + r.length) for r in self.regions.values() if r.mapped)
+        done = 0
+        for v in self.own_maps():
+            if v.perms[1] != "w" or v.perms[3] != "p":
+                continue
+            if v.path not in ("[heap]", "[stack]") and not any(s < v.end and v.start < e for s, e in self.interp):
+                continue
+            pieces = [(v.start, v.end)]
+            for s, e in exp:
+                pieces = [p for a, b in pieces for p in ((a, min(b, s)), (max(a, e), b)) if p[0] < p[1]]
+            for a, b in pieces:
+                done += _access.rewrite(a, b - a, PAGE)
+        return done
+
+    # ----- the loop ------------------------------------------------------------------
+    def serve(self) -> None:
+        while True:
+            try:
+                msg, fds = protocol.recv(self.sock, with_fds=True)
+            except (EOFError, ConnectionResetError):
+                os._exit(0)  # the manager is gone: nothing more to do here
+            cmd = msg["cmd"]
+            if cmd == "step":
+                reply = self.step(msg["op"], msg["args"], fds)
+                if reply is None:  # this is the new child after a fork
+                    continue
+                protocol.send(self.sock, reply)
+                if msg["op"] == "exit" and reply["result"] == "ok":
+                    os._exit(0)
+            elif cmd == "reap":
+                protocol.send(self.sock, self.reap(msg["pid"]))
+            elif cmd == "ping":
+                protocol.send(self.sock, {"pong": os.getpid(), "faults": _access.faults()})
+            else:
+                protocol.send(self.sock, {"error": f"unknown command {cmd!r}"})
+
+    def reap(self, pid: int) -> dict:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return {"status": None}
+        if os.WIFSIGNALED(status):
+            return {"status": {"signal": signal.Signals(os.WTERMSIG(status)).name}}
+        return {"status": {"exit": os.WEXITSTATUS(status)}}
+
+    def regions_table(self) -> dict:
+        return {h: (r.addr, r.length, r.mapped, r.kind) for h, r in self.regions.items()}
+
+    def step(self, op: str, args: dict, fds: list[int]) -> dict | None:
+        handler = getattr(self, "op_" + op)
+        note = None
+        faults = None
+        value = None
+        affected: list[tuple[int, int]] = []
+        try:
+            out = handler(args, fds) if op == "fork" else handler(args)
+            if out is None and op == "fork":
+                return None
+            result, faults, value, affected, note = out
+        except StepFailed as failed:
+            result, note = failed.result, failed.note
+        except libc.CallError as exc:
+            result = _errno_result(exc)
+        return {"result": result, "faults": faults, "value": value, "affected": affected,
+                "note": note, "regions": self.regions_table(), "pid": os.getpid()}
+
+    # ----- helpers used by operations ---------------------------------------------------
+    def region(self, handle: str) -> Region:
+        r = self.regions.get(handle)
+        if r is None:
+            raise StepFailed({"skipped": f"region '{handle}' does not exist (the call that made it failed)"})
+        return r
+
+    def span(self, args: dict) -> tuple[Region, int, int]:
+        r = self.region(args["region"])
+        pages = args.get("pages")
+        if pages is None:
+            return r, r.addr, r.length
+        a, b = pages
+        return r, r.addr + a * PAGE, (b - a) * PAGE
+
+    def fd_of(self, handle: str) -> int:
+        fd = self.fds.get(handle)
+        if fd is None:
+            raise StepFailed({"skipped": f"handle '{handle}' does not exist (the call that made it failed)"})
+        return fd
+
+    def resolve_addr(self, addr) -> int:
+        if addr is None:
+            return 0
+        if addr[0] == "abs":
+            return addr[1]
+        _, handle, offset = addr
+        return self.region(handle).addr + offset
+
+    @staticmethod
+    def measured(call, *a):
+        f0 = _access.faults()
+        try:
+            res = call(*a)
+        finally:
+            f1 = _access.faults()
+        return res, [f1[0] - f0[0], f1[1] - f0[1]]
+
+    def measured_result(self, call, *a):
+        """Runs call between two fault readings; a failing call is still measured."""
+        f0 = _access.faults()
+        try:
+            res = call(*a)
+            err = None
+        except libc.CallError as exc:
+            res, err = None, exc
+        f1 = _access.faults()
+        faults = [f1[0] - f0[0], f1[1] - f0[1]]
+        if err is not None:
+            return None, _errno_result(err), faults
+        return res, "ok", faults
+
+    # ----- operations ---------------------------------------------------------------------
+    def op_noop(self, args):
+        _, faults = self.measured(int, 0)
+        return "ok", faults, None, [], None
+
+    def op_file(self, args):
+        path, size = args["path"], args["size"]
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fill = args.get("fill", "zero")
+            if fill == "zero":
+                os.ftruncate(fd, size)
+            else:
+                rng = random.Random(args.get("seed", 0))
+                chunk = 1 << 16
+                done = 0
+                block = bytes([args.get("value", 0x5A)]) * chunk if fill == "byte" else None
+                while done < size:
+                    n = min(chunk, size - done)
+                    data = rng.randbytes(n) if fill == "random" else block[:n]
+                    os.write(fd, data)
+                    done += n
+            os.fsync(fd)
+            if args.get("cache") == "cold":
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        return "ok", None, None, [], None
+
+    def op_open(self, args):
+        flags = {"r": os.O_RDONLY, "w": os.O_WRONLY, "rw": os.O_RDWR}[args["mode"]]
+        try:
+            fd = os.open(args["path"], flags | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StepFailed(_errno_result(exc))
+        self.fds[args["as"]] = fd
+        return "ok", None, None, [], None
+
+    def op_evict(self, args):
+        fd = os.open(args["path"], os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        return "ok", None, None, [], None
+
+    def op_mmap(self, args):
+        source = args.get("source")
+        fd, close_after = -1, False
+        if source is not None:
+            kind, ref = source
+            if kind == "file":
+                fd, close_after = os.open(ref, os.O_RDWR | os.O_CLOEXEC), True
+            else:
+                fd = self.fd_of(ref)
+        try:
+            addr = self.resolve_addr(args.get("addr"))
+            res, result, faults = self.measured_result(
+                libc.mmap, addr, args["length"], args["prot"], args["flags"], fd, args.get("offset", 0))
+        finally:
+            if close_after:
+                os.close(fd)
+        if result != "ok":
+            return result, faults, None, [], None
+        length = args["length"]
+        self.regions[args["as"]] = Region(res, length, "mmap")
+        return "ok", faults, {"addr": res}, [(res, res + _page_up(length))], None
+
+    def op_munmap(self, args):
+        r, addr, length = self.span(args)
+        _, result, faults = self.measured_result(libc.munmap, addr, length)
+        if result == "ok" and args.get("pages") is None:
+            r.mapped = False
+        return result, faults, None, [(addr, addr + _page_up(length))], None
+
+    def op_mprotect(self, args):
+        _, addr, length = self.span(args)
+        _, result, faults = self.measured_result(libc.mprotect, addr, length, args["prot"])
+        return result, faults, None, [(addr, addr + _page_up(length))], None
+
+    def op_madvise(self, args):
+        _, addr, length = self.span(args)
+        _, result, faults = self.measured_result(libc.madvise, addr, length, args["advice"])
+        return result, faults, None, [(addr, addr + _page_up(length))], None
+
+    def op_msync(self, args):
+        _, addr, length = self.span(args)
+        _, result, faults = self.measured_result(libc.msync, addr, length, args["flags"])
+        return result, faults, None, [(addr, addr + _page_up(length))], None
+
+    def op_mlock(self, args):
+        _, addr, length = self.span(args)
+        _, result, faults = self.measured_result(libc.mlock, addr, length, args.get("onfault", False))
+        return result, faults, None, [(addr, addr + _page_up(length))], None
+
+    def op_munlock(self, args):
+        _, addr, length = self.span(args)
+        _, result, faults = self.measured_result(libc.munlock, addr, length)
+        return result, faults, None, [(addr, addr + _page_up(length))], None
+
+    def op_mremap(self, args):
+        r, addr, length = self.span(args)
+        new_addr = self.resolve_addr(args.get("addr"))
+        res, result, faults = self.measured_result(
+            libc.mremap, addr, length, args["length"], args["flags"], new_addr)
+        affected = [(addr, addr + _page_up(length))]
+        if result != "ok":
+            return result, faults, None, affected, None
+        if args.get("pages") is None:
+            r.addr, r.length = res, args["length"]
+        affected.append((res, res + _page_up(args["length"])))
+        return "ok", faults, {"addr": res}, affected, None
+
+    def op_touch(self, args):
+        _, addr, length = self.span(args)
+        write = args.get("access") == "write"
+        done, signo, minf, majf, fault_addr = _access.touch(
+            addr, length // PAGE, PAGE, write, args.get("value", 1))
+        result = "ok" if not signo else {"signal": signal.Signals(signo).name,
+                                         "page": (fault_addr - addr) // PAGE if fault_addr else done}
+        return result, [minf, majf], None, [(addr, addr + length)], None
+
+    def op_read(self, args):
+        _, addr, length = self.span(args)
+        n = length // PAGE
+        if len(self.readbuf) < n:
+            self.readbuf = bytearray(n)
+        done, signo, minf, majf, fault_addr = _access.read(addr, n, PAGE, self.readbuf)
+        values = _runs(self.readbuf[:done])
+        result = "ok" if not signo else {"signal": signal.Signals(signo).name, "page": done}
+        return result, [minf, majf], {"bytes": values}, [(addr, addr + length)], None
+
+    def op_shm_open(self, args):
+        flags = 0
+        if args.get("create"):
+            flags |= posix_ipc.O_CREAT
+        if args.get("excl"):
+            flags |= posix_ipc.O_EXCL
+        if args.get("truncate"):
+            flags |= posix_ipc.O_TRUNC
+        f0 = _access.faults()
+        try:
+            obj = posix_ipc.SharedMemory(args["name"], flags=flags, mode=args.get("mode", 0o600),
+                                         read_only=args.get("access") == "r")
+        except (posix_ipc.Error, ValueError, OSError) as exc:
+            raise StepFailed(_ipc_result(exc))
+        if args.get("size") is not None:
+            try:
+                os.ftruncate(obj.fd, args["size"])
+            except OSError as exc:
+                # the object stays (posix_ipc would have unlinked it: we call ftruncate ourselves)
+                self.fds[args["as"]] = obj.fd
+                self.keep[args["as"]] = obj
+                raise StepFailed(_errno_result(exc), note="shm_open succeeded; ftruncate failed")
+        f1 = _access.faults()
+        self.fds[args["as"]] = obj.fd
+        self.keep[args["as"]] = obj
+        return "ok", [f1[0] - f0[0], f1[1] - f0[1]], None, [], None
+
+    def op_shm_unlink(self, args):
+        try:
+            posix_ipc.unlink_shared_memory(args["name"])
+        except (posix_ipc.Error, ValueError, OSError) as exc:
+            raise StepFailed(_ipc_result(exc))
+        return "ok", None, None, [], None
+
+    def op_memfd(self, args):
+        try:
+            fd = os.memfd_create(args["name"], os.MFD_CLOEXEC)
+            if args.get("size"):
+                os.ftruncate(fd, args["size"])
+        except OSError as exc:
+            raise StepFailed(_errno_result(exc))
+        self.fds[args["as"]] = fd
+        return "ok", None, None, [], None
+
+    def op_shmget(self, args):
+        try:
+            shmid = libc.shmget(args["key"], args["size"], args["flags"])
+        except libc.CallError as exc:
+            raise StepFailed(_errno_result(exc))
+        return "ok", None, {"shmid": shmid}, [], None
+
+    def op_shmat(self, args):
+        addr = self.resolve_addr(args.get("addr"))
+        f0 = _access.faults()
+        try:
+            obj = sysv_ipc.attach(args["shmid"], addr or None, args["flags"])
+        except (sysv_ipc.Error, ValueError, MemoryError, OSError) as exc:
+            raise StepFailed(_ipc_result(exc))
+        f1 = _access.faults()
+        ds = libc.shmctl(args["shmid"], libc.IPC_STAT) if args.get("size") is None else None
+        size = args.get("size") or ds.segsz
+        self.regions[args["as"]] = Region(obj.address, size, "shmat", keep=obj)
+        return ("ok", [f1[0] - f0[0], f1[1] - f0[1]], {"addr": obj.address},
+                [(obj.address, obj.address + _page_up(size))], None)
+
+    def op_shmdt(self, args):
+        r = self.region(args["region"])
+        _, result, faults = self.measured_result(libc.shmdt, r.addr)
+        if result == "ok":
+            r.mapped = False
+        return result, faults, None, [(r.addr, r.addr + _page_up(r.length))], None
+
+    def op_shmctl(self, args):
+        cmd = {"rmid": libc.IPC_RMID, "stat": libc.IPC_STAT, "lock": libc.SHM_LOCK,
+               "unlock": libc.SHM_UNLOCK}[args["cmd"]]
+        try:
+            ds = libc.shmctl(args["shmid"], cmd)
+        except libc.CallError as exc:
+            raise StepFailed(_errno_result(exc))
+        value = None
+        if args["cmd"] == "stat":
+            value = {"size": ds.segsz, "nattch": ds.nattch, "mode": ds.mode & 0o777}
+        return "ok", None, value, [], None
+
+    def op_rlimit(self, args):
+        res = RLIMITS[args["resource"]]
+        inf = resource.RLIM_INFINITY
+        soft = inf if args["soft"] is None else args["soft"]
+        hard = inf if args["hard"] is None else args["hard"]
+        try:
+            resource.setrlimit(res, (soft, hard))
+        except ValueError:
+            raise StepFailed({"errno": "EINVAL"})
+        except OSError as exc:
+            raise StepFailed(_errno_result(exc))
+        return "ok", None, None, [], None
+
+    def op_exit(self, args):
+        return "ok", None, None, [], None
+
+    def op_fork(self, args, fds):
+        if len(fds) != 1:
+            return {"error": "fork without a channel"}, None, None, [], None
+        child_fd = fds[0]
+        f0 = _access.faults()
+        pid = os.fork()
+        if pid == 0:
+            self.become_child(args["child"], child_fd)
+            return None
+        f1 = _access.faults()
+        os.close(child_fd)
+        self.children[args["child"]] = pid
+        rewritten = self.rewrite_interpreter()
+        return ("ok", None, {"pid": pid},
+                [], f"fork's own faults are the interpreter's ({f1[0] - f0[0]} minor before the "
+                    f"rewrite of {rewritten} interpreter pages); not an observation")
+
+    def become_child(self, name: str, fd: int) -> None:
+        self.sock.close()
+        self.sock = socket.socket(fileno=fd)
+        self.name = name
+        self.children = {}
+        pages = self.rewrite_interpreter()
+        # run the measuring paths once more, now in this process
+        self.op_noop({})
+        protocol.send(self.sock, {"ready": os.getpid(), "rewritten": pages, "regions": self.regions_table()})
+
+
+def _page_up(n: int) -> int:
+    return (n + PAGE - 1) // PAGE * PAGE
+
+
+def _runs(data) -> list[list[int]]:
+    """[value, count] runs of the first bytes read from each page."""
+    out: list[list[int]] = []
+    for b in data:
+        if out and out[-1][0] == b:
+            out[-1][1] += 1
+        else:
+            out.append([b, 1])
+    return out
+
+
+def _warm_up(w: Worker) -> None:
+    """Run the code paths a step uses once (twice: first-call caches), on a scratch mapping."""
+    flags = libc.MAP["PRIVATE"] | libc.MAP["ANONYMOUS"]
+    for _ in range(2):
+        w.step("mmap", {"as": "_warm", "length": 2 * PAGE, "prot": 3, "flags": flags}, [])
+        w.step("touch", {"region": "_warm", "access": "write", "value": 1}, [])
+        w.step("touch", {"region": "_warm", "access": "read"}, [])
+        w.step("read", {"region": "_warm"}, [])
+        w.step("mprotect", {"region": "_warm", "pages": (0, 1), "prot": 1}, [])
+        w.step("madvise", {"region": "_warm", "advice": libc.MADV["dontneed"]}, [])
+        w.step("msync", {"region": "_warm", "flags": libc.MS["sync"]}, [])
+        w.step("mlock", {"region": "_warm"}, [])
+        w.step("munlock", {"region": "_warm"}, [])
+        w.step("mremap", {"region": "_warm", "length": 2 * PAGE, "flags": 0}, [])
+        w.step("munmap", {"region": "_warm"}, [])
+        w.step("munmap", {"region": "_warm", "pages": (0, 0)}, [])  # EINVAL path
+        w.step("noop", {}, [])
+        w.regions.clear()
+    protocol.send.__code__  # noqa: B018 (keep the reference warm; nothing to do)
+
+
+def _apply_persona(config: dict) -> None:
+    want = 0
+    if not config.get("aslr", True):
+        want |= libc.ADDR_NO_RANDOMIZE
+    if config.get("layout") == "legacy":
+        want |= libc.ADDR_COMPAT_LAYOUT
+    if not want:
+        return
+    current = libc.personality(0xFFFFFFFF)
+    if current & want == want:
+        return
+    libc.personality(current | want)
+    # The layout is chosen at exec (fs/binfmt_elf.c, arch/x86/mm/mmap.c:arch_pick_mmap_layout)
+    os.execv(sys.executable, sys.orig_argv)
+
+
+def _drop_user(user: str) -> None:
+    import pwd
+
+    pw = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import json
+
+    argv = sys.argv[1:] if argv is None else argv
+    fd = int(argv[0])
+    config = json.loads(argv[1])
+    _apply_persona(config)
+    # kernel/sys.c PR_SET_PDEATHSIG: die with the manager even if it is SIGKILLed
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != config["manager"]:
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the manager's to handle
+    libc.mallopt(libc.M_MMAP_MAX, 0)
+    libc.mallopt(libc.M_TRIM_THRESHOLD, 1 << 30)
+    libc.mallopt(libc.M_TOP_PAD, 4 << 20)
+    reserve = bytearray(HEAP_RESERVE)  # grows and writes the brk heap once
+    del reserve
+    gc.disable()
+    sock = socket.socket(fileno=fd)
+    w = Worker(sock, config.get("name", "main"), config)
+    if config.get("cwd"):
+        os.chdir(config["cwd"])
+    _warm_up(w)
+    pads = w.pad_address_space()
+    for name, soft, hard in config.get("rlimits", []):
+        inf = resource.RLIM_INFINITY
+        resource.setrlimit(RLIMITS[name], (inf if soft is None else soft, inf if hard is None else hard))
+    if config.get("user") and os.geteuid() == 0:
+        _drop_user(config["user"])
+    _warm_up(w)
+    w.record_interpreter()
+    protocol.send(sock, {"ready": os.getpid(), "pads": pads, "regions": {}})
+    w.serve()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        os._exit(1)
