@@ -177,7 +177,8 @@ class Manager:
                 if handle.startswith("_"):
                     continue
                 npages = (length + PAGE - 1) // PAGE
-                res = residency(proc.pid, addr, npages, self.zero_pfn) if npages < (1 << 22) else None
+                # an unmapped region's range may hold another mapping now: no residency
+                res = residency(proc.pid, addr, npages, self.zero_pfn) if mapped and npages < (1 << 22) else None
                 regions[handle] = {"addr": addr, "length": length, "mapped": mapped, "kind": kind,
                                    **(res.to_dict() if res else {})}
             out[name] = {"pid": proc.pid, "maps": view["lines"], "vmas": view["vmas"], "regions": regions}

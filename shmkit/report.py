@@ -60,9 +60,8 @@ def render(rec: dict, color: bool = False) -> str:
             added = [line for line in np_["maps"] if line not in before]
             removed = [line for line in sorted(before) if line not in now]
             regs = ", ".join(
-                f"{h} {r.get('present', '?')}/{(r['length'] + 4095) // 4096} present"
-                + (f" ({r['zero']} zero page)" if r.get("zero") else "")
-                + ("" if r["mapped"] else " (unmapped)")
+                (f"{h} {r.get('present', '?')}/{(r['length'] + 4095) // 4096} present"
+                 + (f" ({r['zero']} zero page)" if r.get("zero") else "")) if r["mapped"] else f"{h} unmapped"
                 for h, r in np_["regions"].items())
             if added or removed or regs:
                 lines.append(f"         {name}: {regs}")
