@@ -141,20 +141,22 @@ static PyObject *py_read(PyObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(rewrite_doc,
-"rewrite(addr, length, page_size) -> pages\n\n"
-"Reads and writes back one byte of every page of [addr, addr+length): after a\n"
-"fork this breaks copy-on-write sharing of the interpreter's own pages, so that\n"
-"later steps count only the experiment's faults. Pages that fault fatally are\n"
-"skipped (the loop resumes after them).");
+"rewrite(addr, length, page_size, write=True) -> pages\n\n"
+"Reads and (if write) writes back one byte of every page of [addr, addr+length):\n"
+"after a fork this breaks copy-on-write sharing of the interpreter's own pages,\n"
+"and maps again in the child the file pages fork did not copy (mm/memory.c:\n"
+"copy_page_range() skips VMAs without an anon_vma), so that later steps count\n"
+"only the experiment's faults. Pages that fault fatally are skipped.");
 
 static PyObject *py_rewrite(PyObject *self, PyObject *args)
 {
     unsigned long addr, length;
     long page_size;
+    int write = 1;
     volatile unsigned long off = 0;
     volatile long done = 0;
     guard_t g;
-    if (!PyArg_ParseTuple(args, "kkl", &addr, &length, &page_size))
+    if (!PyArg_ParseTuple(args, "kkl|p", &addr, &length, &page_size, &write))
         return NULL;
     guard_install(&g);
     for (off = 0; off < length; off += (unsigned long)page_size) {
@@ -162,7 +164,8 @@ static PyObject *py_rewrite(PyObject *self, PyObject *args)
             continue; /* the page could not be accessed: leave it */
         volatile unsigned char *p = (volatile unsigned char *)(addr + off);
         unsigned char v = *p;
-        *p = v;
+        if (write)
+            *p = v;
         done++;
     }
     guard_remove(&g);

@@ -106,12 +106,20 @@ class Normaliser:
         n = self.vma(v)
         return f"{n['start']}-{n['end']} {n['perms']} {n['offset']:08x} {n['dev']} {n['inode']} {n['path']}".rstrip()
 
+    def is_interp(self, v: dict) -> bool:
+        return any(s <= v["start"] and v["end"] <= e for s, e in self.interp)
+
     def process(self, p: dict) -> dict:
-        self.pids.setdefault(p.get("pid"), None)
+        """The experiment's part of a process's maps, in address order. The
+        interpreter's own VMAs are left out of the normal form: their order and
+        number vary from run to run under ASLR (2 MiB-aligned libraries leave
+        gaps that later small mappings fill differently, and adjacent anonymous
+        pieces merge or not); any change to them during a step is reported as a
+        perturbation instead (shmkit.manager)."""
+        mine = [v for v in p["vmas"] if not self.is_interp(v)]
         return {
-            "maps": [self.line(v) for v in p["vmas"]],
-            "vmas": [self.vma(v) for v in p["vmas"] if not any(
-                s <= v["start"] and v["end"] <= e for s, e in self.interp)],
+            "maps": [self.line(v) for v in mine],
+            "vmas": [self.vma(v) for v in mine],
             "regions": {h: {**{k: r[k] for k in r if k not in ("addr",)}, "addr": self.addr(r["addr"])}
                         for h, r in sorted(p.get("regions", {}).items())},
         }

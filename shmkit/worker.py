@@ -157,25 +157,28 @@ class Worker:
         return {"holes": holes, "edge": edge, "layout": self.config.get("layout", "topdown")}
 
     def record_interpreter(self) -> None:
-        """The interpreter's own writable private memory, as it is before the first step."""
-        self.interp = [(v.start, v.end) for v in self.own_maps()
-                       if v.perms[1] == "w" and v.perms[3] == "p"]
+        """The interpreter's own mappings, as they are before the first step."""
+        self.interp = [(v.start, v.end) for v in self.own_maps()]
 
     def rewrite_interpreter(self) -> int:
-        """After fork: write every page of the interpreter's writable private memory
-        that is not an experiment region, so that its copy-on-write faults happen now."""
+        """After fork: touch every page of the interpreter's own memory (never the
+        experiment's) so that its faults happen during the fork step: write the
+        writable private pages (breaking copy-on-write sharing), read the others
+        (fork does not copy the page tables of file VMAs without an anon_vma, so
+        the child would fault on the interpreter's code pages later)."""
         exp = sorted((r.addr, r.addr + r.length) for r in self.regions.values() if r.mapped)
         done = 0
         for v in self.own_maps():
-            if v.perms[1] != "w" or v.perms[3] != "p":
+            if v.perms[0] != "r" or v.path in ("[vvar]", "[vvar_vclock]", "[vsyscall]"):
                 continue
+            writable = v.perms[1] == "w" and v.perms[3] == "p"
             if v.path not in ("[heap]", "[stack]") and not any(s < v.end and v.start < e for s, e in self.interp):
                 continue
             pieces = [(v.start, v.end)]
             for s, e in exp:
                 pieces = [p for a, b in pieces for p in ((a, min(b, s)), (max(a, e), b)) if p[0] < p[1]]
             for a, b in pieces:
-                done += _access.rewrite(a, b - a, PAGE)
+                done += _access.rewrite(a, b - a, PAGE, writable)
         return done
 
     # ----- the loop ------------------------------------------------------------------

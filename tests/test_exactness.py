@@ -1,0 +1,114 @@
+"""Exact observations: measure the interpreter's own interference, and show that
+the worker's counter-measures remove it (each check would fail without them)."""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from shmkit.record import normalise
+from shmkit.spec import ExperimentBuilder
+from tests.conftest import step
+
+pytestmark = pytest.mark.live
+
+NAIVE_CHILD = r"""
+import os, resource, json
+def faults():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_minflt
+pid = os.fork()
+if pid == 0:
+    a = faults(); b = faults()      # nothing between the two readings but Python itself
+    x = [str(i) for i in range(200)]
+    c = faults()
+    os.write(1, json.dumps([b - a, c - b]).encode()); os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_naively_forked_python_child_faults_on_its_own():
+    """The problem the worker solves: after fork, plain Python code takes
+    copy-on-write faults on interpreter pages before touching anything."""
+    out = subprocess.run([sys.executable, "-c", NAIVE_CHILD], capture_output=True, text=True, timeout=60)
+    empty, alloc = json.loads(out.stdout)
+    assert empty + alloc > 0, "expected interference from the interpreter in a naive child"
+
+
+def test_the_worker_measures_zero_faults_for_steps_that_touch_nothing(run):
+    b = ExperimentBuilder(about="t")
+    b.mmap(as_="buf", length="4 pages", prot="rw", flags=["private", "anonymous"])
+    b.fork(child="kid")
+    b.mprotect(in_="kid", region="buf", prot="r")
+    b.mprotect(in_="kid", region="buf", prot="rw")
+    b.madvise(region="buf", advice="dontneed")
+    b.munmap(in_="kid", region="buf")
+    rec = run(b)
+    for n in (1, 3, 4, 5, 6):
+        assert step(rec, n)["faults"] == {"minor": 0, "major": 0}, step(rec, n)
+
+
+@pytest.mark.parametrize("pages", [1, 7, 64, 300])
+def test_touching_n_fresh_pages_counts_exactly_n_in_parent_and_child(run, pages):
+    b = ExperimentBuilder(about="t")
+    b.fork(child="kid")
+    for proc in ("main", "kid"):
+        b.mmap(in_=proc, as_=f"b_{proc}", length=f"{pages} pages", prot="rw", flags=["private", "anonymous"])
+        b.touch(in_=proc, region=f"b_{proc}", access="write")
+    rec = run(b)
+    assert step(rec, 3)["faults"] == {"minor": pages, "major": 0}
+    assert step(rec, 5)["faults"] == {"minor": pages, "major": 0}
+
+
+def test_placement_is_relative_to_a_padded_2mib_edge(run):
+    b = ExperimentBuilder(about="t")
+    b.mmap(as_="a", length="3 pages", prot="r", flags=["private", "anonymous"])
+    b.mmap(as_="b", length="16 pages", prot="r", flags=["shared", "anonymous"])
+    rec = run(b)
+    edge = rec["pads"]["main"]["edge"]
+    assert edge % (2 << 20) == 0
+    n = normalise(rec)
+    assert n["steps"][0]["value"]["addr"] == "$edge-0x3000"
+    assert n["steps"][1]["value"]["addr"] == "$edge-0x13000"
+
+
+def test_access_loop_survives_sigsegv_in_process():
+    """shmkit._access recovers from a fault on an unmapped page and counts no fault for it."""
+    from shmkit import _access, libc
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    addr = libc.mmap(0, 2 * page, 0x3, libc.MAP["PRIVATE"] | libc.MAP["ANONYMOUS"])
+    libc.munmap(addr + page, page)
+    try:
+        done, signo, minflt, majflt, where = _access.touch(addr, 2, page, True, 1)
+        assert (done, signo, where) == (1, 11, addr + page)
+        assert ctypes.c_char.from_address(addr).value == b"\x01"
+    finally:
+        libc.munmap(addr, page)
+
+
+def test_observations_do_not_depend_on_parallel_runs(run):
+    """The same experiment run alone and beside 3 others (pytest -n 4 style) observes the same."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    here = os.path.dirname(__file__)
+    exp = os.path.join(here, "..", "experiments")
+    files = sorted(f for f in os.listdir(exp) if f.endswith(".toml"))
+    if not files:
+        pytest.skip("no bundled experiments")
+    path = os.path.join(exp, files[0])
+
+    def once():
+        out = subprocess.run([sys.executable, "-m", "shmkit", "run", "--quiet", path, "--json", "/dev/stdout"],
+                             capture_output=True, text=True, timeout=300)
+        text = out.stdout[out.stdout.index("{"):out.stdout.rindex("}") + 1]
+        return json.dumps(normalise(json.loads(text)["experiments"][0]), sort_keys=True)
+
+    alone = once()
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda _: once(), range(4)))
+    assert all(t == alone for t in together)
