@@ -638,6 +638,12 @@ def main(argv: list[str] | None = None) -> None:
         _drop_user(config["user"])
     _warm_up(w)
     w.record_interpreter()
+    # Map every page of the interpreter's own mappings now: a first call into a
+    # library function not run by the warm-up (shmget, shm_open, ...) would
+    # otherwise fault on its code page during a step (seen: libc r-xp Rss grew
+    # during the first shmget of a run, depending on where ASLR put libc).
+    w.rewrite_interpreter()
+    w.op_noop({})
     protocol.send(sock, {"ready": os.getpid(), "pads": pads, "regions": {}})
     w.serve()
 
