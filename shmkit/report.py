@@ -12,7 +12,7 @@ def _result(r) -> str:
         if "errno" in r:
             return f"failed: {r['errno']}"
         if "signal" in r:
-            return f"killed by {r['signal']} at page {r.get('page')}"
+            return f"{r['signal']} on the access to page {r.get('page')} (caught; the process goes on)"
         if "skipped" in r:
             return f"skipped: {r['skipped']}"
         return str(r)

@@ -294,19 +294,18 @@ class Worker:
         path, size = args["path"], args["size"]
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
+            # Every fill writes its bytes (zeros too: a sparse file would leave nothing
+            # in the page cache, so cache="warm" would mean nothing).
             fill = args.get("fill", "zero")
-            if fill == "zero":
-                os.ftruncate(fd, size)
-            else:
-                rng = random.Random(args.get("seed", 0))
-                chunk = 1 << 16
-                done = 0
-                block = bytes([args.get("value", 0x5A)]) * chunk if fill == "byte" else None
-                while done < size:
-                    n = min(chunk, size - done)
-                    data = rng.randbytes(n) if fill == "random" else block[:n]
-                    os.write(fd, data)
-                    done += n
+            rng = random.Random(args.get("seed", 0))
+            chunk = 1 << 16
+            done = 0
+            byte = 0 if fill == "zero" else args.get("value", 0x5A)
+            block = bytes([byte]) * chunk
+            while done < size:
+                n = min(chunk, size - done)
+                os.write(fd, rng.randbytes(n) if fill == "random" else block[:n])
+                done += n
             os.fsync(fd)
             if args.get("cache") == "cold":
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -400,22 +399,24 @@ class Worker:
         return "ok", faults, {"addr": res}, affected, None
 
     def op_touch(self, args):
-        _, addr, length = self.span(args)
+        r, addr, length = self.span(args)
         write = args.get("access") == "write"
         done, signo, minf, majf, fault_addr = _access.touch(
             addr, length // PAGE, PAGE, write, args.get("value", 1))
-        result = "ok" if not signo else {"signal": signal.Signals(signo).name,
-                                         "page": (fault_addr - addr) // PAGE if fault_addr else done}
+        # "page": the page of the region (not of the touched range) whose access faulted
+        first = (addr - r.addr) // PAGE
+        result = "ok" if not signo else {"signal": signal.Signals(signo).name, "page": first + done}
         return result, [minf, majf], None, [(addr, addr + length)], None
 
     def op_read(self, args):
-        _, addr, length = self.span(args)
+        r, addr, length = self.span(args)
         n = length // PAGE
         if len(self.readbuf) < n:
             self.readbuf = bytearray(n)
         done, signo, minf, majf, fault_addr = _access.read(addr, n, PAGE, self.readbuf)
         values = _runs(self.readbuf[:done])
-        result = "ok" if not signo else {"signal": signal.Signals(signo).name, "page": done}
+        result = "ok" if not signo else {"signal": signal.Signals(signo).name,
+                                         "page": (addr - r.addr) // PAGE + done}
         return result, [minf, majf], {"bytes": values}, [(addr, addr + length)], None
 
     def op_shm_open(self, args):
@@ -499,7 +500,7 @@ class Worker:
             raise StepFailed(_errno_result(exc))
         value = None
         if args["cmd"] == "stat":
-            value = {"size": ds.segsz, "nattch": ds.nattch, "mode": ds.mode & 0o777}
+            value = {"size": ds.segsz, "nattch": ds.nattch, "mode": ds.mode & 0o7777}
         return "ok", None, value, [], None
 
     def op_rlimit(self, args):
