@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 
 from shmkit import libc, protocol
@@ -418,6 +417,3 @@ def run_experiment(exp, attempts: int = 3, step_timeout: float = 60.0, zero_pfn=
     best["attempts"] = len(tried)
     return best
 
-
-def wall_time() -> float:
-    return time.time()

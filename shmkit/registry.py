@@ -194,7 +194,7 @@ def clean_run(entries: list[dict], own: bool = False) -> list[str]:
     return removed
 
 
-def clean(force_pid_check: bool = True) -> tuple[list[str], list[str]]:
+def clean() -> tuple[list[str], list[str]]:
     """`shmkit clean`: every registry whose owner is gone. Returns (removed, skipped)."""
     removed: list[str] = []
     skipped: list[str] = []
