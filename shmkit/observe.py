@@ -17,8 +17,6 @@ from shmkit.procfs import list_dev_shm, read_maps, read_smaps, read_sysvipc_shm
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PM_PRESENT = 1 << 63
-PM_SWAP = 1 << 62
-PM_FILE = 1 << 61
 PM_EXCLUSIVE = 1 << 56
 PFN_MASK = (1 << 55) - 1
 
@@ -57,7 +55,6 @@ class Residency:
     present: int
     zero: int | None
     exclusive: int
-    pfns: list[int] | None
 
     def to_dict(self) -> dict:
         return {"present": self.present, "zero": self.zero, "exclusive": self.exclusive,
@@ -67,9 +64,8 @@ class Residency:
 def residency(pid: int, start: int, npages: int, zero_pfn: int | None) -> Residency:
     entries = _pagemap_entries(pid, start, npages) if npages else []
     present = [e for e in entries if e & PM_PRESENT]
-    pfns = [e & PFN_MASK for e in entries] if zero_pfn is not None else None
     zero = None if zero_pfn is None else sum(1 for e in present if e & PFN_MASK == zero_pfn)
-    return Residency(len(present), zero, sum(1 for e in present if e & PM_EXCLUSIVE), pfns)
+    return Residency(len(present), zero, sum(1 for e in present if e & PM_EXCLUSIVE))
 
 
 def process_view(pid: int) -> dict:

@@ -7,8 +7,9 @@ registry file *before* it is created. A run's registry names its owner (pid and
 start time, so a recycled pid is not mistaken for it); `clean` acts only on runs
 whose owner is gone, and only on the objects their registry lists (psutil's
 TESTFN_PREFIX habit, with a record). SysV segments carry no name: a segment is
-removed only if its shmid was recorded, or its key was recorded and its creator
-pid (cpid) is one of the run's workers.
+removed only if its creator pid (cpid) is one of the run's workers and its key
+is one of the run's keys, or it is private (or removed: key 0) with a recorded
+shmid or a registered private shmget.
 """
 from __future__ import annotations
 
@@ -176,9 +177,10 @@ def clean_run(entries: list[dict], own: bool = False) -> list[str]:
     except OSError:
         segments = []
     for seg in segments:
-        ours = seg.shmid in shmids and (seg.key in keys or seg.key == 0 or seg.cpid in worker_pids)
-        ours = ours or (seg.key in keys and seg.cpid in worker_pids)
-        ours = ours or (private and seg.key == 0 and seg.cpid in worker_pids)
+        # created by one of the run's workers, under one of its keys, or private
+        # (or IPC_RMID'd: key 0) with a recorded shmid or a registered private shmget
+        ours = seg.cpid in worker_pids and (
+            seg.key in keys or (seg.key == 0 and (seg.shmid in shmids or private)))
         if ours:
             try:
                 libc.shmctl(seg.shmid, libc.IPC_RMID)
