@@ -15,7 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from shmkit import libc, protocol
+from shmkit import libc, procfs, protocol
 from shmkit.observe import PAGE, process_view, residency, system_view, zero_page_pfn
 from shmkit.registry import Run, process_start
 
@@ -198,9 +198,14 @@ class Manager:
             v = now.get((s, e))
             if v is None:
                 problems.append(f"interpreter VMA {s:x}-{e:x} changed shape")
-            elif _fingerprint(v) != fp:
-                problems.append(f"interpreter VMA {s:x}-{e:x} {v['path'] or '[anon]'} changed: "
-                                f"{fp} -> {_fingerprint(v)}")
+            elif (now_fp := _fingerprint(v)) != fp:
+                what = f"interpreter VMA {s:x}-{e:x} {v['path'] or '[anon]'}"
+                if _only_lost_pages(fp, now_fp):
+                    # A step can only add pages to a VMA it does not touch (by faulting);
+                    # pages leaving a file VMA were taken by the kernel: reclaim or invalidation.
+                    problems.append(f"{what} {LOST_PAGES} (Rss {fp[4]} -> {now_fp[4]} kB)")
+                else:
+                    problems.append(f"{what} changed: {fp} -> {now_fp}")
         known = set(proc.interp)
         for (s, e), v in now.items():
             if (s, e) in known or any(a < e and s < b for a, b in affected):
@@ -329,6 +334,16 @@ class Manager:
         return reply
 
 
+LOST_PAGES = "lost pages the step did not touch"
+
+
+def _only_lost_pages(before: tuple, after: tuple) -> bool:
+    """Only Rss went down, in a file VMA with no anonymous or dirty pages."""
+    return (before[:4] == after[:4] and before[3] is not None and before[3].startswith("/")
+            and (after[4] or 0) < (before[4] or 0)
+            and not before[5] and not after[5] and not before[6] and not after[6])
+
+
 def _fingerprint(v: dict) -> tuple:
     k = v.get("smaps_kb", {})
     # Rss, Anonymous and the dirty total change only by this process's own accesses;
@@ -347,6 +362,7 @@ def run_attempt(exp, step_timeout: float, zero_pfn) -> dict:
         record["initial"] = {"processes": m.observe(), **m.system()}
         record["pads"] = {"main": m.procs["main"].pads}
         for step in exp.steps:
+            vm_before = procfs.read_vmstat()
             reply = m.do_step(step)
             processes = m.observe()
             problems = []
@@ -354,6 +370,11 @@ def run_attempt(exp, step_timeout: float, zero_pfn) -> dict:
                 proc = m.procs[name]
                 aff = reply.get("affected", []) if name == step.proc else []
                 problems += [f"{name}: {p}" for p in m.perturbation(proc, view, aff, step.do)]
+            if problems:  # say what the kernel was doing meanwhile, if /proc/vmstat shows it
+                moved = procfs.background_activity(vm_before, procfs.read_vmstat())
+                problems.append("kernel background activity during the step: " + (
+                    ", ".join(f"{k} +{v}" for k, v in moved.items()) if moved
+                    else "none seen in /proc/vmstat"))
             rec = {
                 "index": step.index, "do": step.do, "in": step.proc, "args": step.raw,
                 "result": reply["result"], "faults": _faults(reply.get("faults")),

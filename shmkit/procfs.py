@@ -308,6 +308,36 @@ def parse_meminfo(text: bytes | str) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------------------------
+# /proc/vmstat
+# --------------------------------------------------------------------------------------------
+
+def parse_vmstat(text: bytes | str) -> dict[str, int]:
+    """Parse /proc/vmstat (mm/vmstat.c vmstat_show(): one "name value" pair per line)."""
+    result: dict[str, int] = {}
+    for line in _text(text).split("\n"):
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            result[parts[0]] = int(parts[1])
+    return result
+
+
+# Kernel activity that can change a process's page tables without the process asking:
+# reclaim (mm/vmscan.c shrink_folio_list -> try_to_unmap), migration and compaction
+# (mm/migrate.c), THP splits and khugepaged collapses, NUMA hinting.
+BACKGROUND_COUNTERS = ("pgscan_kswapd", "pgscan_direct", "pgsteal_kswapd", "pgsteal_direct",
+                       "pgscan_proactive", "pgsteal_proactive", "pgscan_khugepaged",
+                       "pgmigrate_success", "compact_migrate_scanned", "thp_split_page",
+                       "thp_collapse_alloc", "numa_pages_migrated", "workingset_refault_file",
+                       "pswpout", "drop_pagecache")
+
+
+def background_activity(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The BACKGROUND_COUNTERS that moved between two /proc/vmstat readings."""
+    return {k: after[k] - before[k] for k in BACKGROUND_COUNTERS
+            if k in before and k in after and after[k] != before[k]}
+
+
+# --------------------------------------------------------------------------------------------
 # /dev/shm
 # --------------------------------------------------------------------------------------------
 
@@ -378,3 +408,7 @@ def read_sysvipc_shm(procfs: str = "/proc") -> list[SysvSegment]:
 
 def read_meminfo(procfs: str = "/proc") -> dict[str, int]:
     return parse_meminfo(_read_file(os.path.join(procfs, "meminfo")))
+
+
+def read_vmstat(procfs: str = "/proc") -> dict[str, int]:
+    return parse_vmstat(_read_file(os.path.join(procfs, "vmstat")))

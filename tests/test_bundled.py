@@ -3,7 +3,10 @@ kernel five times with identical normalised records, no perturbed step, and noth
 
 The live test is the acceptance of DESIGN.md ("Repeatable observations ... 5 identical runs").
 It runs each experiment with a single attempt: a retry after a perturbed attempt would hide the
-perturbation this test is meant to catch.
+perturbation this test is meant to catch. The one exception is a perturbation the interpreter
+cannot cause: clean file pages leaving an interpreter VMA that no step touched (the kernel
+reclaimed or invalidated them; seen once in CI on freshly installed extension modules). Such a run
+is repeated, at most EXTERNAL_RETRIES times per experiment, and the retries are printed.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from shmkit import spec
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "experiments"
 BUNDLED = sorted(BUNDLED_DIR.glob("*.toml"))
 RUNS = 5
+EXTERNAL_RETRIES = 2
 DIFF_LINES = 60
 
 
@@ -139,6 +143,16 @@ def _problems(rec: dict) -> list[str]:
     return out
 
 
+def _only_external(rec: dict) -> bool:
+    """Perturbed, and every perturbation is pages taken away by the kernel (manager.LOST_PAGES)."""
+    from shmkit import manager
+
+    lines = [p for s in rec["steps"] for p in (s.get("perturbed") or [])
+             if not p.startswith("kernel background activity")]
+    return (rec["status"] == "perturbed" and bool(lines)
+            and all(manager.LOST_PAGES in p for p in lines))
+
+
 @pytest.mark.live
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="live runs need Linux")
 @pytest.mark.parametrize("path", BUNDLED, ids=_ids(BUNDLED))
@@ -148,8 +162,14 @@ def test_bundled_runs_identically(path):
     exp = spec.load(path)
     first = None
     first_text = None
+    retries = 0
     for run in range(1, RUNS + 1):
         rec = manager.run_experiment(exp, attempts=1)
+        while _only_external(rec) and retries < EXTERNAL_RETRIES:
+            retries += 1
+            print(f"{path.name}, run {run}: repeated after a perturbation from outside: "
+                  + "; ".join(_problems(rec)))
+            rec = manager.run_experiment(exp, attempts=1)
         problems = _problems(rec)
         assert not problems, f"{path.name}, run {run}: " + "\n".join(problems)
         left = _leftovers(rec)

@@ -112,3 +112,14 @@ def test_observations_do_not_depend_on_parallel_runs(run):
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(lambda _: once(), range(4)))
     assert all(t == alone for t in together)
+
+
+def test_pages_taken_from_a_file_vma_are_told_apart_from_the_interpreters_own_faults():
+    from shmkit import manager
+
+    lib = ("r--p", 0, 42, "/usr/lib/x.so", 20, 0, 0)
+    assert manager._only_lost_pages(lib, lib[:4] + (0, 0, 0))
+    assert not manager._only_lost_pages(lib, lib[:4] + (24, 0, 0))     # a fault: ours
+    assert not manager._only_lost_pages(lib, ("rw-p",) + lib[1:4] + (0, 0, 0))
+    anon = ("rw-p", 0, 0, "", 20, 20, 20)
+    assert not manager._only_lost_pages(anon, anon[:4] + (0, 0, 0))    # anonymous: not external

@@ -619,3 +619,17 @@ def test_live_meminfo_agrees_with_psutil():
 def test_module_exports_exist():
     for name in procfs.__all__:
         assert hasattr(procfs, name), name
+
+
+def test_parse_vmstat_and_background_activity():
+    before = procfs.parse_vmstat(b"nr_free_pages 5000\npgsteal_kswapd 10\npgscan_direct 0\npgfault 99\n")
+    after = procfs.parse_vmstat("nr_free_pages 4000\npgsteal_kswapd 14\npgscan_direct 0\npgfault 120\n")
+    assert before == {"nr_free_pages": 5000, "pgsteal_kswapd": 10, "pgscan_direct": 0, "pgfault": 99}
+    # pgfault is the process's own doing and free pages are not activity: only reclaim counts.
+    assert procfs.background_activity(before, after) == {"pgsteal_kswapd": 4}
+
+
+def test_live_vmstat_has_the_background_counters():
+    vm = procfs.read_vmstat()
+    assert "pgfault" in vm and vm["pgfault"] > 0
+    assert {"pgsteal_kswapd", "pgmigrate_success"} <= set(vm)
