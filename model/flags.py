@@ -1,0 +1,65 @@
+"""Flag values the model reasons with: vm_flags (include/linux/mm.h), mmap flags and prot
+bits (include/uapi/asm-generic/mman*.h, x86-64 values), and the page-table entry bits of
+the model's per-page arrays (model.pagetable).
+
+Only names are exchanged with the outside (experiment files say "private", "rw"); these
+numbers exist so that the rules below read like the kernel's."""
+from __future__ import annotations
+
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+PMD_SIZE = 2 << 20            # one page table covers 2 MiB of address (x86-64, 4 KiB pages)
+PTRS_PER_PTE = PMD_SIZE // PAGE_SIZE
+
+# include/linux/mm.h
+VM_READ, VM_WRITE, VM_EXEC, VM_SHARED = 0x1, 0x2, 0x4, 0x8
+VM_MAYREAD, VM_MAYWRITE, VM_MAYEXEC, VM_MAYSHARE = 0x10, 0x20, 0x40, 0x80
+VM_GROWSDOWN = 0x100
+VM_LOCKED = 0x2000
+VM_SEQ_READ, VM_RAND_READ = 0x8000, 0x10000
+VM_DONTCOPY, VM_DONTEXPAND, VM_LOCKONFAULT = 0x20000, 0x40000, 0x80000
+VM_ACCOUNT, VM_NORESERVE = 0x100000, 0x200000
+VM_HUGEPAGE, VM_NOHUGEPAGE = 0x20000000, 0x40000000
+VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
+VM_STACK_FLAGS = VM_GROWSDOWN        # VM_STACK on x86-64 (is_stack_mapping)
+
+# smaps "VmFlags" mnemonics (fs/proc/task_mmu.c show_smap_vma_flags), for the explanation
+VMFLAG_NAMES = {VM_READ: "rd", VM_WRITE: "wr", VM_EXEC: "ex", VM_SHARED: "sh", VM_MAYREAD: "mr",
+                VM_MAYWRITE: "mw", VM_MAYEXEC: "me", VM_MAYSHARE: "ms", VM_GROWSDOWN: "gd",
+                VM_LOCKED: "lo", VM_SEQ_READ: "sr", VM_RAND_READ: "rr", VM_DONTCOPY: "dc",
+                VM_DONTEXPAND: "de", VM_LOCKONFAULT: "lf", VM_ACCOUNT: "ac", VM_NORESERVE: "nr",
+                VM_HUGEPAGE: "hg", VM_NOHUGEPAGE: "nh"}
+
+PROT_READ, PROT_WRITE, PROT_EXEC = 0x1, 0x2, 0x4
+
+# include/uapi/linux/mman.h, asm-generic/mman-common.h (x86-64)
+MAP = {"SHARED": 0x01, "PRIVATE": 0x02, "SHARED_VALIDATE": 0x03, "FIXED": 0x10, "ANONYMOUS": 0x20,
+       "GROWSDOWN": 0x0100, "DENYWRITE": 0x0800, "EXECUTABLE": 0x1000, "LOCKED": 0x2000,
+       "NORESERVE": 0x4000, "POPULATE": 0x8000, "NONBLOCK": 0x10000, "STACK": 0x20000,
+       "HUGETLB": 0x40000, "SYNC": 0x80000, "FIXED_NOREPLACE": 0x100000, "UNINITIALIZED": 0x4000000}
+MAP_TYPE = 0x0f
+
+# Page-table entry bits of one byte per page (model.pagetable)
+PTE_NONE, PTE_ZERO, PTE_FILE, PTE_ANON = 0, 1, 2, 3   # what the entry maps (low two bits)
+PTE_KIND = 0x3
+PTE_WRITE = 0x4      # pte_write
+PTE_DIRTY = 0x8      # pte_dirty
+PTE_YOUNG = 0x10     # pte_young (accessed)
+
+
+def prot_of(text: str) -> int:
+    """"rw" -> PROT_READ|PROT_WRITE; "none" -> 0."""
+    if text == "none":
+        return 0
+    return (PROT_READ if "r" in text else 0) | (PROT_WRITE if "w" in text else 0) \
+        | (PROT_EXEC if "x" in text else 0)
+
+
+def calc_vm_prot_bits(prot: int) -> int:
+    """include/linux/mman.h calc_vm_prot_bits()."""
+    return (VM_READ if prot & PROT_READ else 0) | (VM_WRITE if prot & PROT_WRITE else 0) \
+        | (VM_EXEC if prot & PROT_EXEC else 0)
+
+
+def map_flags(names) -> int:
+    return sum(MAP[n.upper()] for n in names)

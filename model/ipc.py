@@ -1,0 +1,202 @@
+"""System V shared memory (ipc/shm.c) in the model.
+
+A segment is a shmem file made by shmem_kernel_file_setup("SYSV%08x") on the internal shm
+mount: it has no name in any directory, so its maps lines always end in " (deleted)". Each
+shmat opens a new struct file on that inode (do_shmat -> alloc_file_clone), so two attaches
+never merge. nattch counts the VMAs that map the segment (shm_open() runs for every new VMA:
+attach, split, fork; shm_close() for every VMA that goes). IPC_RMID sets SHM_DEST and makes
+the key IPC_PRIVATE; the segment is destroyed at once when nothing is attached, else at the
+last detach (shm_destroy)."""
+from __future__ import annotations
+
+import itertools
+
+from model.flags import PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, MAP
+from model.objects import SHMEM, Inode
+from model.vma import OpenFile
+
+SHM_DEST, SHM_LOCKED = 0o1000, 0o2000
+IPC_CREAT, IPC_EXCL = 0o1000, 0o2000
+SHM_RDONLY, SHM_RND, SHM_REMAP = 0o10000, 0o20000, 0o40000
+SHMMIN = 1
+
+
+class Segment:
+    def __init__(self, key: int, shmid: int, size: int, mode: int, cpid: int, uid: int, inode: Inode):
+        self.key, self.shmid, self.size, self.mode = key, shmid, size, mode
+        self.cpid, self.uid, self.inode = cpid, uid, inode
+        self.nattch = 0
+        self.destroyed = False
+
+
+class SysV:
+    def __init__(self, kernel):
+        self.k = kernel
+        self.segments: dict[int, Segment] = {}
+        self._id = itertools.count(900_000_001)
+
+    def _err(self, name):
+        from model.kernel import errno
+        return errno(name)
+
+    # ----- attach counting ----------------------------------------------------------------------
+    def opened(self, seg: Segment) -> None:
+        seg.nattch += 1
+
+    def closed(self, seg: Segment) -> None:
+        seg.nattch -= 1
+        if seg.nattch == 0 and seg.mode & SHM_DEST:
+            self.destroy(seg)
+
+    def destroy(self, seg: Segment) -> None:
+        """shm_destroy(): the segment and its pages go."""
+        seg.destroyed = True
+        self.segments.pop(seg.shmid, None)
+        self.k.note("shm_destroy: the segment is freed")
+
+    def _ipcperms(self, proc, seg: Segment, want: int) -> bool:
+        """ipc/util.c ipcperms(): owner, group or other bits, or CAP_IPC_OWNER."""
+        if proc.privileged:
+            return True
+        granted = seg.mode >> 6 if proc.uid == seg.uid else seg.mode
+        return (want & ~granted & 0o7) == 0
+
+    # ----- system calls -------------------------------------------------------------------------
+    def shmget(self, proc, args):
+        """ipc/shm.c ksys_shmget -> ipcget: newseg() or an existing key (shm_more_checks)."""
+        key = args["real_key"]
+        size = args["size"]
+        flg = (0o600 if args.get("mode") is None else args["mode"]) \
+            | (IPC_CREAT if args.get("create") else 0) | (IPC_EXCL if args.get("excl") else 0)
+        existing = None
+        if key != 0:
+            existing = next((s for s in self.segments.values() if s.key == key), None)
+        if existing is None:
+            if key != 0 and not flg & IPC_CREAT:
+                raise self._err("ENOENT")
+            if size < SHMMIN or size > self.k.shmmax:
+                raise self._err("EINVAL")
+            numpages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
+            tot = sum((s.size + PAGE_SIZE - 1) >> PAGE_SHIFT for s in self.segments.values())
+            if tot + numpages < tot or tot + numpages > self.k.shmall:
+                raise self._err("ENOSPC")
+            if len(self.segments) >= self.k.shmmni:
+                raise self._err("ENOSPC")
+            ino = Inode(SHMEM, self.k.new_ino(), self.k.dev[SHMEM], size, f"/SYSV{key & 0xFFFFFFFF:08x}")
+            ino.deleted = True
+            seg = Segment(key, next(self._id), size, flg & 0o777, proc.pid, proc.uid, ino)
+            self.segments[seg.shmid] = seg
+            self.k.note("newseg: a new segment backed by a shmem file SYSV%08x" % (key & 0xFFFFFFFF))
+            return None, {"shmid": seg.shmid}
+        if flg & IPC_CREAT and flg & IPC_EXCL:
+            raise self._err("EEXIST")
+        want = (flg >> 6 | flg >> 3 | flg) & 0o7
+        if not self._ipcperms(proc, existing, want):
+            raise self._err("EACCES")
+        if existing.size < size:
+            raise self._err("EINVAL")
+        return None, {"shmid": existing.shmid}
+
+    def _lookup(self, shmid):
+        seg = self.segments.get(shmid)
+        if seg is None:
+            raise self._err("EINVAL")
+        return seg
+
+    def shmat(self, proc, args):
+        """ipc/shm.c do_shmat(): a MAP_SHARED mapping of a new file on the segment's inode."""
+        from model.kernel import Region, StepError
+        seg = self.k.ipc_segment(proc, args["segment"])
+        if seg is None:
+            raise self._err("EINVAL")
+        addr = self.k.resolve_addr(proc, args.get("addr"))
+        readonly = bool(args.get("readonly"))
+        flags = MAP["SHARED"]
+        if addr:
+            if addr & (PAGE_SIZE - 1):
+                if args.get("rnd"):
+                    addr &= ~(PAGE_SIZE - 1)
+                else:
+                    raise self._err("EINVAL")
+            flags |= MAP["FIXED"]
+        want = 0o4 | (0 if readonly else 0o2)
+        if not self._ipcperms(proc, seg, want):
+            raise self._err("EACCES")
+        size = seg.inode.size
+        if addr and proc.mm.overlapping(addr, addr + size):
+            raise self._err("EINVAL")
+        f = OpenFile(seg.inode, readable=True, writable=not readonly, kind="shm", segment=seg)
+        prot = PROT_READ | (0 if readonly else PROT_WRITE)
+        try:
+            faults, value = self.k.do_mmap(proc, f, addr, size, prot, flags, 0, "shmat")
+        except StepError:
+            raise
+        proc.regions[args["as"]] = Region(value["addr"], args.get("size") or seg.size, "shmat")
+        self.k.note("do_shmat: do_mmap of the segment's shm file (MAP_SHARED)")
+        return faults, value
+
+    def shmdt(self, proc, args):
+        """ipc/shm.c ksys_shmdt(): unmap every VMA of the attach that starts at addr."""
+        r = self.k.region(proc, args["region"])
+        f0 = self.k._faults()
+        mm = proc.mm
+        vma = mm.vma_at(r.addr)
+        if vma is None or vma.file is None or vma.file.kind != "shm" or vma.start != r.addr or vma.pgoff != 0:
+            from model.kernel import errno
+            raise errno("EINVAL", f0)
+        file = vma.file
+        end = r.addr + ((file.inode.size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+        for v in sorted(mm.overlapping(r.addr, end), key=lambda v: v.start):
+            if v.file is file:
+                self.k.unmap_vmas(proc, v.start, v.end)
+        r.mapped = False
+        self.k.note("shmdt unmaps the attach; nattch drops (shm_close)")
+        return f0, None
+
+    def shmctl(self, proc, args):
+        seg = self.k.ipc_segment(proc, args["segment"])
+        if seg is None:
+            raise self._err("EINVAL")
+        cmd = args["cmd"].lower()
+        if cmd == "rmid":
+            if not (proc.privileged or proc.uid == seg.uid):
+                raise self._err("EPERM")
+            seg.mode |= SHM_DEST
+            seg.key = 0
+            self.k.note("IPC_RMID: SHM_DEST set, key made IPC_PRIVATE")
+            if seg.nattch == 0:
+                self.destroy(seg)
+            return None
+        if cmd == "stat":
+            if not self._ipcperms(proc, seg, 0o4):
+                raise self._err("EACCES")
+            return None, {"size": seg.size, "nattch": seg.nattch, "mode": oct(seg.mode & 0o7777)}
+        if cmd in ("lock", "unlock"):
+            limit = proc.rlimit("memlock")
+            if not proc.privileged and not (proc.uid == seg.uid and limit != 0):
+                raise self._err("EPERM")
+            if cmd == "lock":
+                seg.mode |= SHM_LOCKED
+            else:
+                seg.mode &= ~SHM_LOCKED
+            return None
+        raise self._err("EINVAL")
+
+    # ----- /proc/sysvipc/shm ----------------------------------------------------------------------
+    def rows(self) -> list[dict]:
+        """sysvipc_shm_proc_show(): key, shmid, perms, size, cpid, nattch, rss (bytes)."""
+        out = []
+        for seg in sorted(self.segments.values(), key=lambda s: s.shmid):
+            out.append({"key": seg.key, "shmid": seg.shmid, "size": seg.size, "nattch": seg.nattch,
+                        "perms": oct(seg.mode & 0o7777), "cpid": seg.cpid,
+                        "rss": seg.inode.cached_pages() * PAGE_SIZE})
+        return out
+
+    def check(self) -> list[str]:
+        count = {}
+        for p in self.k.procs.values():
+            for v in p.mm.vmas:
+                if v.file is not None and v.file.segment is not None:
+                    count[v.file.segment.shmid] = count.get(v.file.segment.shmid, 0) + 1
+        return [f"SysV shmid {s.shmid}: nattch {s.nattch}, attached VMAs {count.get(s.shmid, 0)}"
+                for s in self.segments.values() if s.nattch != count.get(s.shmid, 0)]

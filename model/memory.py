@@ -1,0 +1,378 @@
+"""Page tables and page faults: mm/memory.c (handle_mm_fault and the paths below it),
+mm/filemap.c (filemap_fault, filemap_map_pages, read-around), mm/shmem.c (shmem_fault),
+ipc/shm.c (shm_fault), mm/gup.c (populate) and zapping (zap_pte_range).
+
+`access()` runs one process's touch or read over a page range the way the CPU and the
+kernel do: an access to a present PTE that allows it costs nothing; otherwise one fault,
+counted as major when it had to read the page from disk (VM_FAULT_MAJOR, or a retry after
+dropping the lock for I/O: mm_account_fault() counts FAULT_FLAG_TRIED as major). SIGBUS and
+SIGSEGV are never counted (mm_account_fault() skips VM_FAULT_ERROR).
+"""
+from __future__ import annotations
+
+from model.flags import (PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
+                         PTE_NONE, PTE_WRITE, PTE_YOUNG, PTE_ZERO, PTRS_PER_PTE, VM_RAND_READ,
+                         VM_READ, VM_EXEC, VM_SEQ_READ, VM_SHARED, VM_WRITE)
+from model.vma import AnonVma, Vma
+
+FAULT_AROUND_PAGES = 16   # mm/memory.c fault_around_bytes = 64 KiB
+
+
+class Fault(Exception):
+    """An access the kernel answers with a signal (SIGSEGV, SIGBUS)."""
+
+    def __init__(self, signal: str, why: str):
+        super().__init__(why)
+        self.signal, self.why = signal, why
+
+
+def _shared_writable_pte(vma: Vma) -> bool:
+    """vm_page_prot of a shared writable mapping without write-notify includes write
+    (vma_set_page_prot): a read fault maps the page writable, a later write costs nothing."""
+    return bool(vma.flags & VM_SHARED and vma.flags & VM_WRITE and vma.file is not None
+                and not vma.file.write_notify)
+
+
+class Memory:
+    """Fault handling for one kernel (model.kernel.Kernel holds the shared objects)."""
+
+    def __init__(self, kernel):
+        self.k = kernel
+
+    # ----- anon_vma -------------------------------------------------------------------------
+    def anon_vma_prepare(self, mm, vma: Vma) -> None:
+        """mm/rmap.c __anon_vma_prepare(): reuse a neighbour's anon_vma when
+        find_mergeable_anon_vma() allows (anon_vma_compatible(): adjacent, flags equal
+        but for access bits, pgoff continuous, not forked), else a new one."""
+        if vma.anon_vma is not None:
+            return
+        prev, nxt = mm.neighbours(vma)
+        mask = ~0x7
+        for a, b, other in ((vma, nxt, nxt), (prev, vma, prev)):
+            if a is None or b is None or other.anon_vma is None or other.opaque is not None:
+                continue
+            if (a.end == b.start and (a.flags ^ b.flags) & mask == 0 and a.file is b.file
+                    and b.pgoff == a.pgoff + a.pages and not other.anon_vma.forked):
+                vma.anon_vma = other.anon_vma
+                self.k.note("anon_vma_prepare reused the neighbour's anon_vma (find_mergeable_anon_vma)")
+                return
+        vma.anon_vma = AnonVma()
+
+    # ----- page cache -----------------------------------------------------------------------
+    def read_around(self, vma: Vma, pgoff: int) -> None:
+        """mm/filemap.c do_sync_mmap_readahead(): VM_RAND_READ reads one page, VM_SEQ_READ
+        reads ra_pages ahead, otherwise mmap read-around: ra_pages centred on the fault."""
+        ino = vma.file.inode
+        ra = ino.readahead_pages
+        if vma.flags & VM_RAND_READ:
+            start, n, how = pgoff, 1, "no readahead (VM_RAND_READ)"
+        elif vma.flags & VM_SEQ_READ:
+            start, n, how = pgoff, ra, f"sequential readahead of {ra} pages (VM_SEQ_READ)"
+        else:
+            start, n, how = max(0, pgoff - ra // 2), ra, f"read-around of {ra} pages"
+        end = min(start + n, ino.npages)
+        for i in range(start, end):
+            if not ino.is_cached(i):
+                ino.add_folio(i, 1)
+        self.k.note(f"page cache miss: {how} (do_sync_mmap_readahead)")
+
+    # ----- PTE changes ----------------------------------------------------------------------
+    def map_file_pte(self, vma: Vma, i: int, write: bool, young: bool = True) -> None:
+        """set_pte_range(): map the page cache page behind page i."""
+        ino = vma.file.inode
+        idx = vma.file_index(i)
+        ino.mapcount[idx] += 1
+        e = PTE_FILE | (PTE_YOUNG if young else 0)
+        if write:
+            e |= PTE_WRITE | PTE_DIRTY
+            ino.mark_dirty(idx)
+        elif _shared_writable_pte(vma):
+            e |= PTE_WRITE
+        vma.pte[i] = e
+
+    def new_anon(self, mm, vma: Vma, i: int, value: int | None) -> None:
+        self.anon_vma_prepare(mm, vma)
+        vma.anon_array()[i] = self.k.anon.new(value or 0)
+        vma.pte[i] = PTE_ANON | PTE_WRITE | PTE_DIRTY | PTE_YOUNG
+
+    def zap(self, vma: Vma, a: int, b: int) -> int:
+        """zap_pte_range() over pages [a, b) of vma: drops the mappings; a dirty PTE marks its
+        file page dirty (folio_mark_dirty). Returns how many present entries went."""
+        pte = vma.pte
+        n = 0
+        anon = vma.anon
+        for i in range(a, b):
+            e = pte[i]
+            kind = e & PTE_KIND
+            if kind == PTE_NONE:
+                continue
+            n += 1
+            if kind == PTE_ANON:
+                self.k.anon.put(anon[i])
+                anon[i] = 0
+            elif kind == PTE_FILE:
+                ino = vma.file.inode
+                idx = vma.file_index(i)
+                ino.mapcount[idx] -= 1
+                if e & PTE_DIRTY and ino.is_cached(idx):
+                    ino.mark_dirty(idx)
+            pte[i] = 0
+        return n
+
+    # ----- one fault ------------------------------------------------------------------------
+    def fault(self, mm, vma: Vma, i: int, write: bool, value: int) -> str:
+        """handle_mm_fault() for page i of vma: returns "minor" or "major"; raises Fault."""
+        e = vma.pte[i]
+        kind = e & PTE_KIND
+        if kind != PTE_NONE:
+            return self.wp_fault(mm, vma, i, value)
+        if vma.file is None:                                   # private anonymous
+            if write:
+                self.new_anon(mm, vma, i, value)
+                self.k.note("do_anonymous_page: a new zeroed page, mapped writable")
+            else:
+                vma.pte[i] = PTE_ZERO | PTE_YOUNG
+                self.k.note("do_anonymous_page: read maps the shared zero page")
+            return "minor"
+        ino = vma.file.inode
+        idx = vma.file_index(i)
+        if idx >= ino.npages:
+            raise Fault("SIGBUS", f"page {idx} is past the end of the file ({ino.size} bytes): "
+                        "filemap_fault/shmem_fault return VM_FAULT_SIGBUS")
+        if not write:
+            return self.do_read_fault(mm, vma, i)
+        if not vma.flags & VM_SHARED:
+            return self.do_cow_fault(mm, vma, i, value)
+        return self.do_shared_fault(mm, vma, i, value)
+
+    def _get_page(self, vma: Vma, idx: int) -> str:
+        """filemap_fault / shmem_fault / shm_fault: the page cache page, read from disk on a
+        miss (major) or, for shmem, allocated zeroed (minor)."""
+        ino = vma.file.inode
+        if ino.is_cached(idx):
+            return "minor"
+        if ino.is_shmem:
+            ino.add_folio(idx, 1)
+            self.k.note("shmem_fault: a hole, a new zeroed page enters the shmem page cache")
+            return "minor"
+        self.read_around(vma, idx)
+        return "major"
+
+    def do_read_fault(self, mm, vma: Vma, i: int) -> str:
+        """mm/memory.c do_read_fault(): fault-around first (should_fault_around: the VMA has
+        ->map_pages), then __do_fault + finish_fault."""
+        ino = vma.file.inode
+        idx = vma.file_index(i)
+        if vma.file.fault_around and ino.is_cached(idx):
+            self.fault_around(vma, i)
+            return "minor"
+        how = self._get_page(vma, idx)
+        if how == "major" and vma.file.fault_around:
+            # filemap_fault dropped the mmap lock for the read (VM_FAULT_RETRY); the retried
+            # fault finds the page cached and fault-around maps the window.
+            self.fault_around(vma, i)
+            self.k.note("the retried fault (FAULT_FLAG_TRIED) counts as major")
+            return "major"
+        self.map_file_pte(vma, i, write=False)
+        self.k.note("shm_fault: one page, no fault-around (shm_vm_ops has no map_pages)"
+                    if vma.file.kind == "shm" else "__do_fault + finish_fault: one page")
+        return how
+
+    def fault_around(self, vma: Vma, i: int) -> int:
+        """mm/memory.c do_fault_around() + mm/filemap.c filemap_map_pages(): the 16-page window
+        aligned in the page table, clipped to the VMA, the page table and the end of file;
+        maps the cached pages whose PTE is empty."""
+        addr = vma.start + (i << PAGE_SHIFT)
+        pte_off = (addr >> PAGE_SHIFT) & (PTRS_PER_PTE - 1)
+        vma_off = i
+        nr = FAULT_AROUND_PAGES
+        from_pte = max(pte_off & ~(nr - 1), pte_off - min(pte_off, vma_off))
+        to_pte = min(from_pte + nr, PTRS_PER_PTE, pte_off + vma.pages - vma_off) - 1
+        a = i - (pte_off - from_pte)
+        b = a + (to_pte - from_pte) + 1
+        ino = vma.file.inode
+        b = min(b, ino.npages - vma.pgoff)
+        mapped = 0
+        for j in range(a, b):
+            if vma.pte[j] == PTE_NONE and ino.is_cached(vma.file_index(j)):
+                self.map_file_pte(vma, j, write=False)
+                mapped += 1
+        self.k.note(f"do_read_fault: fault-around (filemap_map_pages) mapped {mapped} cached "
+                    f"page{'s' if mapped != 1 else ''} of the window [{a}, {b})")
+        return mapped
+
+    def do_cow_fault(self, mm, vma: Vma, i: int, value: int) -> str:
+        """mm/memory.c do_cow_fault(): read the file page, copy it into a new anonymous page."""
+        idx = vma.file_index(i)
+        how = self._get_page(vma, idx)
+        self.new_anon(mm, vma, i, vma.file.inode.data[idx] if value is None else value)
+        self.k.note("do_cow_fault: the file page copied into a new anonymous page")
+        return how
+
+    def do_shared_fault(self, mm, vma: Vma, i: int, value: int) -> str:
+        """mm/memory.c do_shared_fault(): the page cache page, ->page_mkwrite where the
+        filesystem has it, mapped writable and dirty. A large folio is mapped whole
+        (finish_fault maps the folio's pages that lie in the VMA and the page table)."""
+        ino = vma.file.inode
+        idx = vma.file_index(i)
+        how = self._get_page(vma, idx)
+        a, b = ino.folio_range(idx) if ino.large_folios else (idx, idx + 1)
+        lo = max(a - vma.pgoff, 0, i - (((vma.start >> PAGE_SHIFT) + i) & (PTRS_PER_PTE - 1)))
+        hi = min(b - vma.pgoff, vma.pages)
+        n = 0
+        for j in range(lo, hi):
+            if vma.pte[j] == PTE_NONE:
+                self.map_file_pte(vma, j, write=True)
+                n += 1
+        if value is not None:
+            ino.data[idx] = value
+        self.k.note("do_shared_fault: page mapped writable and dirty"
+                    + (" (->page_mkwrite)" if vma.file.write_notify else "")
+                    + (f"; finish_fault mapped the whole {b - a}-page folio ({n} PTEs)" if n > 1 else ""))
+        return how
+
+    def wp_fault(self, mm, vma: Vma, i: int, value: int) -> str:
+        """mm/memory.c do_wp_page(): a write to a present read-only PTE."""
+        e = vma.pte[i]
+        kind = e & PTE_KIND
+        anon = self.k.anon
+        if kind == PTE_ZERO:
+            self.new_anon(mm, vma, i, value or 0)
+            self.k.note("do_wp_page: wp_page_copy replaces the zero page with a new page")
+        elif kind == PTE_ANON:
+            pid = vma.anon[i]
+            if anon.mapcount[pid] == 1:
+                anon.exclusive[pid] = 1
+                vma.pte[i] = e | PTE_WRITE | PTE_DIRTY | PTE_YOUNG
+                if value is not None:
+                    anon.data[pid] = value
+                self.k.note("do_wp_page: the only mapping reuses its page (wp_can_reuse_anon_folio)")
+            else:
+                old = anon.data[pid]
+                anon.put(pid)
+                vma.anon[i] = anon.new(old if value is None else value)
+                vma.pte[i] = PTE_ANON | PTE_WRITE | PTE_DIRTY | PTE_YOUNG
+                self.k.note("do_wp_page: copy-on-write (wp_page_copy) of a shared anonymous page")
+        elif vma.flags & VM_SHARED:
+            ino = vma.file.inode
+            idx = vma.file_index(i)
+            vma.pte[i] = e | PTE_WRITE | PTE_DIRTY | PTE_YOUNG
+            ino.mark_dirty(idx)
+            if value is not None:
+                ino.data[idx] = value
+            self.k.note("do_wp_page: wp_page_shared (->page_mkwrite) makes the page writable")
+        else:
+            ino = vma.file.inode
+            idx = vma.file_index(i)
+            ino.mapcount[idx] -= 1
+            self.new_anon(mm, vma, i, ino.data[idx] if value is None else value)
+            self.k.note("do_wp_page: wp_page_copy copies the file page (private mapping)")
+        return "minor"
+
+    # ----- accesses -------------------------------------------------------------------------
+    def check_access(self, vma: Vma | None, write: bool, addr: int) -> None:
+        """arch/x86/mm/fault.c: no VMA, or access_error() -> SIGSEGV."""
+        if vma is None or vma.start > addr:
+            raise Fault("SIGSEGV", "no VMA at the address (bad_area_nosemaphore)")
+        if vma.opaque is not None:
+            raise Fault("SIGSEGV", "not an experiment mapping")
+        if write and not vma.flags & VM_WRITE:
+            raise Fault("SIGSEGV", "write to a VMA without VM_WRITE (access_error)")
+        if not write and not vma.flags & (VM_READ | VM_WRITE | VM_EXEC):
+            raise Fault("SIGSEGV", "access to a PROT_NONE VMA (access_error)")
+
+    def access(self, mm, start: int, npages: int, write: bool, value: int,
+               values: bytearray | None = None) -> tuple[int, int, int, Fault | None]:
+        """Touch (write or read) npages pages from start, first byte of each. Returns
+        (pages done, minor, major, the Fault that stopped it). `values` collects read bytes."""
+        minor = major = 0
+        done = 0
+        addr = start
+        while done < npages:
+            vma = mm.find_vma(addr)
+            try:
+                self.check_access(vma, write, addr)
+            except Fault as f:
+                return done, minor, major, f
+            i = vma.index(addr)
+            stop = min(vma.pages, i + (npages - done))
+            # fast path: a run of fresh private anonymous pages written in one go
+            if write and vma.file is None and vma.pte[i:stop].count(0) == stop - i and stop - i > 64:
+                n = stop - i
+                self.anon_vma_prepare(mm, vma)
+                first = self.k.anon.new_run(n, value)
+                arr = vma.anon_array()
+                from array import array
+                arr[i:stop] = array("q", range(first, first + n))
+                vma.pte[i:stop] = bytes([PTE_ANON | PTE_WRITE | PTE_DIRTY | PTE_YOUNG]) * n
+                self.k.note("do_anonymous_page: a new zeroed page, mapped writable", n)
+                minor += n
+                done += n
+                addr += n << PAGE_SHIFT
+                continue
+            for j in range(i, stop):
+                e = vma.pte[j]
+                ok = e & PTE_KIND != PTE_NONE and (not write or e & PTE_WRITE)
+                if not ok:
+                    try:
+                        how = self.fault(mm, vma, j, write, value)
+                    except Fault as f:
+                        return done, minor, major, f
+                    if how == "major":
+                        major += 1
+                    else:
+                        minor += 1
+                elif write:
+                    vma.pte[j] = e | PTE_DIRTY | PTE_YOUNG
+                    self._store(vma, j, value)
+                else:
+                    vma.pte[j] = e | PTE_YOUNG
+                if values is not None:
+                    values.append(self.load(vma, j))
+                done += 1
+            addr = vma.start + (stop << PAGE_SHIFT)
+        return done, minor, major, None
+
+    def _store(self, vma: Vma, i: int, value: int) -> None:
+        e = vma.pte[i]
+        kind = e & PTE_KIND
+        if kind == PTE_ANON:
+            self.k.anon.data[vma.anon[i]] = value
+        elif kind == PTE_FILE:
+            vma.file.inode.data[vma.file_index(i)] = value
+
+    def load(self, vma: Vma, i: int) -> int:
+        e = vma.pte[i]
+        kind = e & PTE_KIND
+        if kind == PTE_ANON:
+            return self.k.anon.data[vma.anon[i]]
+        if kind == PTE_FILE:
+            return vma.file.inode.data[vma.file_index(i)]
+        return 0
+
+    def populate(self, mm, start: int, end: int) -> tuple[int, int]:
+        """mm/gup.c __mm_populate() -> populate_vma_page_range(): fault in every page, with a
+        write fault where the mapping is private and writable (to break COW); PROT_NONE and
+        VM_LOCKONFAULT VMAs are skipped."""
+        from model.flags import VM_LOCKONFAULT
+        minor = major = 0
+        for vma in sorted(mm.overlapping(start, end), key=lambda v: v.start):
+            if vma.opaque is not None or vma.flags & VM_LOCKONFAULT:
+                continue
+            if not vma.flags & (VM_READ | VM_WRITE | VM_EXEC):
+                continue
+            write = vma.flags & (VM_WRITE | VM_SHARED) == VM_WRITE
+            a, b = vma.index(max(start, vma.start)), vma.index(min(end, vma.end))
+            for j in range(a, b):
+                e = vma.pte[j]
+                if e & PTE_KIND != PTE_NONE and (not write or e & PTE_WRITE):
+                    continue
+                try:
+                    how = self.fault(mm, vma, j, write, None)
+                except Fault:
+                    break          # GUP stops at SIGBUS (populate is best effort)
+                if how == "major":
+                    major += 1
+                else:
+                    minor += 1
+        return minor, major

@@ -1,0 +1,262 @@
+"""struct mm_struct: the address space of one process, its VMAs, where new mappings go
+(get_unmapped_area) and how VMAs split and merge (mm/vma.c).
+
+Placement follows mm/mmap.c and mm/vma.c:
+- `unmapped_area_topdown()`: the highest gap below mmap_base that fits (the default layout);
+- `unmapped_area()`: the lowest gap at or above mmap_base (legacy layout, ADDR_COMPAT_LAYOUT);
+- `generic_get_unmapped_area_topdown()`: a free, page-aligned hint is honoured; an occupied one
+  falls back to the search; hints are first raised to mmap_min_addr (round_hint_to_min);
+- `__get_unmapped_area()` / `__thp_get_unmapped_area()`: anonymous mappings whose length is a
+  multiple of 2 MiB, and file mappings of a filesystem that supports THP (ext4) of at least
+  2 MiB, are aligned to 2 MiB.
+Merging follows `is_mergeable_vma()`, `is_mergeable_anon_vma()`, `can_vma_merge_before/after()`
+and `vma_merge_new_range()` / `vma_merge_existing_range()`.
+"""
+from __future__ import annotations
+
+import bisect
+
+from model.flags import (PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, VM_DONTEXPAND, VM_GROWSDOWN,
+                         VM_LOCKED, VM_LOCKONFAULT, VM_SHARED, VM_STACK_FLAGS, VM_WRITE)
+from model.vma import Vma
+
+TASK_SIZE = (1 << 47) - PAGE_SIZE     # x86-64, 4-level page tables: TASK_SIZE_MAX
+STACK_GUARD_GAP = 256 << PAGE_SHIFT    # mm/mmap.c stack_guard_gap (256 pages)
+
+
+def page_align(n: int) -> int:
+    return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+def mmap_base_formula(stack_rlimit: int, rnd: int = 0) -> int:
+    """arch/x86/mm/mmap.c mmap_base(): TASK_SIZE - gap - rnd, with gap = the stack rlimit plus
+    the stack guard gap (plus the stack's own randomisation range when ASLR is on, included
+    in rnd here), clamped to [128 MiB, 5/6 of TASK_SIZE]."""
+    gap_min, gap_max = 128 << 20, TASK_SIZE // 6 * 5
+    gap = stack_rlimit + STACK_GUARD_GAP
+    gap = min(max(gap, gap_min), gap_max)
+    return page_align(TASK_SIZE - gap - rnd)
+
+
+def legacy_base(rnd: int = 0) -> int:
+    """arch/x86/mm/mmap.c mmap_legacy_base(): TASK_UNMAPPED_BASE = PAGE_ALIGN(TASK_SIZE / 3)."""
+    return page_align(TASK_SIZE // 3) + rnd
+
+
+class AddressSpace:
+    """The VMA tree of one mm (a sorted list here: the maple tree's order, not its shape)."""
+
+    def __init__(self, vmas: list[Vma], topdown: bool, mmap_base: int, mmap_min_addr: int,
+                 max_map_count: int):
+        self.vmas: list[Vma] = sorted(vmas, key=lambda v: v.start)
+        self.topdown = topdown
+        self.mmap_base = mmap_base
+        self.mmap_min_addr = mmap_min_addr
+        self.max_map_count = max_map_count
+        self.locked_vm = 0   # pages in VM_LOCKED VMAs (mm->locked_vm)
+
+    # ----- lookup -----------------------------------------------------------------------------
+    @property
+    def map_count(self) -> int:
+        """mm->map_count: VMAs (the [vsyscall] gate area is not one)."""
+        return sum(1 for v in self.vmas if v.start < TASK_SIZE)
+
+    @property
+    def total_vm(self) -> int:
+        return sum(v.pages for v in self.vmas if v.start < TASK_SIZE)
+
+    @property
+    def data_vm(self) -> int:
+        """mm->data_vm: private writable pages that are not stack (is_data_mapping)."""
+        return sum(v.pages for v in self.vmas if v.start < TASK_SIZE and v.opaque is None
+                   and v.flags & (VM_WRITE | VM_SHARED | VM_STACK_FLAGS) == VM_WRITE)
+
+    def _starts(self) -> list[int]:
+        return [v.start for v in self.vmas]
+
+    def find_vma(self, addr: int) -> Vma | None:
+        """find_vma(): the first VMA with end > addr (it may start above addr)."""
+        i = bisect.bisect_right(self._starts(), addr) - 1
+        if i >= 0 and self.vmas[i].end > addr:
+            return self.vmas[i]
+        return self.vmas[i + 1] if i + 1 < len(self.vmas) else None
+
+    def vma_at(self, addr: int) -> Vma | None:
+        """vma_lookup(): the VMA containing addr."""
+        v = self.find_vma(addr)
+        return v if v is not None and v.start <= addr else None
+
+    def overlapping(self, start: int, end: int) -> list[Vma]:
+        return [v for v in self.vmas if v.start < end and start < v.end]
+
+    def neighbours(self, vma: Vma) -> tuple[Vma | None, Vma | None]:
+        i = self.vmas.index(vma)
+        return (self.vmas[i - 1] if i > 0 else None,
+                self.vmas[i + 1] if i + 1 < len(self.vmas) else None)
+
+    def insert(self, vma: Vma) -> None:
+        bisect.insort(self.vmas, vma, key=lambda v: v.start)
+
+    def remove(self, vma: Vma) -> None:
+        self.vmas.remove(vma)
+
+    def fully_mapped(self, start: int, end: int) -> bool:
+        at = start
+        for v in sorted(self.overlapping(start, end), key=lambda v: v.start):
+            if v.start > at:
+                return False
+            at = v.end
+        return at >= end
+
+    # ----- placement (mm/mmap.c, mm/vma.c) ----------------------------------------------------
+    def _gaps(self):
+        """Free gaps [lo, hi) between VMAs, honouring the stack guard gap of VM_GROWSDOWN VMAs
+        (vm_start_gap())."""
+        prev_end = 0
+        for v in self.vmas:
+            start = v.start
+            if v.opaque is not None and v.opaque.get("path") == "[stack]" or v.flags & VM_GROWSDOWN:
+                start = max(0, start - STACK_GUARD_GAP)
+            if start > prev_end:
+                yield prev_end, start
+            prev_end = max(prev_end, v.end)
+        if prev_end < TASK_SIZE:
+            yield prev_end, TASK_SIZE
+
+    def unmapped_area_topdown(self, length: int, low: int, high: int, align_mask: int = 0) -> int | None:
+        """mm/vma.c unmapped_area_topdown(): the highest gap in [low, high) that fits, the
+        mapping placed at its top (aligned down when align_mask is set)."""
+        need = length + align_mask
+        best = None
+        for lo, hi in self._gaps():
+            lo, hi = max(lo, low), min(hi, high)
+            if hi - lo >= need:
+                best = (lo, hi)
+        if best is None:
+            return None
+        addr = best[1] - length
+        return addr - (addr & align_mask)
+
+    def unmapped_area(self, length: int, low: int, high: int, align_mask: int = 0) -> int | None:
+        """mm/vma.c unmapped_area(): the lowest gap in [low, high) that fits."""
+        need = length + align_mask
+        for lo, hi in self._gaps():
+            lo, hi = max(lo, low), min(hi, high)
+            if hi - lo >= need:
+                return (lo + align_mask) & ~align_mask
+        return None
+
+    def search(self, length: int, align_mask: int = 0) -> int | None:
+        if self.topdown:
+            addr = self.unmapped_area_topdown(length, max(PAGE_SIZE, self.mmap_min_addr),
+                                              self.mmap_base, align_mask)
+            if addr is not None:
+                return addr
+            # generic_get_unmapped_area_topdown(): "A failed mmap() very likely causes
+            # application failure, so fall back to the bottom-up function here."
+        return self.unmapped_area(length, self.mmap_base if not self.topdown else legacy_base(),
+                                  TASK_SIZE, align_mask)
+
+    def get_unmapped_area(self, length: int, hint: int, fixed: bool, thp_align: bool = False,
+                          pgoff: int = 0) -> int | str:
+        """mm/mmap.c __get_unmapped_area(): an address, or an errno name."""
+        if length > TASK_SIZE - self.mmap_min_addr:
+            return "ENOMEM"
+        if fixed:
+            if hint & (PAGE_SIZE - 1):
+                return "EINVAL"
+            if hint + length > TASK_SIZE:
+                return "ENOMEM"
+            return hint
+        if hint:
+            hint = page_align(hint)
+            if (TASK_SIZE - length >= hint and hint >= self.mmap_min_addr
+                    and not self.overlapping(hint, hint + length)
+                    and not self._in_stack_gap(hint + length)):
+                return hint
+        if thp_align:
+            # mm/huge_memory.c __thp_get_unmapped_area(): search for len + PMD_SIZE, then
+            # move up to the next boundary that keeps (addr - off) aligned.
+            ret = self.search(length + PMD_SIZE)
+            if ret is not None:
+                off = pgoff << PAGE_SHIFT
+                off_sub = (off - ret) & (PMD_SIZE - 1)
+                if self.topdown and not off_sub:
+                    return ret + PMD_SIZE
+                return ret + off_sub
+        addr = self.search(length)
+        return "ENOMEM" if addr is None else addr
+
+    def _in_stack_gap(self, end: int) -> bool:
+        for v in self.vmas:
+            if (v.flags & VM_GROWSDOWN or v.opaque is not None and v.opaque.get("path") == "[stack]") \
+                    and v.start - STACK_GUARD_GAP < end <= v.start:
+                return True
+        return False
+
+    # ----- split and merge (mm/vma.c) ---------------------------------------------------------
+    def split(self, vma: Vma, addr: int) -> Vma:
+        """__split_vma(): returns the upper part, now in the tree."""
+        new = vma.split_at(addr)
+        self.insert(new)
+        return new
+
+    def isolate(self, start: int, end: int) -> list[Vma]:
+        """Split VMAs so that [start, end) is covered by whole VMAs; returns them in order."""
+        for v in list(self.overlapping(start, end)):
+            if v.start < start < v.end:
+                self.split(v, start)
+        for v in list(self.overlapping(start, end)):
+            if v.start < end < v.end:
+                self.split(v, end)
+        return sorted(self.overlapping(start, end), key=lambda v: v.start)
+
+    def splits_needed(self, start: int, end: int) -> int:
+        return sum(1 for v in self.overlapping(start, end) for a in (start, end) if v.start < a < v.end)
+
+    @staticmethod
+    def mergeable(a: Vma, b: Vma) -> bool:
+        """Can b (starting at a.end) join a? is_mergeable_vma(), is_mergeable_anon_vma() and the
+        pgoff continuity of can_vma_merge_after()."""
+        if a.end != b.start or a.opaque is not None or b.opaque is not None:
+            return False
+        if a.flags != b.flags or a.flags & VM_DONTEXPAND:   # VM_SPECIAL never merges
+            return False
+        if a.file is not b.file:                            # the struct file, not the inode
+            return False
+        if a.pgoff + a.pages != b.pgoff:
+            return False
+        if a.anon_vma is not None and b.anon_vma is not None:
+            return a.anon_vma is b.anon_vma
+        other = a.anon_vma or b.anon_vma
+        return other is None or not other.forked
+
+    def try_merge(self, vma: Vma) -> Vma:
+        """Merge vma with its neighbours where the kernel would (vma_merge_existing_range(),
+        vma_merge_new_range()); returns the VMA that now holds vma's range."""
+        prev, nxt = self.neighbours(vma)
+        if prev is not None and self.mergeable(prev, vma):
+            if nxt is not None and self.mergeable(vma, nxt) and not (
+                    prev.anon_vma and nxt.anon_vma and prev.anon_vma is not nxt.anon_vma):
+                prev.absorb(vma)
+                self.remove(vma)
+                prev.absorb(nxt)
+                self.remove(nxt)
+                return prev
+            prev.absorb(vma)
+            self.remove(vma)
+            return prev
+        if nxt is not None and self.mergeable(vma, nxt):
+            vma.absorb(nxt)
+            self.remove(nxt)
+        return vma
+
+    def locked_pages_in(self, start: int, end: int) -> int:
+        """count_mm_mlocked_page_nr()"""
+        return sum((min(end, v.end) - max(start, v.start)) >> PAGE_SHIFT
+                   for v in self.overlapping(start, end) if v.flags & VM_LOCKED)
+
+    def recount_locked(self) -> int:
+        return sum(v.pages for v in self.vmas if v.opaque is None and v.flags & VM_LOCKED
+                   and not v.flags & VM_LOCKONFAULT) + sum(
+            v.pages for v in self.vmas if v.opaque is None and v.flags & VM_LOCKONFAULT)

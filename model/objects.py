@@ -1,0 +1,132 @@
+"""Backing objects: inodes with their page cache (regular files on disk, tmpfs/shmem objects
+for /dev/shm, memfd, shared anonymous memory and SysV segments) and anonymous pages.
+
+Page state is held in arrays, one byte or int per page, never one object per page:
+- Inode.cached   bytearray: 0 absent, 1 cached clean, 2 cached dirty (folio_test_dirty)
+- Inode.data     bytearray: the first byte of each page's contents (what `read` observes)
+- Inode.mapcount array('i'): PTEs mapping the page cache page (folio_precise_page_mapcount)
+- Inode.folio    array('i'): first index of the folio holding the page (-1: absent)
+- AnonPages: one slot per anonymous page ever allocated: mapcount, data, exclusive
+  (PageAnonExclusive), freed when its mapcount drops to 0.
+"""
+from __future__ import annotations
+
+from array import array
+
+from model.flags import PAGE_SIZE
+
+DISK, TMPFS, SHMEM = "disk", "tmpfs", "shmem"   # shmem: the kernel-internal shm mount (00:01)
+
+
+class Inode:
+    """struct inode + struct address_space, as far as mappings see them."""
+
+    def __init__(self, kind: str, ino, dev: str, size: int = 0, name: str = "", large_folios=False):
+        self.kind = kind            # DISK | TMPFS | SHMEM
+        self.ino = ino              # a symbol: the kernel picks inode numbers
+        self.dev = dev
+        self.name = name            # path as /proc/PID/maps prints it (without " (deleted)")
+        self.deleted = False        # unlinked while mapped: maps prints " (deleted)"
+        self.size = 0
+        self.large_folios = large_folios   # mapping_large_folio_support() (ext4 on this kernel)
+        self.cached = bytearray()
+        self.data = bytearray()
+        self.mapcount = array("i")
+        self.folio = array("i")
+        self.mode = 0o600
+        self.uid = 0
+        self.readahead_pages = 32   # file_ra_state.ra_pages: read_ahead_kb 128 KiB
+        self.resize(size)
+
+    @property
+    def is_shmem(self) -> bool:
+        return self.kind in (TMPFS, SHMEM)
+
+    @property
+    def npages(self) -> int:
+        """Pages the file's size covers (a partial last page counts)."""
+        return (self.size + PAGE_SIZE - 1) // PAGE_SIZE
+
+    def _grow(self, n: int) -> None:
+        if n > len(self.cached):
+            extra = n - len(self.cached)
+            self.cached.extend(bytes(extra))
+            self.data.extend(bytes(extra))
+            self.mapcount.extend(array("i", bytes(4 * extra)))
+            self.folio.extend(array("i", [-1]) * extra)
+
+    def resize(self, size: int) -> None:
+        """ftruncate: pages past the new end leave the cache (mm/truncate.c
+        truncate_inode_pages_range); the caller zaps their PTEs first."""
+        old = self.npages
+        self.size = size
+        new = self.npages
+        self._grow(new)
+        for i in range(new, min(old, len(self.cached))):
+            self.cached[i] = 0
+            self.data[i] = 0
+            self.folio[i] = -1
+
+    def add_folio(self, start: int, n: int, dirty: bool = False) -> None:
+        """filemap_add_folio(): pages [start, start+n) enter the cache as one folio."""
+        n = min(n, self.npages - start)
+        if n <= 0:
+            return
+        state = 2 if dirty else 1
+        self.cached[start:start + n] = bytes([state]) * n
+        self.folio[start:start + n] = array("i", [start]) * n
+
+    def folio_range(self, index: int) -> tuple[int, int]:
+        """[first, end) page indexes of the folio holding index."""
+        head = self.folio[index]
+        if head < 0:
+            return index, index + 1
+        end = index + 1
+        while end < self.npages and self.folio[end] == head:
+            end += 1
+        return head, end
+
+    def is_cached(self, index: int) -> bool:
+        return index < len(self.cached) and self.cached[index] != 0
+
+    def mark_dirty(self, index: int) -> None:
+        """folio_mark_dirty(): the whole folio is dirty."""
+        a, b = self.folio_range(index)
+        self.cached[a:b] = b"\x02" * (b - a)
+
+    def cached_pages(self) -> int:
+        return self.npages - self.cached[:self.npages].count(0)
+
+
+class AnonPages:
+    """Every anonymous page (struct folio of order 0, anon): mapcount, contents and
+    PageAnonExclusive, indexed by a page id (>= 1)."""
+
+    def __init__(self):
+        self.mapcount = array("i", [0])
+        self.data = bytearray(1)
+        self.exclusive = bytearray(1)
+        self.live = 0
+
+    def new(self, value: int) -> int:
+        """A new exclusive page mapped once (folio_add_new_anon_rmap)."""
+        self.mapcount.append(1)
+        self.data.append(value & 0xFF)
+        self.exclusive.append(1)
+        self.live += 1
+        return len(self.mapcount) - 1
+
+    def new_run(self, n: int, value: int) -> int:
+        """n new pages at once (a bulk fault of fresh memory); returns the first id."""
+        first = len(self.mapcount)
+        self.mapcount.extend(array("i", [1]) * n)
+        self.data.extend(bytes([value & 0xFF]) * n)
+        self.exclusive.extend(b"\x01" * n)
+        self.live += n
+        return first
+
+    def put(self, pid: int) -> None:
+        """One mapping of the page went away (folio_remove_rmap_pte)."""
+        self.mapcount[pid] -= 1
+        if self.mapcount[pid] == 0:
+            self.live -= 1

@@ -1,0 +1,95 @@
+"""What /proc shows of the model's state: maps lines (fs/proc/task_mmu.c show_map_vma), smaps
+counters (smaps_pte_entry -> smaps_account -> smaps_page_accumulate), pagemap residency
+(pagemap_pmd_range: PM_PRESENT, PM_MMAP_EXCLUSIVE), /proc/sysvipc/shm rows (ipc/shm.c
+sysvipc_shm_proc_show) and the /dev/shm listing."""
+from __future__ import annotations
+
+from model.flags import (PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
+                         PTE_NONE, PTE_YOUNG, PTE_ZERO, VM_LOCKED)
+from model.vma import Vma, render_maps_line
+
+PSS_SHIFT = 12
+SMAPS_KEYS = ("Rss", "Pss", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty",
+              "Referenced", "Anonymous", "AnonHugePages", "ShmemPmdMapped", "FilePmdMapped",
+              "Swap", "Locked")
+
+
+def smaps(vma: Vma, anon) -> dict:
+    """The smaps counters of one VMA, in kB, as show_smap() prints them.
+
+    Per present PTE (the zero page is not a "normal" page: vm_normal_page() returns NULL,
+    so it counts nowhere): Rss; Pss += PAGE_SIZE / mapcount; Shared_* when the page is
+    mapped more than once (folio_maybe_mapped_shared), else Private_*; *_Dirty when the
+    PTE or the folio is dirty; Referenced when the PTE is young; Anonymous for anonymous
+    pages; Locked = Pss of a VM_LOCKED VMA."""
+    rss = pss = sc = sd = pc = pd = ref = an = 0
+    if vma.opaque is None:
+        pte = vma.pte
+        ino = vma.file.inode if vma.file is not None else None
+        for i, e in enumerate(pte):
+            kind = e & PTE_KIND
+            if kind == PTE_NONE or kind == PTE_ZERO:
+                continue
+            if kind == PTE_ANON:
+                pid = vma.anon[i]
+                mc = anon.mapcount[pid]
+                dirty = bool(e & PTE_DIRTY)
+                an += 1
+            else:
+                idx = vma.pgoff + i
+                mc = ino.mapcount[idx]
+                dirty = bool(e & PTE_DIRTY) or ino.cached[idx] == 2
+            rss += 1
+            pss += (PAGE_SIZE << PSS_SHIFT) // max(mc, 1)
+            if e & PTE_YOUNG:
+                ref += 1
+            if mc >= 2:
+                if dirty:
+                    sd += 1
+                else:
+                    sc += 1
+            elif dirty:
+                pd += 1
+            else:
+                pc += 1
+    kb = PAGE_SIZE >> 10
+    out = dict.fromkeys(SMAPS_KEYS, 0)
+    out.update(Rss=rss * kb, Pss=pss >> (PSS_SHIFT + 10), Shared_Clean=sc * kb, Shared_Dirty=sd * kb,
+               Private_Clean=pc * kb, Private_Dirty=pd * kb, Referenced=ref * kb, Anonymous=an * kb)
+    if vma.flags & VM_LOCKED and vma.opaque is None:
+        out["Locked"] = out["Pss"]
+    return out
+
+
+def vma_record(vma: Vma, anon, smaps_of_opaque: dict | None = None) -> dict:
+    f = vma.fields()
+    return {"start": vma.start, "end": vma.end, **f,
+            "smaps_kb": smaps(vma, anon) if vma.opaque is None else (smaps_of_opaque or {})}
+
+
+def maps_line(vma: Vma) -> str:
+    return render_maps_line(vma.start, vma.end, vma.fields())
+
+
+def residency(mm, start: int, npages: int, anon) -> dict:
+    """pagemap over [start, start + npages pages): present entries, how many map the zero
+    page, and how many map a page mapped exactly once (PM_MMAP_EXCLUSIVE)."""
+    present = zero = exclusive = 0
+    end = start + (npages << PAGE_SHIFT)
+    for vma in mm.overlapping(start, end):
+        if vma.opaque is not None:
+            continue
+        a, b = vma.index(max(start, vma.start)), vma.index(min(end, vma.end))
+        for i in range(a, b):
+            e = vma.pte[i]
+            kind = e & PTE_KIND
+            if kind == PTE_NONE:
+                continue
+            present += 1
+            if kind == PTE_ZERO:
+                zero += 1
+            elif kind == PTE_ANON:
+                exclusive += anon.mapcount[vma.anon[i]] == 1
+            else:
+                exclusive += vma.file.inode.mapcount[vma.pgoff + i] == 1
+    return {"present": present, "zero": zero, "exclusive": exclusive, "rss": present - zero}

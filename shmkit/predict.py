@@ -1,0 +1,128 @@
+"""`shmkit predict`: the model's record of an experiment, in the same format as `shmkit run`.
+
+The model (model/, pure Python) needs plain data from the live host: the kernel profile and
+an initial snapshot of the worker (its maps, as the live side records them before the first
+step, and the padded edge). That snapshot comes from a live record (`snapshot_from_record`: the
+prediction then starts from exactly the state the live run started from) or from a fresh
+worker started for the purpose (`fresh_snapshot`). Names (files, POSIX names, SysV keys) are
+the run's real names, so the record normalises like a live one.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import tempfile
+import time
+
+from model.kernel import Kernel
+from shmkit import registry
+
+RLIMIT_NAMES = {"AS": "as", "DATA": "data", "MEMLOCK": "memlock", "STACK": "stack",
+                "NOFILE": "nofile", "FSIZE": "fsize"}
+
+
+def _dev(st_dev: int) -> str:
+    return f"{os.major(st_dev):02x}:{os.minor(st_dev):02x}"
+
+
+def host_devices(run_dir: str) -> dict:
+    """Device numbers as maps prints them: the run directory's filesystem, /dev/shm, and the
+    kernel's internal shm mount (where memfd, shared anonymous memory and SysV live)."""
+    fd = os.memfd_create("shmkit-probe-dev", os.MFD_CLOEXEC)
+    try:
+        shmem = _dev(os.fstat(fd).st_dev)
+    finally:
+        os.close(fd)
+    return {"disk": _dev(os.stat(run_dir).st_dev), "tmpfs": _dev(os.stat("/dev/shm").st_dev),
+            "shmem": shmem}
+
+
+def snapshot_from_record(rec: dict, profile: dict, run_dir: str | None = None) -> dict:
+    """The model's starting point from a live record's `initial` view and setup."""
+    setup = rec["setup"]
+    rl = {RLIMIT_NAMES[k]: list(v) for k, v in (profile.get("rlimits") or {}).items() if k in RLIMIT_NAMES}
+    for name, soft, hard in setup.get("rlimits") or []:
+        rl[name] = [soft, hard]
+    user = setup.get("user")
+    uid = os.getuid()
+    if user is not None and os.getuid() == 0:
+        uid = pwd.getpwnam(user).pw_uid
+    procs = {n: {"pid": p["pid"], "vmas": p["vmas"]}
+             for n, p in rec["initial"]["processes"].items()}
+    return {"processes": procs, "setup": setup, "rlimits": rl, "uid": uid,
+            "privileged": os.getuid() == 0 and user is None,
+            "devices": host_devices(run_dir or tempfile.gettempdir()), "umask": _umask()}
+
+
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+class _Names:
+    """The real names a live run gives each handle (shmkit.registry.Run's rules)."""
+
+    def __init__(self, run):
+        self.run = run
+        self.names = {"posix": {}, "files": {}, "keys": {}, "memfds": {}, "shmids": {}}
+        self.files = {}
+
+    def args(self, step) -> dict:
+        a = dict(step.args)
+        g = step.get
+        run = self.run
+        op = step.do
+        if op == "file":
+            path = run.file_path(g("name"), g("on") or "disk")
+            self.files[g("name")] = path
+            self.names["files"][path] = g("name")
+            a["path"] = path
+            a["seed"] = g("name")
+        elif op in ("open", "evict"):
+            a["path"] = self.files.get(g("file"), f"{run.dir}/missing-{g('file')}")
+        elif op == "mmap" and g("file") is not None:
+            a["path"] = self.files.get(g("file"), f"{run.dir}/missing-{g('file')}")
+        elif op in ("shm_open", "shm_unlink"):
+            a["real_name"] = run.posix_name(g("name"))
+            if op == "shm_open":
+                self.names["posix"][a["real_name"]] = g("name")
+        elif op == "memfd":
+            a["real_name"] = run.memfd_name(g("name"))
+            self.names["memfds"][a["real_name"]] = g("name")
+        elif op == "shmget":
+            key = run.sysv_key(g("key") if g("key") is not None else "private")
+            a["real_key"] = key
+            self.names["keys"][str(key)] = g("as")
+        return a
+
+
+def predict(exp, profile: dict, snapshot: dict, pads: dict, run=None, on_step=None) -> dict:
+    """The predicted record of one experiment (docs/record.md, "kind": "predict")."""
+    run = run or registry.Run(user=exp.setup.user)
+    names = _Names(run)
+    t0 = time.perf_counter()
+    k = Kernel(profile, snapshot)
+    initial = k.observe()
+    rec = {"path": exp.path, "about": exp.about,
+           "setup": {"aslr": exp.setup.aslr, "layout": exp.setup.layout,
+                     "rlimits": [list(r) for r in exp.setup.rlimits], "user": exp.setup.user},
+           "run_id": run.run_id, "prefix": run.prefix, "status": "ok", "steps": [],
+           "initial": initial, "pads": pads, "cleaned": [], "attempt": 1, "attempts": 1}
+    for step in exp.steps:
+        args = names.args(step)
+        out = k.step({"index": step.index, "do": step.do, "in": step.proc, "args": args})
+        if step.do == "shmget" and out["result"] == "ok":
+            names.names["shmids"][str(out["value"]["shmid"])] = step.get("as")
+        view = k.observe()
+        rec["steps"].append({
+            "index": step.index, "do": step.do, "in": step.proc, "args": step.raw,
+            "result": out["result"], "faults": out["faults"], "value": out["value"], "note": None,
+            "processes": view["processes"], "dev_shm": view["dev_shm"], "sysv": view["sysv"],
+            "perturbed": None, "trace": out["trace"], "check": k.check(),
+        })
+        if on_step:
+            on_step(step, out)
+    rec["names"] = names.names
+    rec["model_seconds"] = time.perf_counter() - t0
+    return rec
