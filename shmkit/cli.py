@@ -74,6 +74,62 @@ def cmd_run(args) -> int:
     return status
 
 
+def cmd_predict(args) -> int:
+    import json
+    import time
+
+    from shmkit import predict as pred
+    from shmkit import record, report
+    from shmkit.profile import read_profile
+
+    files = _expand(args.files) or _bundled_files()
+    exps = load_all(files)
+    snaps = {}
+    if args.snapshot:
+        try:
+            with open(args.snapshot) as f:
+                doc = json.load(f)
+            snaps = {os.path.abspath(e["path"]): e for e in doc["experiments"]}
+            host = doc["host"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"{args.snapshot}: --snapshot: not a record written by 'shmkit run --json' ({e}); "
+                  "accepted: the JSON file of docs/record.md", file=sys.stderr)
+            return 2
+    else:
+        host = read_profile().to_dict()
+    results = []
+    bad = 0
+    for exp in exps:
+        live = snaps.get(os.path.abspath(exp.path))
+        t0 = time.perf_counter()
+        if live is not None:
+            snap, pads, run = pred.snapshot_from_record(live, host), live["pads"], None
+        elif args.snapshot:
+            print(f"{args.snapshot}: --snapshot: holds no run of {exp.path}; accepted: a record "
+                  "of the same experiment files", file=sys.stderr)
+            return 2
+        else:
+            snap, pads, run = pred.fresh_snapshot(exp, host)
+        t_snap = time.perf_counter() - t0
+        rec = pred.predict(exp, host, snap, pads, run)
+        results.append(rec)
+        broken = [c for s in rec["steps"] for c in s["check"]]
+        bad += bool(broken)
+        if not args.quiet:
+            print(report.render_prediction(rec))
+            print(f"  model: {rec['model_seconds'] * 1000:.1f} ms for {len(rec['steps'])} steps"
+                  f" (snapshot {t_snap:.2f} s)")
+            for c in broken:
+                print(f"  MODEL CHECK FAILED: {c}")
+            print()
+    print(f"{len(results)} experiment(s) predicted" + (f"; {bad} with a failed model check" if bad else ""))
+    if args.json:
+        doc = record.document("predict", results, host, __version__)
+        record.write_json(doc, args.json)
+        print(f"record written to {args.json}")
+    return 1 if bad else 0
+
+
 def cmd_clean(args) -> int:
     from shmkit import registry
 
@@ -107,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, default=60.0, help="seconds a step may take (default 60)")
     r.add_argument("--quiet", action="store_true", help="only the summary line")
     r.set_defaults(func=cmd_run)
+    q = sub.add_parser("predict", help="predict every observation of experiments with the model")
+    q.add_argument("files", nargs="*", help="experiment files or directories (default: the bundled ones)")
+    q.add_argument("--json", metavar="OUT", help="write the JSON record (docs/record.md, kind predict)")
+    q.add_argument("--snapshot", metavar="RUN.json",
+                   help="start from the initial views of a 'shmkit run --json' record instead of a fresh worker")
+    q.add_argument("--quiet", action="store_true", help="only the summary line")
+    q.set_defaults(func=cmd_predict)
     c = sub.add_parser("clean", help="remove what killed runs left (objects whose owner is gone)")
     c.set_defaults(func=cmd_clean)
     pr = sub.add_parser("profile", help="print this host's kernel profile as JSON")

@@ -126,3 +126,20 @@ def predict(exp, profile: dict, snapshot: dict, pads: dict, run=None, on_step=No
     rec["names"] = names.names
     rec["model_seconds"] = time.perf_counter() - t0
     return rec
+
+
+def fresh_snapshot(exp, profile: dict):
+    """Start a worker for the experiment's setup, record its initial view, stop it.
+    Returns (snapshot, pads, run): the run's prefix names the prediction's objects."""
+    from shmkit import manager
+
+    m = manager.Manager(exp)
+    m.run.open()
+    try:
+        m.spawn_main()
+        rec = {"setup": manager._setup_dict(exp.setup), "initial": {"processes": m.observe()}}
+        pads = {"main": m.procs["main"].pads}
+    finally:
+        m.shutdown()
+        m.run.cleanup()
+    return snapshot_from_record(rec, profile, str(m.run.dir.parent)), pads, m.run

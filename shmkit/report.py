@@ -79,9 +79,20 @@ def render(rec: dict, color: bool = False) -> str:
             prev_sys = sysv
         if s.get("note"):
             lines.append(f"         note: {s['note']}")
+        for t in s.get("trace") or []:
+            lines.append(f"         why: {t}")
     if rec["status"] == "aborted":
         a = rec["abort"]
         lines.append(f"ABORTED at step {a.get('step')}: process '{a.get('process')}' "
                      + ", ".join(f"{k}={v}" for k, v in a.items() if k not in ("process", "step")))
-    lines.append(f"   status: {rec['status']}; cleaned up: {len(rec.get('cleaned', []))} object(s)")
+    if "model_seconds" not in rec:
+        lines.append(f"   status: {rec['status']}; cleaned up: {len(rec.get('cleaned', []))} object(s)")
     return "\n".join(lines)
+
+
+def render_prediction(rec: dict) -> str:
+    """The model's account: the same layout as a run, each step with the kernel paths that
+    produced it ("why")."""
+    text = render(rec)
+    head, _, rest = text.partition("\n")
+    return head + " (predicted by the model)\n" + rest
