@@ -1009,7 +1009,7 @@ class Kernel:
                         continue
                     if k == PTE_ANON:
                         pid = v.anon[i]
-                        self.anon.mapcount[pid] += 1
+                        self.anon.get(pid)
                         self.anon.exclusive[pid] = 0
                         c.anon_array()[i] = pid
                     elif k == PTE_FILE:

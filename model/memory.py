@@ -10,12 +10,20 @@ SIGSEGV are never counted (mm_account_fault() skips VM_FAULT_ERROR).
 """
 from __future__ import annotations
 
+from array import array
+
 from model.flags import (PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
                          PTE_NONE, PTE_WRITE, PTE_YOUNG, PTE_ZERO, PTRS_PER_PTE, VM_RAND_READ,
                          VM_READ, VM_EXEC, VM_SEQ_READ, VM_SHARED, VM_WRITE)
 from model.vma import AnonVma, Vma
 
 FAULT_AROUND_PAGES = 16   # mm/memory.c fault_around_bytes = 64 KiB
+
+# byte -> 1 where the entry allows the access without a fault (bytes.translate tables)
+_PRESENT = bytes(1 if b & PTE_KIND else 0 for b in range(256))
+_WRITABLE = bytes(1 if b & PTE_KIND and b & PTE_WRITE else 0 for b in range(256))
+_YOUNG = bytes((b | PTE_YOUNG) if b & PTE_KIND else b for b in range(256))
+_DIRTY_YOUNG = bytes((b | PTE_YOUNG | PTE_DIRTY) if b & PTE_KIND else b for b in range(256))
 
 
 class Fault(Exception):
@@ -296,19 +304,11 @@ class Memory:
                 return done, minor, major, f
             i = vma.index(addr)
             stop = min(vma.pages, i + (npages - done))
-            # fast path: a run of fresh private anonymous pages written in one go
-            if write and vma.file is None and vma.pte[i:stop].count(0) == stop - i and stop - i > 64:
+            if stop - i >= 64 and self._bulk(mm, vma, i, stop, write, value, values):
                 n = stop - i
-                self.anon_vma_prepare(mm, vma)
-                first = self.k.anon.new_run(n, value)
-                arr = vma.anon_array()
-                from array import array
-                arr[i:stop] = array("q", range(first, first + n))
-                vma.pte[i:stop] = bytes([PTE_ANON | PTE_WRITE | PTE_DIRTY | PTE_YOUNG]) * n
-                self.k.note("do_anonymous_page: a new zeroed page, mapped writable", n)
-                minor += n
+                minor += self._bulk_faults
                 done += n
-                addr += n << PAGE_SHIFT
+                addr = vma.start + (stop << PAGE_SHIFT)
                 continue
             for j in range(i, stop):
                 e = vma.pte[j]
@@ -332,6 +332,58 @@ class Memory:
                 done += 1
             addr = vma.start + (stop << PAGE_SHIFT)
         return done, minor, major, None
+
+    _bulk_faults = 0
+
+    def _bulk(self, mm, vma: Vma, i: int, stop: int, write: bool, value: int, values) -> bool:
+        """Whole runs handled at once, with the same outcome as page by page (the common cases
+        of large regions): fresh or zero-page private anonymous memory written or read, and
+        accesses that fault nowhere. Returns False when the run needs the page-by-page path."""
+        n = stop - i
+        seg = vma.pte[i:stop]
+        anon_vma = vma.file is None
+        self._bulk_faults = 0
+        if anon_vma and write and (seg.count(PTE_NONE) == n or seg.count(PTE_ZERO | PTE_YOUNG) == n
+                                   or seg.count(PTE_ZERO) == n):
+            zero = seg[0] != PTE_NONE
+            self.anon_vma_prepare(mm, vma)
+            first = self.k.anon.new_run(n, value)
+            vma.anon_array()[i:stop] = array("q", range(first, first + n))
+            vma.pte[i:stop] = bytes([PTE_ANON | PTE_WRITE | PTE_DIRTY | PTE_YOUNG]) * n
+            self.k.note("do_wp_page: wp_page_copy replaces the zero page with a new page" if zero
+                        else "do_anonymous_page: a new zeroed page, mapped writable", n)
+            self._bulk_faults = n
+            return True
+        if anon_vma and not write and seg.count(PTE_NONE) == n:
+            vma.pte[i:stop] = bytes([PTE_ZERO | PTE_YOUNG]) * n
+            self.k.note("do_anonymous_page: read maps the shared zero page", n)
+            if values is not None:
+                values.extend(bytes(n))
+            self._bulk_faults = n
+            return True
+        ok = seg.translate(_WRITABLE if write else _PRESENT)
+        if ok.count(0):
+            return False
+        vma.pte[i:stop] = seg.translate(_DIRTY_YOUNG if write else _YOUNG)
+        if write or values is not None:
+            anon = self.k.anon
+            for j in range(i, stop):
+                kind = seg[j - i] & PTE_KIND
+                if kind == PTE_ANON:
+                    pid = vma.anon[j]
+                    if write:
+                        anon.data[pid] = value
+                    elif values is not None:
+                        values.append(anon.data[pid])
+                elif kind == PTE_FILE:
+                    idx = vma.pgoff + j
+                    if write:
+                        vma.file.inode.data[idx] = value
+                    elif values is not None:
+                        values.append(vma.file.inode.data[idx])
+                elif values is not None:
+                    values.append(0)
+        return True
 
     def _store(self, vma: Vma, i: int, value: int) -> None:
         e = vma.pte[i]

@@ -107,6 +107,7 @@ class AnonPages:
         self.data = bytearray(1)
         self.exclusive = bytearray(1)
         self.live = 0
+        self.shared = 0      # pages with mapcount >= 2 (lets /proc views skip per-page lookups)
 
     def new(self, value: int) -> int:
         """A new exclusive page mapped once (folio_add_new_anon_rmap)."""
@@ -125,8 +126,16 @@ class AnonPages:
         self.live += n
         return first
 
+    def get(self, pid: int) -> None:
+        """One more mapping of the page (fork: folio_try_dup_anon_rmap_pte)."""
+        self.mapcount[pid] += 1
+        if self.mapcount[pid] == 2:
+            self.shared += 1
+
     def put(self, pid: int) -> None:
         """One mapping of the page went away (folio_remove_rmap_pte)."""
         self.mapcount[pid] -= 1
-        if self.mapcount[pid] == 0:
+        if self.mapcount[pid] == 1:
+            self.shared -= 1
+        elif self.mapcount[pid] == 0:
             self.live -= 1

@@ -23,7 +23,22 @@ def smaps(vma: Vma, anon) -> dict:
     PTE or the folio is dirty; Referenced when the PTE is young; Anonymous for anonymous
     pages; Locked = Pss of a VM_LOCKED VMA."""
     rss = pss = sc = sd = pc = pd = ref = an = 0
-    if vma.opaque is None:
+    if vma.opaque is None and vma.file is None and anon.shared == 0:
+        # every anonymous page is mapped once: count entries by value, no per-page lookups
+        for e in set(vma.pte):
+            if e & PTE_KIND != PTE_ANON:
+                continue
+            n = vma.pte.count(e)
+            rss += n
+            an += n
+            if e & PTE_YOUNG:
+                ref += n
+            if e & PTE_DIRTY:
+                pd += n
+            else:
+                pc += n
+        pss = rss * (PAGE_SIZE << PSS_SHIFT)
+    elif vma.opaque is None:
         pte = vma.pte
         ino = vma.file.inode if vma.file is not None else None
         for i, e in enumerate(pte):
@@ -80,6 +95,17 @@ def residency(mm, start: int, npages: int, anon) -> dict:
         if vma.opaque is not None:
             continue
         a, b = vma.index(max(start, vma.start)), vma.index(min(end, vma.end))
+        if vma.file is None and anon.shared == 0:
+            seg = vma.pte[a:b]
+            for e in set(seg):
+                kind = e & PTE_KIND
+                if kind == PTE_NONE:
+                    continue
+                n = seg.count(e)
+                present += n
+                zero += n if kind == PTE_ZERO else 0
+                exclusive += n if kind == PTE_ANON else 0
+            continue
         for i in range(a, b):
             e = vma.pte[i]
             kind = e & PTE_KIND

@@ -1,0 +1,47 @@
+"""The model against the live kernel: every bundled experiment runs live, the model predicts it
+from the same initial snapshot (chained, never re-seeded), and the two normalised records must
+agree on every field of every step (maps lines of every process, minor/major faults, smaps
+figures, region residency, /dev/shm, SysV rows, errno, values read). The model's check() must
+hold after every step."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from shmkit import spec
+
+BUNDLED = sorted((Path(__file__).resolve().parent.parent / "experiments").glob("*.toml"))
+
+
+@pytest.fixture(scope="module")
+def profile():
+    from shmkit.profile import read_profile
+    return read_profile().to_dict()
+
+
+def live_and_model(path: Path, profile: dict):
+    from shmkit import manager, record
+    from shmkit.predict import predict, snapshot_from_record
+
+    exp = spec.load(path)
+    live = manager.run_experiment(exp)
+    assert live["status"] == "ok", f"{path.name}: live run {live['status']}: {live.get('abort')}"
+    pred = predict(exp, profile, snapshot_from_record(live, profile), live["pads"])
+    return live, pred, record.normalise(live), record.normalise(pred)
+
+
+@pytest.mark.live
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="live runs need Linux")
+@pytest.mark.parametrize("path", BUNDLED, ids=[p.stem for p in BUNDLED])
+def test_model_predicts_the_live_kernel(path, profile):
+    from shmkit.compare import count_fields, differences
+
+    live, pred, nl, nm = live_and_model(path, profile)
+    broken = [f"step {s['index']}: {c}" for s in pred["steps"] for c in s["check"]]
+    assert not broken, f"{path.name}: model check() failed:\n" + "\n".join(broken)
+    diffs = differences(nl, nm)
+    assert count_fields(nl) > 10 * len(exp_steps := nl["steps"]) > 0
+    assert not diffs, (f"{path.name}: {len(diffs)} of {count_fields(nl)} fields differ:\n"
+                       + "\n".join(str(d) for d in diffs[:30]))
