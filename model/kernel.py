@@ -92,6 +92,8 @@ class Kernel:
         self.dev = {DISK: dev.get("disk", "00:00"), TMPFS: dev.get("tmpfs", "00:00"),
                     SHMEM: dev.get("shmem", "00:01")}
         self.large_folios = snapshot.get("disk_large_folios", True)
+        # bdi->ra_pages of the disk's backing device (read_ahead_kb; the kernel default is 128)
+        self.readahead_pages = (dev.get("disk_readahead_kb") or 128) // 4
         self.anon = AnonPages()
         self.mem = Memory(self)
         self.files: dict[str, Inode] = {}       # disk and tmpfs files by path
@@ -216,6 +218,7 @@ class Kernel:
                     large_folios=self.large_folios and kind == DISK)
         ino.resize(size)
         ino.uid = proc.uid
+        ino.readahead_pages = self.readahead_pages
         fill = args.get("fill") or "zero"
         if fill == "zero":
             ino.data[:] = bytes(len(ino.data))

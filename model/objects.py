@@ -35,7 +35,7 @@ class Inode:
         self.folio = array("i")
         self.mode = 0o600
         self.uid = 0
-        self.readahead_pages = 32   # file_ra_state.ra_pages: read_ahead_kb 128 KiB
+        self.readahead_pages = 32   # file_ra_state.ra_pages (the kernel sets it from the bdi)
         self.resize(size)
 
     @property

@@ -33,8 +33,19 @@ def host_devices(run_dir: str) -> dict:
         shmem = _dev(os.fstat(fd).st_dev)
     finally:
         os.close(fd)
-    return {"disk": _dev(os.stat(run_dir).st_dev), "tmpfs": _dev(os.stat("/dev/shm").st_dev),
-            "shmem": shmem}
+    disk = os.stat(run_dir).st_dev
+    return {"disk": _dev(disk), "tmpfs": _dev(os.stat("/dev/shm").st_dev), "shmem": shmem,
+            "disk_readahead_kb": _readahead_kb(disk)}
+
+
+def _readahead_kb(st_dev: int) -> int | None:
+    """The backing device's read_ahead_kb (mm/backing-dev.c: bdi->ra_pages), which sizes
+    mmap read-around (do_sync_mmap_readahead: ra_pages)."""
+    try:
+        with open(f"/sys/class/bdi/{os.major(st_dev)}:{os.minor(st_dev)}/read_ahead_kb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def snapshot_from_record(rec: dict, profile: dict, run_dir: str | None = None) -> dict:
