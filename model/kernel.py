@@ -87,6 +87,8 @@ class Kernel:
         self.shmmax = sysctl.get("shmmax") or (1 << 64) - (1 << 24) - 1
         self.shmall = sysctl.get("shmall") or (1 << 64) - (1 << 24) - 1
         self.shmmni = sysctl.get("shmmni") or 4096
+        self.thp_enabled = profile.get("thp_enabled") or "never"
+        self.thp_use_zero_page = profile.get("thp_use_zero_page", 1)
         self.totalram_pages = (profile.get("mem_total_kb") or (1 << 40)) // 4
         dev = snapshot.get("devices", {})
         self.dev = {DISK: dev.get("disk", "00:00"), TMPFS: dev.get("tmpfs", "00:00"),
@@ -208,6 +210,9 @@ class Kernel:
             mm.remove(vma)
             if vma.file is not None and vma.file.segment is not None:
                 self.ipc.closed(vma.file.segment)
+        for b in range(start >> 21, ((end - 1) >> 21) + 1):
+            if b in mm.ptables and not mm.overlapping(b << 21, (b + 1) << 21):
+                mm.ptables.discard(b)       # free_pgtables: the PTE table goes with the last VMA
 
     # ----- files ------------------------------------------------------------------------------
     def sys_file(self, proc: Process, args: dict):
@@ -1005,6 +1010,7 @@ class Kernel:
                 self.ipc.opened(v.file.segment)
             if v.anon_vma is not None:
                 c.anon_vma = AnonVma(forked=True)
+                c.huge = dict(v.huge)            # copy_huge_pmd: the child maps the THP too
                 cow = not v.flags & VM_SHARED and v.flags & VM_MAYWRITE
                 for i, e in enumerate(v.pte):
                     k = e & PTE_KIND
@@ -1027,6 +1033,7 @@ class Kernel:
                     copied += 1
             vmas.append(c)
         child_mm = AddressSpace(vmas, mm.topdown, mm.mmap_base, mm.mmap_min_addr, mm.max_map_count)
+        child_mm.ptables = set(mm.ptables)
         child = Process(args["child"], next(self._pid), child_mm, proc.rlimits, proc.privileged, proc.uid)
         child.fds = dict(proc.fds)
         child.regions = {h: r.copy() for h, r in proc.regions.items()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from array import array
 
-from model.flags import (PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
+from model.flags import (PMD_SIZE, VM_HUGEPAGE, VM_NOHUGEPAGE, PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
                          PTE_NONE, PTE_WRITE, PTE_YOUNG, PTE_ZERO, PTRS_PER_PTE, VM_RAND_READ,
                          VM_READ, VM_EXEC, VM_SEQ_READ, VM_SHARED, VM_WRITE)
 from model.vma import AnonVma, Vma
@@ -109,6 +109,9 @@ class Memory:
         pte = vma.pte
         n = 0
         anon = vma.anon
+        for h in list(vma.huge):
+            if h < b and a < h + 512:
+                del vma.huge[h]          # zap_huge_pmd, or split_huge_pmd for a partial range
         for i in range(a, b):
             e = pte[i]
             kind = e & PTE_KIND
@@ -128,10 +131,89 @@ class Memory:
         return n
 
     # ----- one fault ------------------------------------------------------------------------
+    # ----- transparent huge pages (mm/huge_memory.c) ------------------------------------
+    def thp_eligible(self, vma: Vma) -> bool:
+        """thp_vma_allowable_order() for PMD size on a private anonymous VMA: THP "always"
+        (unless VM_NOHUGEPAGE) or "madvise" with VM_HUGEPAGE."""
+        if vma.file is not None or vma.opaque is not None or vma.flags & VM_SHARED:
+            return False
+        mode = self.k.thp_enabled
+        if vma.flags & VM_NOHUGEPAGE:
+            return False
+        return mode == "always" or (mode == "madvise" and bool(vma.flags & VM_HUGEPAGE))
+
+    @staticmethod
+    def huge_block(vma: Vma, i: int) -> str | None:
+        """What PMD maps page i: "anon" (a THP), "zero" (the huge zero page) or None (PTEs)."""
+        if not vma.huge:
+            return None
+        a = (((vma.start >> PAGE_SHIFT) + i) & ~511) - (vma.start >> PAGE_SHIFT)
+        return vma.huge.get(a)
+
+    def huge_fault(self, mm, vma: Vma, i: int, write: bool, value) -> str | None:
+        """__handle_mm_fault() -> create_huge_pmd()/wp_huge_pmd(): the 2 MiB block around the
+        address, if it lies inside the VMA (thp_vma_suitable_order) and has no PTE table yet
+        (pmd_none), is mapped by one PMD: do_huge_pmd_anonymous_page() maps the huge zero page
+        on a read (use_zero_page) and a new THP on a write; a write to the huge zero page maps
+        a new THP (do_huge_zero_wp_pmd). Returns None to fall back to PTEs."""
+        addr = vma.start + (i << PAGE_SHIFT)
+        haddr = addr & ~(PMD_SIZE - 1)
+        if haddr < vma.start or haddr + PMD_SIZE > vma.end:
+            return None
+        a = (haddr - vma.start) >> PAGE_SHIFT
+        kind = vma.huge.get(a)
+        if kind == "anon":
+            return self.huge_wp(mm, vma, a, i, value)
+        if kind == "zero":
+            if not write:
+                return None
+        elif not self.thp_eligible(vma) or (haddr >> 21) in mm.ptables or vma.pte[a:a + 512].count(PTE_NONE) != 512:
+            return None
+        if not write and self.k.thp_use_zero_page and kind is None:
+            vma.pte[a:a + 512] = bytes([PTE_ZERO | PTE_YOUNG]) * 512
+            vma.huge[a] = "zero"
+            self.k.note("do_huge_pmd_anonymous_page: a read maps the huge zero page (one PMD, 512 pages)")
+            return "minor"
+        self.anon_vma_prepare(mm, vma)
+        first = self.k.anon.new_run(512, 0)
+        vma.anon_array()[a:a + 512] = array("q", range(first, first + 512))
+        vma.pte[a:a + 512] = bytes([PTE_ANON | PTE_WRITE | PTE_DIRTY | PTE_YOUNG]) * 512
+        if value is not None and write:
+            self.k.anon.data[vma.anon[i]] = value
+        vma.huge[a] = "anon"
+        self.k.note("do_huge_zero_wp_pmd: a write to the huge zero page maps a new THP" if kind == "zero"
+                    else "do_huge_pmd_anonymous_page: one fault maps a 2 MiB THP (512 pages)")
+        return "minor"
+
+    def huge_wp(self, mm, vma: Vma, a: int, i: int, value) -> str | None:
+        """do_huge_pmd_wp_page(): an exclusive THP is reused (the PMD made writable); a shared
+        one is split and the fault falls back to PTE copy-on-write."""
+        ids = vma.anon[a:a + 512]
+        anon = self.k.anon
+        if all(anon.mapcount[p] == 1 for p in ids):
+            for j in range(a, a + 512):
+                vma.pte[j] |= PTE_WRITE | PTE_YOUNG | PTE_DIRTY
+            if value is not None:
+                anon.data[vma.anon[i]] = value
+            self.k.note("do_huge_pmd_wp_page: the only mapping reuses its THP")
+            return "minor"
+        del vma.huge[a]
+        mm.ptables.add((vma.start + (a << PAGE_SHIFT)) >> 21)
+        self.k.note("do_huge_pmd_wp_page: a shared THP is split (__split_huge_pmd); the write copies one page")
+        return None
+
     def fault(self, mm, vma: Vma, i: int, write: bool, value: int) -> str:
         """handle_mm_fault() for page i of vma: returns "minor" or "major"; raises Fault."""
         e = vma.pte[i]
         kind = e & PTE_KIND
+        block = self.huge_block(vma, i)
+        if block is not None or (kind == PTE_NONE and self.thp_eligible(vma)):
+            how = self.huge_fault(mm, vma, i, write, value)
+            if how is not None:
+                return how
+            e = vma.pte[i]
+            kind = e & PTE_KIND
+        mm.ptables.add((vma.start + (i << PAGE_SHIFT)) >> 21)
         if kind != PTE_NONE:
             return self.wp_fault(mm, vma, i, value)
         if vma.file is None:                                   # private anonymous
@@ -200,11 +282,33 @@ class Memory:
         b = a + (to_pte - from_pte) + 1
         ino = vma.file.inode
         b = min(b, ino.npages - vma.pgoff)
+        # filemap_map_folio_range() (since 6.18, "map entire large folio faultaround") maps a
+        # large folio whole, pages outside the window included, when the folio lies inside the
+        # VMA (folio_within_vma) and in one page table; filemap_map_pages() allows it only for
+        # shmem or when the first folio of the window ends before the file's last page
+        # (can_map_large: file_end >= folio_next_index, file_end being the last index).
+        # Measured: a 40-page mapping at file offset 2 pages, window [11, 27) -> 19 PTEs.
+        first = next((j for j in range(a, b) if ino.is_cached(vma.file_index(j))), None)
+        can_map_large = first is not None and (
+            ino.is_shmem or ino.folio_range(vma.file_index(first))[1] <= ino.npages - 1)
         mapped = 0
-        for j in range(a, b):
-            if vma.pte[j] == PTE_NONE and ino.is_cached(vma.file_index(j)):
-                self.map_file_pte(vma, j, write=False)
-                mapped += 1
+        j = a
+        while j < b:
+            idx = vma.file_index(j)
+            if not ino.is_cached(idx):
+                j += 1
+                continue
+            fa, fb = ino.folio_range(idx)
+            lo, hi = j, min(fb - vma.pgoff, b)
+            if can_map_large and fb - fa > 1 and fa >= vma.pgoff and fb - vma.pgoff <= vma.pages \
+                    and (vma.start + ((fa - vma.pgoff) << PAGE_SHIFT)) >> 21 \
+                    == (vma.start + ((fb - vma.pgoff - 1) << PAGE_SHIFT)) >> 21:
+                lo, hi = fa - vma.pgoff, fb - vma.pgoff
+            for k in range(lo, hi):
+                if vma.pte[k] == PTE_NONE:
+                    self.map_file_pte(vma, k, write=False)
+                    mapped += 1
+            j = max(hi, j + 1)
         self.k.note(f"do_read_fault: fault-around (filemap_map_pages) mapped {mapped} cached "
                     f"page{'s' if mapped != 1 else ''} of the window [{a}, {b})")
         return mapped
@@ -343,6 +447,12 @@ class Memory:
         seg = vma.pte[i:stop]
         anon_vma = vma.file is None
         self._bulk_faults = 0
+        if vma.huge or self.thp_eligible(vma):
+            return False
+        first_block = (vma.start + (i << PAGE_SHIFT)) >> 21
+        last_block = (vma.start + (stop << PAGE_SHIFT) - 1) >> 21
+        if seg.count(PTE_NONE):
+            mm.ptables.update(range(first_block, last_block + 1))
         if anon_vma and write and (seg.count(PTE_NONE) == n or seg.count(PTE_ZERO | PTE_YOUNG) == n
                                    or seg.count(PTE_ZERO) == n):
             zero = seg[0] != PTE_NONE

@@ -54,6 +54,7 @@ class AddressSpace:
         self.mmap_min_addr = mmap_min_addr
         self.max_map_count = max_map_count
         self.locked_vm = 0   # pages in VM_LOCKED VMAs (mm->locked_vm)
+        self.ptables: set[int] = set()   # 2 MiB blocks (addr >> 21) that have a PTE table
 
     # ----- lookup -----------------------------------------------------------------------------
     @property
@@ -197,6 +198,8 @@ class AddressSpace:
     # ----- split and merge (mm/vma.c) ---------------------------------------------------------
     def split(self, vma: Vma, addr: int) -> Vma:
         """__split_vma(): returns the upper part, now in the tree."""
+        if any(a < (addr - vma.start) >> PAGE_SHIFT < a + 512 for a in vma.huge):
+            self.ptables.add(addr >> 21)     # split_huge_pmd leaves a PTE table behind
         new = vma.split_at(addr)
         self.insert(new)
         return new

@@ -73,6 +73,9 @@ def smaps(vma: Vma, anon) -> dict:
                Private_Clean=pc * kb, Private_Dirty=pd * kb, Referenced=ref * kb, Anonymous=an * kb)
     if vma.flags & VM_LOCKED and vma.opaque is None:
         out["Locked"] = out["Pss"]
+    if vma.opaque is None:
+        # smaps_pmd_entry: AnonHugePages counts PMD-mapped anonymous THPs (not the huge zero page)
+        out["AnonHugePages"] = sum(1 for k in vma.huge.values() if k == "anon") * 2048
     return out
 
 
@@ -95,6 +98,10 @@ def residency(mm, start: int, npages: int, anon) -> dict:
         if vma.opaque is not None:
             continue
         a, b = vma.index(max(start, vma.start)), vma.index(min(end, vma.end))
+        hz = sum(min(b, h + 512) - max(a, h) for h, k in vma.huge.items()
+                 if k == "zero" and h < b and a < h + 512)
+        # the huge zero page is not the 4 KiB zero page: pagemap shows its own frames
+        zero -= hz
         if vma.file is None and anon.shared == 0:
             seg = vma.pte[a:b]
             for e in set(seg):
@@ -106,12 +113,25 @@ def residency(mm, start: int, npages: int, anon) -> dict:
                 zero += n if kind == PTE_ZERO else 0
                 exclusive += n if kind == PTE_ANON else 0
             continue
+        # pagemap_pmd_range() decides PM_MMAP_EXCLUSIVE once per PMD, from the mapcount of
+        # the first page read (measured: a THP whose other pages a child still maps through
+        # PTEs reads as exclusive when its first page is mapped only here)
+        pmd_excl = {}
+        for h, k in vma.huge.items():
+            if k == "anon" and h < b and a < h + 512:
+                first = max(a, h)
+                pmd_excl[h] = anon.mapcount[vma.anon[first]] == 1
         for i in range(a, b):
             e = vma.pte[i]
             kind = e & PTE_KIND
             if kind == PTE_NONE:
                 continue
             present += 1
+            if pmd_excl:
+                h = (((vma.start >> PAGE_SHIFT) + i) & ~511) - (vma.start >> PAGE_SHIFT)
+                if h in pmd_excl:
+                    exclusive += pmd_excl[h]
+                    continue
             if kind == PTE_ZERO:
                 zero += 1
             elif kind == PTE_ANON:

@@ -55,7 +55,7 @@ class AnonVma:
 
 class Vma:
     __slots__ = ("start", "end", "flags", "pgoff", "file", "anon_vma", "pte", "anon",
-                 "opaque", "line", "special", "locked_count")
+                 "opaque", "line", "special", "locked_count", "huge")
 
     def __init__(self, start: int, end: int, flags: int, pgoff: int = 0, file: OpenFile | None = None,
                  anon_vma: AnonVma | None = None, opaque: dict | None = None):
@@ -67,6 +67,7 @@ class Vma:
         n = (end - start) >> PAGE_SHIFT
         self.pte = bytearray(n) if opaque is None else None
         self.anon = None              # array('q') created on the first anonymous page
+        self.huge: dict[int, str] = {}  # page index of a PMD-mapped 2 MiB block -> "anon" | "zero"
 
     # ----- geometry ---------------------------------------------------------------------------
     @property
@@ -94,6 +95,14 @@ class Vma:
         """__split_vma(): this VMA keeps [start, addr); returns the new [addr, end)."""
         k = (addr - self.start) >> PAGE_SHIFT
         new = Vma(addr, self.end, self.flags, self.pgoff + k, self.file, self.anon_vma)
+        # a PMD mapping that the split cuts through is split first (vma_adjust_trans_huge ->
+        # split_huge_pmd); whole blocks move with their half
+        for a, kind in list(self.huge.items()):
+            if a < k < a + 512:
+                del self.huge[a]
+            elif a >= k:
+                del self.huge[a]
+                new.huge[a - k] = kind
         new.pte = self.pte[k:]
         del self.pte[k:]
         if self.anon is not None:
@@ -107,6 +116,8 @@ class Vma:
         assert nxt.start == self.end
         if self.anon is not None or nxt.anon is not None:
             self.anon_array().extend(nxt.anon_array())
+        for a, kind in nxt.huge.items():
+            self.huge[a + self.pages] = kind
         self.pte.extend(nxt.pte)
         self.end = nxt.end
         if self.anon_vma is None:
