@@ -668,21 +668,63 @@ class Kernel:
             self.note("madvise_remove: vfs_fallocate(PUNCH_HOLE) frees the pages")
         elif advice in ("cold", "pageout"):
             for v in vmas:
-                if v.flags & VM_LOCKED:
+                if v.opaque is not None or v.flags & VM_LOCKED:   # can_madv_lru_vma()
                     raise errno("EINVAL", f0)
-            if advice == "cold":
-                for v in vmas:
-                    a, b = v.index(max(start, v.start)), v.index(min(end, v.end))
-                    for i in range(a, b):
-                        v.pte[i] &= ~PTE_YOUNG
-                self.note("madvise_cold: PTEs aged (young bit cleared)")
-            else:
-                self.note("MADV_PAGEOUT: not modelled (see model.known_differences)")
+            for v in sorted(vmas, key=lambda v: v.start):
+                a, b = v.index(max(start, v.start)), v.index(min(end, v.end))
+                self.cold_or_pageout(v, a, b, advice == "pageout")
         else:
             raise errno("EINVAL", f0)
         if hole:
             raise errno("ENOMEM", self._faults(minor, major))
         return self._faults(minor, major), None
+
+    def cold_or_pageout(self, vma: Vma, a: int, b: int, pageout: bool) -> None:
+        """mm/madvise.c madvise_cold_or_pageout_pte_range(): folios mapped elsewhere too are
+        left alone; the others are aged (young cleared) and, for MADV_PAGEOUT, reclaimed at once
+        (reclaim_pages -> shrink_folio_list): try_to_unmap, then a clean file folio is freed, a
+        dirty one stays cached (only kswapd writes back file folios), shmem stays cached (no
+        swap to write it to), and an anonymous page stays mapped (no swap)."""
+        unmapped = freed = aged = 0
+        i = a
+        while i < b:
+            e = vma.pte[i]
+            kind = e & PTE_KIND
+            if kind in (PTE_NONE, 0x1) or vma.huge:
+                i += 1
+                continue
+            if kind == PTE_ANON:
+                if self.anon.mapcount[vma.anon[i]] == 1:
+                    vma.pte[i] = e & ~PTE_YOUNG if not pageout else e
+                    aged += not pageout
+                i += 1
+                continue
+            ino = vma.file.inode
+            fa, fb = ino.folio_range(vma.pgoff + i)
+            lo, hi = max(fa - vma.pgoff, a), min(fb - vma.pgoff, b)
+            mine = sum(1 for j in range(lo, hi) if vma.pte[j] & PTE_KIND == PTE_FILE)
+            total = sum(ino.mapcount[j] for j in range(fa, fb))
+            if total > mine or (fa - vma.pgoff < 0 or fb - vma.pgoff > vma.pages and pageout):
+                i = hi
+                continue
+            for j in range(lo, hi):
+                if not pageout:
+                    vma.pte[j] &= ~PTE_YOUNG
+                    aged += 1
+            if pageout:
+                self.mem.zap(vma, lo, hi)
+                unmapped += hi - lo
+                if not ino.is_shmem and all(ino.cached[j] == 1 for j in range(fa, fb)):
+                    for j in range(fa, fb):
+                        ino.cached[j] = 0
+                        ino.folio[j] = -1
+                    freed += fb - fa
+            i = hi
+        if pageout:
+            self.note(f"MADV_PAGEOUT: reclaim_pages unmapped {unmapped} page(s) and freed {freed} "
+                      "clean file page(s); anonymous pages stay (no swap), dirty and shmem pages stay cached")
+        else:
+            self.note(f"MADV_COLD: {aged} page(s) aged (young cleared, folio deactivated)")
 
     def punch_hole(self, ino: Inode, lo: int, hi: int) -> None:
         """shmem_fallocate(PUNCH_HOLE) / truncate_pagecache_range: unmap then free [lo, hi)."""
