@@ -833,7 +833,7 @@ class Kernel:
         if old_len > vma.end - addr:
             raise errno("EFAULT", f0)
         if "fixed" in flags:
-            raise errno("EINVAL", f0) if new_addr & (PAGE_SIZE - 1) else errno("ENOSYS", f0)
+            return self.mremap_to(proc, r, args, addr, old_len, new_addr, new_len, "dontunmap" in flags)
         if new_len <= old_len and "dontunmap" not in flags:
             if new_len < old_len:
                 self.unmap_vmas(proc, addr + new_len, addr + old_len)
@@ -868,6 +868,32 @@ class Kernel:
         self._follow(r, args, where, new_len)
         self.note("mremap moved the VMA (move_vma: copy_vma, move_page_tables, unmap the old range)")
         return f0, {"addr": where}
+
+    def mremap_to(self, proc, r, args, addr, old_len, new_addr, new_len, dontunmap):
+        """mm/mremap.c mremap_to(): MREMAP_FIXED moves to new_addr, unmapping what is there."""
+        f0 = self._faults()
+        if new_addr & (PAGE_SIZE - 1) or new_len > TASK_SIZE or new_addr > TASK_SIZE - new_len:
+            raise errno("EINVAL", f0)
+        if new_addr < addr + old_len and addr < new_addr + new_len:
+            raise errno("EINVAL", f0)          # the old and new ranges overlap
+        self.unmap_vmas(proc, new_addr, new_addr + new_len)
+        if old_len > new_len:
+            self.unmap_vmas(proc, addr + new_len, addr + old_len)
+            old_len = new_len
+        mm = proc.mm
+        vma = mm.vma_at(addr)
+        if vma is None or old_len > vma.end - addr:
+            raise errno("EFAULT", f0)
+        delta = (new_len - old_len) >> PAGE_SHIFT
+        if delta and vma.flags & VM_LOCKED and not self.mlock_future_ok(proc, delta):
+            raise errno("EAGAIN", f0)
+        if delta and not self.may_expand_vm(proc, vma.flags, delta):
+            raise errno("ENOMEM", f0)
+        pgoff = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
+        self.move_vma(proc, vma, addr, old_len, new_len, new_addr, pgoff, dontunmap)
+        self._follow(r, args, new_addr, new_len)
+        self.note("mremap_to: MREMAP_FIXED unmapped the target range and moved the VMA there")
+        return f0, {"addr": new_addr}
 
     def _follow(self, r: Region, args: dict, addr: int, length: int) -> None:
         if args.get("pages") is None:
