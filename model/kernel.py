@@ -281,6 +281,7 @@ class Kernel:
                 for j in range(a, b):
                     ino.cached[j] = 0
                     ino.folio[j] = -1
+                    ino.ra_flag[j] = 0
                 dropped += b - a
             i = b
         self.note(f"fadvise DONTNEED dropped {dropped} unmapped page(s); mapped folios stay")

@@ -82,7 +82,36 @@ class Memory:
         for i in range(start, end):
             if not ino.is_cached(i):
                 ino.add_folio(i, 1)
+        if not vma.flags & (VM_RAND_READ | VM_SEQ_READ):
+            # ra->async_size = ra_pages / 4: page_cache_ra_order() marks the folio at
+            # start + size - async_size with PG_readahead
+            vma.file.ra = (start, n, n // 4)
+            mark = start + n - n // 4
+            if mark < ino.npages:
+                ino.ra_flag[mark] = 1
         self.k.note(f"page cache miss: {how} (do_sync_mmap_readahead)")
+
+    def async_readahead(self, vma: Vma, pgoff: int) -> None:
+        """mm/filemap.c do_async_mmap_readahead(): a fault on a PG_readahead folio clears the
+        mark and reads the next window (page_cache_async_ra: start += size, size =
+        get_next_ra_size(), async_size = size, so the new mark is the window's first page);
+        the faulting page was cached already, so the fault stays minor."""
+        ino = vma.file.inode
+        ino.ra_flag[pgoff] = 0
+        maxp = ino.readahead_pages
+        prev_start, prev_size, _ = vma.file.ra or (pgoff, 0, 0)
+        cur = prev_size or maxp
+        size = min(4 * cur if cur < maxp // 16 else 2 * cur if cur < maxp // 2 else maxp, maxp)
+        start = prev_start + prev_size
+        vma.file.ra = (start, size, size)
+        end = min(start + size, ino.npages)
+        for i in range(start, end):
+            if not ino.is_cached(i):
+                ino.add_folio(i, 1)
+        if start < ino.npages:
+            ino.ra_flag[start] = 1
+        self.k.note(f"do_async_mmap_readahead: the PG_readahead page started the next window "
+                    f"({max(0, end - start)} pages from {start})")
 
     # ----- PTE changes ----------------------------------------------------------------------
     def map_file_pte(self, vma: Vma, i: int, write: bool, young: bool = True) -> None:
@@ -255,6 +284,9 @@ class Memory:
         idx = vma.file_index(i)
         if vma.file.fault_around and ino.is_cached(idx):
             self.fault_around(vma, i)
+            if vma.pte[i] == PTE_NONE:      # a PG_readahead page: fault-around skipped it
+                self.async_readahead(vma, idx)
+                self.map_file_pte(vma, i, write=False)
             return "minor"
         how = self._get_page(vma, idx)
         if how == "major" and vma.file.fault_around:
@@ -295,8 +327,8 @@ class Memory:
         j = a
         while j < b:
             idx = vma.file_index(j)
-            if not ino.is_cached(idx):
-                j += 1
+            if not ino.is_cached(idx) or ino.ra_flag[idx]:   # next_uptodate_folio() skips
+                j += 1                                        # a PG_readahead folio
                 continue
             fa, fb = ino.folio_range(idx)
             lo, hi = j, min(fb - vma.pgoff, b)

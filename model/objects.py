@@ -33,6 +33,7 @@ class Inode:
         self.data = bytearray()
         self.mapcount = array("i")
         self.folio = array("i")
+        self.ra_flag = bytearray()  # PG_readahead: the async readahead marker
         self.mode = 0o600
         self.uid = 0
         self.readahead_pages = 32   # file_ra_state.ra_pages (the kernel sets it from the bdi)
@@ -54,6 +55,7 @@ class Inode:
             self.data.extend(bytes(extra))
             self.mapcount.extend(array("i", bytes(4 * extra)))
             self.folio.extend(array("i", [-1]) * extra)
+            self.ra_flag.extend(bytes(extra))
 
     def resize(self, size: int) -> None:
         """ftruncate: pages past the new end leave the cache (mm/truncate.c

@@ -29,6 +29,7 @@ class OpenFile:
     writable: bool = True
     kind: str = "file"          # file | shm (a SysV attach: ipc/shm.c shm_file_operations)
     segment: object = None      # the SysV segment of a shm file
+    ra: tuple | None = None     # file->f_ra: (start, size, async_size) of the last readahead
     id: int = field(default_factory=lambda: next(_file_ids))
 
     @property
