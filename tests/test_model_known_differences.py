@@ -1,0 +1,133 @@
+"""Every known difference between model and kernel (model/known_differences.py), shown live.
+
+Each test asserts that the model agrees with the kernel and is expected to fail
+(xfail(strict=True)): if it starts passing, the difference is gone and the list is wrong."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from model.known_differences import KNOWN_DIFFERENCES, by_id
+from shmkit import spec
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="live runs need Linux")
+
+
+def test_every_known_difference_has_its_test():
+    names = {n for n in globals() if n.startswith("test_")}
+    for d in KNOWN_DIFFERENCES:
+        assert d.test in names, f"{d.id}: no test named {d.test} in this file"
+        assert d.reason.strip() and d.what.strip()
+
+
+@pytest.fixture(scope="module")
+def profile():
+    from shmkit.profile import read_profile
+    return read_profile().to_dict()
+
+
+def _live_and_model(text: str, profile: dict, name: str):
+    from shmkit import manager, record
+    from shmkit.predict import predict, snapshot_from_record
+
+    exp = spec.loads(text, name)
+    live = manager.run_experiment(exp)
+    assert live["status"] == "ok"
+    pred = predict(exp, profile, snapshot_from_record(live, profile), live["pads"])
+    return record.normalise(live), record.normalise(pred)
+
+
+COLD_SEQUENTIAL = """
+about = "a cold 6 MiB file read in order right after its first major fault"
+[[step]]
+do = "file"
+name = "data"
+size = "1536 pages"
+cache = "cold"
+[[step]]
+do = "mmap"
+as = "map"
+file = "data"
+length = "1536 pages"
+prot = "r"
+flags = ["shared"]
+[[step]]
+do = "touch"
+region = "map"
+access = "read"
+"""
+
+
+@linux
+@pytest.mark.live
+@pytest.mark.xfail(strict=True, reason=by_id("readahead-io-in-flight").reason)
+def test_readahead_io_in_flight(profile):
+    """Ten cold runs: the model's count is one number; the kernel's varies with I/O timing."""
+    seen = set()
+    model = None
+    for _ in range(10):
+        live, pred = _live_and_model(COLD_SEQUENTIAL, profile, "cold-sequential.toml")
+        seen.add(tuple(live["steps"][-1]["faults"].values()))
+        model = tuple(pred["steps"][-1]["faults"].values())
+    assert seen == {model}, f"live fault counts {sorted(seen)}, model {model}"
+
+
+def _sysctl(name: str) -> str:
+    with open(f"/proc/sys/vm/{name}") as f:
+        return f.read().strip()
+
+
+@linux
+@pytest.mark.live
+@pytest.mark.skipif(sys.platform.startswith("linux") and _sysctl("overcommit_memory") != "2",
+                    reason="needs vm.overcommit_memory=2 on the host (this host uses another mode)")
+@pytest.mark.xfail(strict=True, reason=by_id("overcommit-never").reason)
+def test_overcommit_never(profile):
+    from shmkit.procfs import read_meminfo
+
+    limit_kb = read_meminfo()["CommitLimit"]
+    text = f"""
+about = "a private writable mapping larger than CommitLimit"
+[[step]]
+do = "mmap"
+as = "big"
+length = "{limit_kb * 2} KiB"
+prot = "rw"
+flags = ["private", "anonymous"]
+"""
+    live, pred = _live_and_model(text, profile, "overcommit.toml")
+    assert live["steps"][0]["result"] == pred["steps"][0]["result"]
+
+
+def _swap_kb() -> int:
+    from shmkit.procfs import read_meminfo
+    return read_meminfo().get("SwapTotal", 0)
+
+
+@linux
+@pytest.mark.live
+@pytest.mark.skipif(sys.platform.startswith("linux") and _swap_kb() == 0,
+                    reason="needs swap on the host (SwapTotal is 0 here)")
+@pytest.mark.xfail(strict=True, reason=by_id("swap").reason)
+def test_pageout_with_swap(profile):
+    text = """
+about = "MADV_PAGEOUT of anonymous memory with swap"
+[[step]]
+do = "mmap"
+as = "buf"
+length = "16 pages"
+prot = "rw"
+flags = ["private", "anonymous"]
+[[step]]
+do = "touch"
+region = "buf"
+access = "write"
+[[step]]
+do = "madvise"
+region = "buf"
+advice = "pageout"
+"""
+    from shmkit.compare import differences
+    live, pred = _live_and_model(text, profile, "pageout-swap.toml")
+    assert not differences(live, pred)
