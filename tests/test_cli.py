@@ -91,3 +91,63 @@ def test_run_writes_the_json_record(tmp_path):
     (e,) = doc["experiments"]
     assert e["steps"][1]["faults"] == {"minor": 2, "major": 0}
     assert "step  2 [main] touch" in res.stdout and "faults: 2 minor, 0 major" in res.stdout
+
+
+@pytest.mark.parametrize("case", ["unknown_op", "page_range", "too_big_for_dev_shm"])
+def test_predict_refuses_bad_input_like_run(tmp_path, case):
+    text, where = BAD[case]
+    path = tmp_path / f"{case}.toml"
+    path.write_text(text)
+    res = shmkit("predict", str(path), state=tmp_path)
+    assert res.returncode == 2 and res.stdout == "" and "Traceback" not in res.stderr
+    assert res.stderr.startswith(f"{path}: ") and where in res.stderr
+
+
+def test_predict_refuses_a_snapshot_that_is_not_a_record(tmp_path):
+    exp = tmp_path / "e.toml"
+    exp.write_text(GOOD_HEAD + '[[step]]\ndo = "memfd"\nas = "m"\nname = "m"\n')
+    snap = tmp_path / "snap.json"
+    snap.write_text('{"not": "a record"}')
+    res = shmkit("predict", str(exp), "--snapshot", str(snap), state=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.startswith(f"{snap}: --snapshot: ") and "accepted:" in res.stderr
+
+
+@pytest.mark.live
+def test_predict_from_a_run_snapshot_agrees_with_the_run(tmp_path):
+    """predict --snapshot RUN.json starts from the run's own initial view; its record is the
+    same format, and its normal form equals the run's."""
+    from shmkit import record
+    from shmkit.compare import differences
+
+    exp = tmp_path / "e.toml"
+    exp.write_text(GOOD_HEAD + '[[step]]\ndo = "mmap"\nas = "b"\nlength = "4 pages"\nprot = "rw"\n'
+                   'flags = ["private", "anonymous"]\n[[step]]\ndo = "touch"\nregion = "b"\n'
+                   'pages = "0..2"\naccess = "write"\n[[step]]\ndo = "read"\nregion = "b"\n')
+    run_json, pred_json = tmp_path / "run.json", tmp_path / "pred.json"
+    assert shmkit("run", str(exp), "--json", str(run_json)).returncode == 0
+    res = shmkit("predict", str(exp), "--snapshot", str(run_json), "--json", str(pred_json))
+    assert res.returncode == 0, res.stderr
+    assert "why: 2 × do_anonymous_page" in res.stdout and "(predicted by the model)" in res.stdout
+    live = json.loads(run_json.read_text())["experiments"][0]
+    doc = json.loads(pred_json.read_text())
+    assert doc["format"] == 1 and doc["kind"] == "predict"
+    pred = doc["experiments"][0]
+    assert [s["faults"] for s in pred["steps"]] == [{"minor": 0, "major": 0}, {"minor": 2, "major": 0},
+                                                   {"minor": 2, "major": 0}]
+    assert not differences(record.normalise(live), record.normalise(pred))
+
+
+@pytest.mark.live
+def test_predict_from_a_fresh_worker(tmp_path):
+    exp = tmp_path / "e.toml"
+    exp.write_text(GOOD_HEAD + '[[step]]\ndo = "shm_open"\nas = "s"\nname = "obj"\ncreate = true\n'
+                   'size = "2 pages"\n[[step]]\ndo = "mmap"\nas = "m"\nshm = "s"\nlength = "2 pages"\n'
+                   'prot = "rw"\nflags = ["shared"]\n[[step]]\ndo = "touch"\nregion = "m"\naccess = "write"\n')
+    state = tmp_path / "state"
+    state.mkdir()
+    proc = spawn("predict", str(exp), state=state)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "faults: 2 minor, 0 major" in stdout and "/dev/shm/<shm:obj>" in stdout
+    assert _created_by(proc.pid) == []     # the snapshot's worker and run dir are gone
