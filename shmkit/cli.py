@@ -130,6 +130,100 @@ def cmd_predict(args) -> int:
     return 1 if bad else 0
 
 
+def cmd_validate(args) -> int:
+    import json
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from shmkit import record
+    from shmkit import validate as val
+    from shmkit.probe import load_or_probe
+
+    out = Console()
+    err = Console(stderr=True)
+    if args.compare:
+        docs = []
+        for path in args.compare:
+            try:
+                with open(path) as f:
+                    doc = json.load(f)
+                if doc.get("kind") != "validate":
+                    raise ValueError(f"kind is {doc.get('kind')!r}")
+                docs.append(doc)
+            except (OSError, ValueError, TypeError) as e:
+                print(f"{path}: --compare: not a record written by 'shmkit validate --json' ({e}); "
+                      "accepted: two validate JSON files", file=sys.stderr)
+                return 2
+        cmp = val.compare_hosts(*docs)
+        t = Table(title=f"{args.compare[0]} (A) against {args.compare[1]} (B)")
+        for col in ("experiment", "A matched", "B matched", "live observations differ", "first difference"):
+            t.add_column(col)
+        for r in cmp["rows"]:
+            fa = f"{r['a']['matched']}/{r['a']['fields']}" if r["a"] else "-"
+            fb = f"{r['b']['matched']}/{r['b']['fields']}" if r["b"] else "-"
+            t.add_row(os.path.basename(r["path"]), fa, fb,
+                      "-" if r["observations_differ"] is None else str(r["observations_differ"]),
+                      r["first"] or "")
+        out.print(t)
+        for k, (a, b) in cmp["host"].items():
+            out.print(f"host {k}: A {a!r}  B {b!r}", soft_wrap=True)
+        return 0
+    files = _expand(args.files) or _bundled_files()
+    exps = load_all(files)
+    profile, probed = load_or_probe(args.probed)
+    results = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("validating", total=len(exps))
+        for exp in exps:
+            bar.update(task, description=f"validating {os.path.basename(exp.path)}")
+            results.append(val.validate_experiment(exp, profile, attempts=args.attempts,
+                                                   step_timeout=args.timeout))
+            bar.advance(task)
+    t = Table(title="model against the live kernel")
+    for col in ("experiment", "steps", "fields matched", "result", "first difference"):
+        t.add_column(col, overflow="fold")
+    for r in results:
+        c = r["comparison"]
+        t.add_row(os.path.basename(r["path"]), str(c.get("steps", "-")), f"{c['matched']}/{c['fields']}",
+                  {"match": "[green]match[/]", "mismatch": "[red]MISMATCH[/]"}.get(r["status"], f"[yellow]{r['status']}[/]"),
+                  c["first"] or (c["checks"][0] if c["checks"] else ""))
+    out.print(t)
+    sm = val.summary(results)
+    rate = f"{100 * sm['match_rate']:.2f}%" if sm["match_rate"] is not None else "-"
+    out.print(f"{sm['matching']} of {sm['experiments']} experiment(s) match on every field; "
+              f"{sm['matched']}/{sm['fields']} fields ({rate})")
+    doc = record.document("validate", results, profile, __version__)
+    doc["summary"] = sm
+    doc["probed"] = probed
+    if args.json:
+        record.write_json(doc, args.json)
+        out.print(f"record written to {args.json}")
+    if args.html:
+        from shmkit.html_report import write_html
+        write_html(doc, args.html)
+        out.print(f"report written to {args.html}")
+    return 0 if sm["matching"] == sm["experiments"] else 1
+
+
+def cmd_probe(args) -> int:
+    import json
+
+    from shmkit.probe import default_path, run_probes
+
+    probed = run_probes()
+    path = args.out or str(default_path())
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(probed, f, indent=1)
+        f.write("\n")
+    print(json.dumps(probed, indent=1))
+    print(f"stored in {path} (validate uses it on this kernel until the next boot)")
+    return 0
+
+
 def cmd_clean(args) -> int:
     from shmkit import registry
 
@@ -170,6 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from the initial views of a 'shmkit run --json' record instead of a fresh worker")
     q.add_argument("--quiet", action="store_true", help="only the summary line")
     q.set_defaults(func=cmd_predict)
+    v = sub.add_parser("validate", help="run experiments live and through the model, compare every field")
+    v.add_argument("files", nargs="*", help="experiment files or directories (default: the bundled ones)")
+    v.add_argument("--json", metavar="OUT", help="write the JSON record with the comparison (docs/record.md)")
+    v.add_argument("--html", metavar="OUT", help="write a self-contained HTML report")
+    v.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
+                   help="compare two validate records (two hosts): observations and match rates")
+    v.add_argument("--probed", metavar="FILE",
+                   help="probed kernel parameters (shmkit probe --out); default: the stored ones, probed now if absent")
+    v.add_argument("--attempts", type=int, default=3, help="runs of a perturbed experiment (default 3)")
+    v.add_argument("--timeout", type=float, default=60.0, help="seconds a step may take (default 60)")
+    v.set_defaults(func=cmd_validate)
+    pb = sub.add_parser("probe", help="measure the kernel parameters that cannot be read (fault-around, write-notify, ...)")
+    pb.add_argument("--out", metavar="FILE", help="where to store them (default: the state directory)")
+    pb.set_defaults(func=cmd_probe)
     c = sub.add_parser("clean", help="remove what killed runs left (objects whose owner is gone)")
     c.set_defaults(func=cmd_clean)
     pr = sub.add_parser("profile", help="print this host's kernel profile as JSON")

@@ -1,0 +1,177 @@
+"""The validation report as one self-contained HTML file (no script, no external resource):
+a summary (match rate, the host's kernel profile, which values were read and which probed),
+then per experiment and step the observed and predicted maps side by side with differences
+highlighted, fault counts observed/predicted, the model's explanation, and two small plots
+(faults per step; the experiment's part of the address space after each step), drawn by
+matplotlib as inline SVG."""
+from __future__ import annotations
+
+import html
+import io
+import os
+import time
+
+from shmkit import record
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1300px;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2.2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
+.ok{color:#176b1b;font-weight:600}.bad{color:#b00020;font-weight:600}.warn{color:#8a5a00;font-weight:600}
+.maps{display:grid;grid-template-columns:1fr 1fr;gap:8px}
+pre{margin:0;font:12px/1.35 ui-monospace,monospace;white-space:pre-wrap;background:#f7f7f7;padding:6px}
+.only{background:#ffe1e1}.diff{background:#fff3c4}.step{margin:1em 0;padding:.4em .8em;border-left:4px solid #ddd}
+.step.bad{border-left-color:#b00020}.why{color:#444;font-size:12px}.plots{display:flex;gap:12px;flex-wrap:wrap}
+.plots svg{max-width:620px;height:auto}
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _plots(nl: dict, nm: dict | None) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = nl["steps"]
+    idx = [s["index"] for s in steps]
+    obs = [(s["faults"] or {}).get("minor", 0) + (s["faults"] or {}).get("major", 0) for s in steps]
+    pre = [((p["faults"] or {}).get("minor", 0) + (p["faults"] or {}).get("major", 0)) for p in (nm or {"steps": []})["steps"]]
+    fig, ax = plt.subplots(figsize=(5.2, 2.2))
+    w = 0.4
+    ax.bar([i - w / 2 for i in idx], obs, w, label="observed", color="#4477aa")
+    if pre:
+        ax.bar([i + w / 2 for i in idx], pre, w, label="predicted", color="#ee8866")
+    ax.set_xlabel("step")
+    ax.set_ylabel("faults")
+    ax.set_xticks(idx)
+    ax.set_title("faults per step (minor + major)", fontsize=10)
+    ax.legend(fontsize=8)
+    out = _svg(fig)
+    # address-space layout of the acting process after each step (offsets from $edge)
+    fig, ax = plt.subplots(figsize=(5.2, 2.2))
+    for s in steps:
+        p = s["processes"].get(s["in"]) or next(iter(s["processes"].values()), None)
+        if not p:
+            continue
+        for v in p["vmas"]:
+            a, b = _off(v["start"]), _off(v["end"])
+            if a is None or b is None:
+                continue
+            color = {"r": "#88ccee", "w": "#cc6677"}["w" if "w" in v["perms"] else "r"]
+            ax.broken_barh([(a / 4096, (b - a) / 4096)], (s["index"] - 0.4, 0.8), facecolors=color,
+                           edgecolors="#333", linewidth=0.4)
+    ax.set_xlabel("pages from $edge")
+    ax.set_ylabel("step")
+    ax.set_title("VMAs of the acting process (red: writable)", fontsize=10)
+    ax.invert_yaxis()
+    out += _svg(fig)
+    return f'<div class="plots">{out}</div>'
+
+
+def _off(sym: str):
+    if not isinstance(sym, str) or not sym.startswith("$edge"):
+        return None
+    rest = sym[5:]
+    return 0 if not rest else int(rest[1:], 16) * (1 if rest[0] == "+" else -1)
+
+
+def _maps_pair(live: list[str], pred: list[str]) -> str:
+    ls, ps = set(live), set(pred)
+    a = "\n".join(f'<span class="only">{_e(x)}</span>' if x not in ps else _e(x) for x in live) or "(none)"
+    b = "\n".join(f'<span class="only">{_e(x)}</span>' if x not in ls else _e(x) for x in pred) or "(none)"
+    return f'<div class="maps"><div><b>observed</b><pre>{a}</pre></div><div><b>predicted</b><pre>{b}</pre></div></div>'
+
+
+def _faults(f) -> str:
+    return "not measured" if f is None else f"{f['minor']} minor, {f['major']} major"
+
+
+def _experiment(r: dict) -> str:
+    stem = os.path.splitext(os.path.basename(r["path"]))[0]
+    c = r["comparison"]
+    status = {"match": '<span class="ok">match</span>', "mismatch": '<span class="bad">MISMATCH</span>'}.get(
+        r["status"], f'<span class="warn">{_e(r["status"])}</span>')
+    parts = [f'<h2 id="exp-{_e(stem)}">{_e(stem)} — {status}</h2>', f"<p>{_e(r['about'])}</p>",
+             f"<p>{c['matched']} of {c['fields']} fields match; live {c.get('live_seconds', 0):.2f} s, "
+             f"model {1000 * c.get('model_seconds', 0):.1f} ms</p>"]
+    if not r.get("predicted"):
+        return "\n".join(parts)
+    nl, nm = record.normalise(r["live"]), record.normalise(r["predicted"])
+    parts.append(_plots(nl, nm))
+    by_step: dict = {}
+    for d in c["differences"]:
+        by_step.setdefault(d["step"], []).append(d)
+    traces = {s["index"]: s.get("trace") or [] for s in r["predicted"]["steps"]}
+    for sl, sp in zip(nl["steps"], nm["steps"]):
+        diffs = by_step.get(sl["index"], [])
+        args = " ".join(f"{k}={v}" for k, v in next(s for s in r["live"]["steps"] if s["index"] == sl["index"])["args"].items()
+                        if k not in ("do", "in"))
+        fcls = "" if sl["faults"] == sp["faults"] else "diff"
+        rows = [f'<div class="step{" bad" if diffs else ""}"><b>step {sl["index"]} [{_e(sl["in"])}] {_e(sl["do"])}</b> {_e(args)}',
+                f'<div>result: observed <code>{_e(sl["result"])}</code>, predicted <code>{_e(sp["result"])}</code>; '
+                f'faults: <span class="{fcls}">observed {_faults(sl["faults"])}, predicted {_faults(sp["faults"])}</span></div>']
+        for t in traces.get(sl["index"], []):
+            rows.append(f'<div class="why">why: {_e(t)}</div>')
+        for name in sorted(set(sl["processes"]) | set(sp["processes"])):
+            ml = sl["processes"].get(name, {}).get("maps", [])
+            mp = sp["processes"].get(name, {}).get("maps", [])
+            rows.append(f"<div>{_e(name)}:</div>" + _maps_pair(ml, mp))
+        if diffs:
+            rows.append("<ul>" + "".join(f"<li>{_e(d['where'])}: observed <code>{_e(d['live'])}</code>, "
+                                          f"predicted <code>{_e(d['model'])}</code></li>" for d in diffs[:40]) + "</ul>")
+        rows.append("</div>")
+        parts.append("\n".join(rows))
+    return "\n".join(parts)
+
+
+def render_html(doc: dict) -> str:
+    from shmkit.validate import summary
+
+    results = doc["experiments"]
+    sm = doc.get("summary") or summary(results)
+    host = doc.get("host", {})
+    probed = doc.get("probed") or host.get("probed") or {}
+    rate = f"{100 * sm['match_rate']:.2f}%" if sm.get("match_rate") is not None else "-"
+    read_rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(host.get(k))}</td><td>read</td></tr>" for k in (
+        "release", "machine", "page_size", "thp_enabled", "thp_shmem_enabled", "thp_use_zero_page")) + "".join(
+        f"<tr><td>{_e(k)}</td><td>{_e(v)}</td><td>read</td></tr>" for k, v in (host.get("sysctl") or {}).items())
+    probed_rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td><td>probed</td></tr>" for k, v in probed.items()
+                          if k not in ("kernel", "boot_id", "when"))
+    unreadable = ", ".join(host.get("unreadable") or []) or "none"
+    if not probed_rows:
+        probed_rows = '<tr><td colspan="3">no value probed (run <code>shmkit probe</code>)</td></tr>'
+    index = "".join(
+        f'<tr><td><a href="#exp-{_e(os.path.splitext(os.path.basename(r["path"]))[0])}">'
+        f'{_e(os.path.splitext(os.path.basename(r["path"]))[0])}</a></td><td>{r["comparison"].get("steps", "-")}</td>'
+        f'<td>{r["comparison"]["matched"]}/{r["comparison"]["fields"]}</td>'
+        f'<td class="{"ok" if r["status"] == "match" else "bad"}">{_e(r["status"])}</td>'
+        f'<td>{_e(r["comparison"].get("first") or "")}</td></tr>' for r in results)
+    body = [f"<h1>shmkit validate — model against the live kernel</h1>",
+            f"<p><b>{sm['matching']} of {sm['experiments']}</b> experiments match on every field; "
+            f"{sm['matched']} of {sm['fields']} fields ({rate}). Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+            f"by shmkit {_e(doc.get('shmkit'))}.</p>",
+            "<h2>Host kernel profile</h2><table><tr><th>value</th><th>setting</th><th>source</th></tr>"
+            f"{read_rows}{probed_rows}</table><p>Unreadable here (not guessed): {_e(unreadable)}</p>",
+            "<h2>Experiments</h2><table><tr><th>experiment</th><th>steps</th><th>fields matched</th><th>result</th>"
+            f"<th>first difference</th></tr>{index}</table>"]
+    body += [_experiment(r) for r in results]
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>shmkit validate</title>"
+            f"<style>{CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+
+
+def write_html(doc: dict, path: str) -> None:
+    text = render_html(doc)
+    with open(path, "w") as f:
+        f.write(text)

@@ -1,0 +1,76 @@
+"""`shmkit validate`: every experiment live and through the model, compared field by field.
+
+The prediction is chained from the live run's initial snapshot (never re-seeded at a later
+step), so a difference at step N stays visible at every later step that it affects."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+from shmkit import manager, record
+from shmkit.compare import count_fields, differences
+from shmkit.predict import predict, snapshot_from_record
+
+
+def validate_experiment(exp, profile: dict, attempts: int = 3, step_timeout: float = 60.0) -> dict:
+    """One experiment: {path, about, status, live, predicted, comparison}.
+
+    status: "match" (every field equal), "mismatch", or "live-perturbed" / "live-aborted" when
+    the live run could not give a clean observation to compare with."""
+    t0 = time.perf_counter()
+    live = manager.run_experiment(exp, attempts=attempts, step_timeout=step_timeout)
+    t_live = time.perf_counter() - t0
+    out = {"path": exp.path, "about": exp.about, "live": live, "predicted": None,
+           "comparison": {"live_seconds": t_live}}
+    if live["status"] != "ok" or "initial" not in live:
+        out["status"] = f"live-{live['status']}"
+        out["comparison"].update(fields=0, matched=0, differences=[], first=None, checks=[])
+        return out
+    pred = predict(exp, profile, snapshot_from_record(live, profile), live["pads"])
+    nl, nm = record.normalise(live), record.normalise(pred)
+    diffs = differences(nl, nm)
+    fields = count_fields(nl)
+    checks = [f"step {s['index']}: {c}" for s in pred["steps"] for c in s["check"]]
+    out["predicted"] = pred
+    out["status"] = "match" if not diffs and not checks else "mismatch"
+    out["comparison"].update(
+        fields=fields, matched=max(fields - len(diffs), 0),
+        differences=[asdict(d) for d in diffs], first=str(diffs[0]) if diffs else None,
+        checks=checks, model_seconds=pred["model_seconds"],
+        steps=len(exp.steps))
+    return out
+
+
+def summary(results: list[dict]) -> dict:
+    fields = sum(r["comparison"]["fields"] for r in results)
+    matched = sum(r["comparison"]["matched"] for r in results)
+    return {"experiments": len(results),
+            "matching": sum(1 for r in results if r["status"] == "match"),
+            "fields": fields, "matched": matched,
+            "match_rate": (matched / fields) if fields else None}
+
+
+def compare_hosts(a: dict, b: dict) -> dict:
+    """Two validate documents (two hosts, or one host before and after a change): per
+    experiment both match rates, and where the two hosts' live observations differ."""
+    by_a = {r["path"]: r for r in a["experiments"]}
+    by_b = {r["path"]: r for r in b["experiments"]}
+    rows = []
+    for path in sorted(set(by_a) | set(by_b)):
+        ra, rb = by_a.get(path), by_b.get(path)
+        row = {"path": path, "a": _rate(ra), "b": _rate(rb), "observations_differ": None, "first": None}
+        if ra and rb and ra.get("live", {}).get("steps") and rb.get("live", {}).get("steps"):
+            d = differences(record.normalise(ra["live"]), record.normalise(rb["live"]))
+            row["observations_differ"] = len(d)
+            row["first"] = str(d[0]) if d else None
+        rows.append(row)
+    host_diff = {k: (a["host"].get(k), b["host"].get(k)) for k in sorted(set(a["host"]) | set(b["host"]))
+                 if k not in ("config",) and a["host"].get(k) != b["host"].get(k)}
+    return {"rows": rows, "host": host_diff, "a": summary(a["experiments"]), "b": summary(b["experiments"])}
+
+
+def _rate(r):
+    if r is None:
+        return None
+    c = r["comparison"]
+    return {"status": r["status"], "fields": c["fields"], "matched": c["matched"]}
