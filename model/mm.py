@@ -28,12 +28,15 @@ def page_align(n: int) -> int:
     return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
-def mmap_base_formula(stack_rlimit: int, rnd: int = 0) -> int:
+def mmap_base_formula(stack_rlimit: int, rnd: int = 0, stack_rnd: int = 0) -> int:
     """arch/x86/mm/mmap.c mmap_base(): TASK_SIZE - gap - rnd, with gap = the stack rlimit plus
-    the stack guard gap (plus the stack's own randomisation range when ASLR is on, included
-    in rnd here), clamped to [128 MiB, 5/6 of TASK_SIZE]."""
+    pad = stack_maxrandom_size() (stack_rnd: 0 without ASLR, at most 16 GiB - 4 KiB with it)
+    + the stack guard gap, clamped to [128 MiB, 5/6 of TASK_SIZE]. The pad is added before
+    the clamp ("if (gap + pad > gap)": not when the sum wraps, as RLIM_INFINITY's would)."""
     gap_min, gap_max = 128 << 20, TASK_SIZE // 6 * 5
-    gap = stack_rlimit + STACK_GUARD_GAP
+    gap = stack_rlimit
+    if gap + stack_rnd + STACK_GUARD_GAP < 1 << 64:
+        gap += stack_rnd + STACK_GUARD_GAP
     gap = min(max(gap, gap_min), gap_max)
     return page_align(TASK_SIZE - gap - rnd)
 
@@ -55,6 +58,9 @@ class AddressSpace:
         self.max_map_count = max_map_count
         self.locked_vm = 0   # pages in VM_LOCKED VMAs (mm->locked_vm)
         self.ptables: set[int] = set()   # 2 MiB blocks (addr >> 21) that have a PTE table
+        # VMAs inserted or cut by the operation under way (until its try_merge or isolate ends):
+        # the kernel never had them whole, so a merge may delete them (see try_merge)
+        self._fresh: list[Vma] = []
 
     # ----- lookup -----------------------------------------------------------------------------
     @property
@@ -97,6 +103,7 @@ class AddressSpace:
 
     def insert(self, vma: Vma) -> None:
         bisect.insort(self.vmas, vma, key=lambda v: v.start)
+        self._fresh.append(vma)
 
     def remove(self, vma: Vma) -> None:
         self.vmas.remove(vma)
@@ -170,7 +177,10 @@ class AddressSpace:
                 return "ENOMEM"
             return hint
         if hint:
-            hint = page_align(hint)
+            # mm/mmap.c do_mmap() -> round_hint_to_min() masks the hint down to its page (hint
+            # &= PAGE_MASK) before generic_get_unmapped_area_topdown()'s PAGE_ALIGN: an
+            # unaligned hint rounds down (checked live: 0x20000001 -> 0x20000000)
+            hint &= ~(PAGE_SIZE - 1)
             if (TASK_SIZE - length >= hint and hint >= self.mmap_min_addr
                     and not self.overlapping(hint, hint + length)
                     and not self._in_stack_gap(hint + length)):
@@ -202,6 +212,9 @@ class AddressSpace:
             self.ptables.add(addr >> 21)     # split_huge_pmd leaves a PTE table behind
         new = vma.split_at(addr)
         self.insert(new)
+        self._fresh.append(vma)
+        if new.file is not None and new.file.segment is not None:
+            new.file.segment.nattch += 1     # __split_vma -> vm_ops->open: ipc/shm.c shm_open
         return new
 
     def isolate(self, start: int, end: int) -> list[Vma]:
@@ -212,6 +225,7 @@ class AddressSpace:
         for v in list(self.overlapping(start, end)):
             if v.start < end < v.end:
                 self.split(v, end)
+        self._fresh.clear()
         return sorted(self.overlapping(start, end), key=lambda v: v.start)
 
     def splits_needed(self, start: int, end: int) -> int:
@@ -234,24 +248,48 @@ class AddressSpace:
         other = a.anon_vma or b.anon_vma
         return other is None or not other.forked
 
+    @staticmethod
+    def has_close(vma: Vma) -> bool:
+        """vma->vm_ops->close: ipc/shm.c shm_vm_ops has shm_close; the other VMAs the model
+        builds (anonymous, ext4 and shmem files) have none."""
+        return vma.file is not None and vma.file.kind == "shm"
+
+    def _drop(self, vma: Vma) -> None:
+        """A VMA the merge deletes: no ->close is called (vma_complete), so a SysV attach's
+        count follows the VMAs only because the kernel never deletes one with ->close."""
+        self.remove(vma)
+        if vma.file is not None and vma.file.segment is not None:
+            vma.file.segment.nattch -= 1
+
     def try_merge(self, vma: Vma) -> Vma:
         """Merge vma with its neighbours where the kernel would (vma_merge_existing_range(),
-        vma_merge_new_range()); returns the VMA that now holds vma's range."""
+        vma_merge_new_range()); returns the VMA that now holds vma's range.
+
+        can_merge_remove_vma(): a merge never deletes a VMA that has vm_ops->close. When the
+        changed range is a whole existing VMA (vma_merge_existing_range: merge_will_delete_vma)
+        that VMA would go, so nothing merges; a range cut out of a VMA by this operation's
+        split (the kernel shrinks the VMA instead) or a new VMA may merge. When both sides
+        merge, next goes too: with ->close only prev merges."""
         prev, nxt = self.neighbours(vma)
+        whole = self.has_close(vma) and not any(v is vma for v in self._fresh)
+        self._fresh.clear()
+        if whole:
+            return vma
         if prev is not None and self.mergeable(prev, vma):
             if nxt is not None and self.mergeable(vma, nxt) and not (
-                    prev.anon_vma and nxt.anon_vma and prev.anon_vma is not nxt.anon_vma):
+                    prev.anon_vma and nxt.anon_vma and prev.anon_vma is not nxt.anon_vma) \
+                    and not self.has_close(nxt):
                 prev.absorb(vma)
-                self.remove(vma)
+                self._drop(vma)
                 prev.absorb(nxt)
-                self.remove(nxt)
+                self._drop(nxt)
                 return prev
             prev.absorb(vma)
-            self.remove(vma)
+            self._drop(vma)
             return prev
         if nxt is not None and self.mergeable(vma, nxt):
             vma.absorb(nxt)
-            self.remove(nxt)
+            self._drop(nxt)
         return vma
 
     def locked_pages_in(self, start: int, end: int) -> int:
