@@ -131,7 +131,8 @@ class SysV:
             faults, value = self.k.do_mmap(proc, f, addr, size, prot, flags, 0, "shmat")
         except StepError:
             raise
-        proc.regions[args["as"]] = Region(value["addr"], args.get("size") or seg.size, "shmat")
+        size = args.get("size") or self.k.seg_sizes.get(args["segment"]) or seg.size
+        proc.regions[args["as"]] = Region(value["addr"], size, "shmat")
         self.k.note("do_shmat: do_mmap of the segment's shm file (MAP_SHARED)")
         return faults, value
 

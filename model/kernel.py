@@ -82,7 +82,10 @@ class Kernel:
         self.profile = profile
         sysctl = profile.get("sysctl", {})
         self.max_map_count = sysctl.get("max_map_count") or 65530
-        self.mmap_min_addr = sysctl.get("mmap_min_addr") or 4096
+        # security/min_addr.c: mmap_min_addr = max(vm.mmap_min_addr, CONFIG_LSM_MMAP_MIN_ADDR)
+        lsm = (profile.get("config") or {}).get("LSM_MMAP_MIN_ADDR")
+        self.mmap_min_addr = max(sysctl.get("mmap_min_addr") or 4096,
+                                 lsm if isinstance(lsm, int) and (profile.get("config") or {}).get("SECURITY") else 0)
         self.overcommit = sysctl.get("overcommit_memory") or 0
         self.shmmax = sysctl.get("shmmax") or (1 << 64) - (1 << 24) - 1
         self.shmall = sysctl.get("shmall") or (1 << 64) - (1 << 24) - 1
@@ -93,7 +96,16 @@ class Kernel:
         dev = snapshot.get("devices", {})
         self.dev = {DISK: dev.get("disk", "00:00"), TMPFS: dev.get("tmpfs", "00:00"),
                     SHMEM: dev.get("shmem", "00:01")}
-        self.large_folios = snapshot.get("disk_large_folios", True)
+        # values `shmkit probe` measured (none of them can be read from /proc or /sys); the
+        # defaults are what this kernel (6.18, ext4) showed
+        probed = profile.get("probed") or {}
+        self.large_folios = probed.get("disk_large_folios", snapshot.get("disk_large_folios", True))
+        fab = profile.get("fault_around_bytes")
+        self.fault_around_pages = probed.get("fault_around_pages") or (fab // 4096 if fab else 16)
+        self.write_notify = {DISK: True, TMPFS: False, SHMEM: False}
+        self.write_notify.update({DISK: probed.get("write_notify", {}).get("disk", True),
+                                  TMPFS: probed.get("write_notify", {}).get("tmpfs", False)})
+        self.thp_align_anon = probed.get("thp_align_anon", True)
         # bdi->ra_pages of the disk's backing device (read_ahead_kb; the kernel default is 128)
         self.readahead_pages = (dev.get("disk_readahead_kb") or 128) // 4
         self.anon = AnonPages()
@@ -105,6 +117,7 @@ class Kernel:
         self._pid = itertools.count(snapshot.get("first_child_pid", 4_000_001))
         self.procs: dict[str, Process] = {}
         self.seg_handles: dict[str, int] = {}   # shmget handle -> shmid
+        self.seg_sizes: dict[str, int] = {}     # shmget handle -> the size it asked for
         self.umask = snapshot.get("umask", 0o022)
         self.trace: Counter = Counter()
         setup = snapshot.get("setup", {})
@@ -221,6 +234,7 @@ class Kernel:
         kind = TMPFS if on == "tmpfs" else DISK
         ino = Inode(kind, self.new_ino(), self.dev[kind], 0, path,
                     large_folios=self.large_folios and kind == DISK)
+        ino.write_notify = self.write_notify[kind]
         ino.resize(size)
         ino.uid = proc.uid
         ino.readahead_pages = self.readahead_pages
@@ -239,7 +253,9 @@ class Kernel:
             i = start
             while i < start + n:
                 m = min(order_pages, start + n - i) if kind == DISK else 1
-                ino.add_folio(i, m)
+                # ext4 writes back on fsync (clean); shmem_write_end marks tmpfs folios dirty
+                # and fsync cannot clean them (there is nothing to write them to)
+                ino.add_folio(i, m, dirty=kind == TMPFS)
                 i += m
         if args.get("cache") == "cold" and kind == DISK:
             for i in range(ino.npages):
@@ -355,8 +371,12 @@ class Kernel:
         if not length:
             raise errno("EINVAL")
         fixed = bool(flags & (MAP["FIXED"] | MAP["FIXED_NOREPLACE"]))
-        if not fixed and addr:
-            addr = max(addr & ~(PAGE_SIZE - 1), self.mmap_min_addr) if addr < self.mmap_min_addr else addr
+        if not fixed:
+            # round_hint_to_min(): the hint is rounded down to a page; a non-zero hint below
+            # mmap_min_addr is raised to it (so a hint below one page is no hint at all)
+            addr &= ~(PAGE_SIZE - 1)
+            if addr and addr < self.mmap_min_addr:
+                addr = page_align(self.mmap_min_addr)
         length = page_align(length)
         if not length or length > TASK_SIZE:
             raise errno("ENOMEM")
@@ -372,7 +392,7 @@ class Kernel:
         mtype = flags & MAP_TYPE
         thp = False
         if file is None:
-            thp = not addr and length % (2 << 20) == 0 and mtype == MAP["PRIVATE"]
+            thp = self.thp_align_anon and not addr and length % (2 << 20) == 0 and mtype == MAP["PRIVATE"]
         elif not file.inode.is_shmem and file.kind == "file":
             thp = not addr and length >= (2 << 20)
         where = mm.get_unmapped_area(length, addr, fixed, thp_align=thp and not fixed,
@@ -474,9 +494,20 @@ class Kernel:
             return False
         data = proc.rlimit("data")
         if (vm_flags & (VM_WRITE | VM_SHARED | VM_GROWSDOWN)) == VM_WRITE and data is not None \
-                and mm.data_vm + npages > data >> PAGE_SHIFT:
+                and self.data_vm(mm) + npages > data >> PAGE_SHIFT:
             return False
         return True
+
+    @staticmethod
+    def data_vm(mm: AddressSpace) -> int:
+        """mm->data_vm (vm_stat_account -> is_data_mapping): the model's private writable
+        VMAs (mm.data_vm) and the snapshot's own, by their perms: the interpreter's heap,
+        .data and .bss are private writable too (not [stack], VM_STACK). Measured: with
+        RLIMIT_DATA = 1 GiB a 1 GiB private rw mmap is ENOMEM."""
+        return mm.data_vm + sum(v.pages for v in mm.vmas
+                                if v.opaque is not None and v.start < TASK_SIZE
+                                and v.opaque["perms"][1] == "w" and v.opaque["perms"][3] == "p"
+                                and v.opaque["path"] != "[stack]")
 
     def vm_enough_memory(self, npages: int) -> bool:
         """mm/util.c __vm_enough_memory(): OVERCOMMIT_GUESS refuses more than RAM + swap."""
@@ -537,8 +568,15 @@ class Kernel:
         mm = proc.mm
         if newflags & VM_WRITE and not vma.flags & (VM_ACCOUNT | VM_WRITE | VM_SHARED | VM_NORESERVE):
             newflags |= VM_ACCOUNT       # a private mapping becoming writable is charged
+        elif not newflags & VM_WRITE and vma.flags & VM_ACCOUNT and vma.is_anonymous and vma.anon_vma is None:
+            newflags &= ~VM_ACCOUNT      # an unfaulted anonymous VMA made read-only is uncharged
         if newflags == vma.flags:
             return
+        # mprotect_fixup(): "Check space limits when area turns into data" (RLIMIT_DATA)
+        if newflags & VM_WRITE:
+            npages = (end - start) >> PAGE_SHIFT
+            if not self.may_expand_vm(proc, newflags, npages) and self.may_expand_vm(proc, vma.flags, npages):
+                raise errno("ENOMEM", self._faults())
         if vma.start < start:
             vma = mm.split(vma, start)
         if vma.end > end:
@@ -652,6 +690,8 @@ class Kernel:
                     raise errno("EINVAL" if not write else "EFAULT", self._faults(minor, major))
                 a, b = v.index(max(start, v.start)), v.index(min(end, v.end))
                 done, mi, ma, fault = self.mem.access(mm, v.start + (a << PAGE_SHIFT), b - a, write, None)
+                for j in range(a, a + done):      # faultin_page_range: GUP with FOLL_TOUCH
+                    self.mem.touch_folio(v, j)
                 minor += mi
                 major += ma
                 if fault is not None:
@@ -696,7 +736,9 @@ class Kernel:
                 continue
             if kind == PTE_ANON:
                 if self.anon.mapcount[vma.anon[i]] == 1:
-                    vma.pte[i] = e & ~PTE_YOUNG if not pageout else e
+                    if not pageout:     # ptep_test_and_clear_young, folio_clear_referenced, deactivate
+                        vma.pte[i] = e & ~PTE_YOUNG
+                        self.anon.lru[vma.anon[i]] = 0
                     aged += not pageout
                 i += 1
                 continue
@@ -711,6 +753,7 @@ class Kernel:
             for j in range(lo, hi):
                 if not pageout:
                     vma.pte[j] &= ~PTE_YOUNG
+                    ino.lru[vma.pgoff + j] = 0
                     aged += 1
             if pageout:
                 self.mem.zap(vma, lo, hi)
@@ -967,6 +1010,7 @@ class Kernel:
             if not args.get("create"):
                 raise errno("ENOENT")
             ino = Inode(TMPFS, self.new_ino(), self.dev[TMPFS], 0, "/dev/shm/" + name)
+            ino.write_notify = self.write_notify[TMPFS]
             ino.mode = (0o600 if args.get("mode") is None else args["mode"]) & ~self.umask
             ino.uid = proc.uid
             self.posix[name] = ino
@@ -1029,6 +1073,9 @@ class Kernel:
     def sys_shmget(self, proc, args):
         out = self.ipc.shmget(proc, args)
         self.seg_handles[args["as"]] = out[1]["shmid"]
+        # an attach through this handle is a region of the size this shmget asked for (the
+        # live side's convention), even when the key found a larger existing segment
+        self.seg_sizes[args["as"]] = args["size"]
         return out
 
     def ipc_segment(self, proc, handle: str):
@@ -1102,7 +1149,15 @@ class Kernel:
                     copied += 1
             vmas.append(c)
         child_mm = AddressSpace(vmas, mm.topdown, mm.mmap_base, mm.mmap_min_addr, mm.max_map_count)
-        child_mm.ptables = set(mm.ptables)
+        # copy_page_range() runs only for the VMAs vma_needs_copy() picks (an anon_vma): the
+        # child gets a PTE table only where such a VMA had one; under the others (shared
+        # mappings, untouched private file mappings) its first fault finds pmd_none.
+        # Measured: a child's first fault there behaves as a first fault (model.memory
+        # fault_around), though the parent's table exists.
+        child_mm.ptables = {b for b in mm.ptables
+                            if any(v.anon_vma is not None and not v.flags & VM_DONTCOPY
+                                   and v.start < (b + 1) << 21 and b << 21 < v.end
+                                   for v in mm.vmas if v.opaque is None)}
         child = Process(args["child"], next(self._pid), child_mm, proc.rlimits, proc.privileged, proc.uid)
         child.fds = dict(proc.fds)
         child.regions = {h: r.copy() for h, r in proc.regions.items()}

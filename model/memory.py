@@ -17,7 +17,7 @@ from model.flags import (PMD_SIZE, VM_HUGEPAGE, VM_NOHUGEPAGE, PAGE_SHIFT, PAGE_
                          VM_READ, VM_EXEC, VM_SEQ_READ, VM_SHARED, VM_WRITE)
 from model.vma import AnonVma, Vma
 
-FAULT_AROUND_PAGES = 16   # mm/memory.c fault_around_bytes = 64 KiB
+FAULT_AROUND_PAGES = 16   # mm/memory.c fault_around_bytes = 64 KiB (the default; probed per host)
 
 # byte -> 1 where the entry allows the access without a fault (bytes.translate tables)
 _PRESENT = bytes(1 if b & PTE_KIND else 0 for b in range(256))
@@ -156,6 +156,9 @@ class Memory:
                 ino.mapcount[idx] -= 1
                 if e & PTE_DIRTY and ino.is_cached(idx):
                     ino.mark_dirty(idx)
+                if e & PTE_YOUNG and ino.is_cached(idx):   # zap_present_folio_ptes: young -> accessed
+                    from model.objects import mark_accessed
+                    ino.lru[idx] = mark_accessed(ino.lru[idx])
             pte[i] = 0
         return n
 
@@ -242,6 +245,8 @@ class Memory:
                 return how
             e = vma.pte[i]
             kind = e & PTE_KIND
+        # pmd_none(*vmf->pmd) before this fault: filemap_map_pages() needs it (fault_around)
+        self.pmd_none = (vma.start + (i << PAGE_SHIFT)) >> 21 not in mm.ptables
         mm.ptables.add((vma.start + (i << PAGE_SHIFT)) >> 21)
         if kind != PTE_NONE:
             return self.wp_fault(mm, vma, i, value)
@@ -282,17 +287,21 @@ class Memory:
         ->map_pages), then __do_fault + finish_fault."""
         ino = vma.file.inode
         idx = vma.file_index(i)
+        pmd_none = getattr(self, "pmd_none", False)
         if vma.file.fault_around and ino.is_cached(idx):
-            self.fault_around(vma, i)
-            if vma.pte[i] == PTE_NONE:      # a PG_readahead page: fault-around skipped it
-                self.async_readahead(vma, idx)
-                self.map_file_pte(vma, i, write=False)
+            self.fault_around(vma, i, pmd_none)
+            if vma.pte[i] == PTE_NONE:      # fault-around did not map it: __do_fault
+                if ino.ra_flag[idx]:        # a PG_readahead page: fault-around skipped it
+                    self.async_readahead(vma, idx)
+                self.finish_fault_read(vma, i)
             return "minor"
         how = self._get_page(vma, idx)
         if how == "major" and vma.file.fault_around:
             # filemap_fault dropped the mmap lock for the read (VM_FAULT_RETRY); the retried
             # fault finds the page cached and fault-around maps the window.
-            self.fault_around(vma, i)
+            self.fault_around(vma, i, pmd_none)
+            if vma.pte[i] == PTE_NONE:
+                self.finish_fault_read(vma, i)
             self.k.note("the retried fault (FAULT_FLAG_TRIED) counts as major")
             return "major"
         self.map_file_pte(vma, i, write=False)
@@ -300,14 +309,44 @@ class Memory:
                     if vma.file.kind == "shm" else "__do_fault + finish_fault: one page")
         return how
 
-    def fault_around(self, vma: Vma, i: int) -> int:
+    @staticmethod
+    def finish_fault_span(vma: Vma, i: int) -> tuple[int, int]:
+        """The pages [lo, hi) of vma that mm/memory.c finish_fault() maps for a fault on page i:
+        the whole folio when it ends within i_size (needs_fallback otherwise), lies inside the
+        VMA and the page table (vma_off >= idx, pte_off >= idx, ...) and none of its PTEs is
+        set (pte_range_none); else the one page. Measured: a write to a shared mapping at
+        file offset 2 pages maps 1 page, not the 14 pages of its cut 16-page folio."""
+        ino = vma.file.inode
+        idx = vma.file_index(i)
+        fa, fb = ino.folio_range(idx)
+        k = idx - fa
+        pte_off = ((vma.start >> PAGE_SHIFT) + i) & (PTRS_PER_PTE - 1)
+        if fb - fa > 1 and fb <= ino.npages and i >= k and i + (fb - idx) <= vma.pages \
+                and pte_off >= k and pte_off + (fb - idx) <= PTRS_PER_PTE \
+                and vma.pte[i - k:i + (fb - idx)].count(PTE_NONE) == fb - fa:
+            return i - k, i + (fb - idx)
+        return i, i + 1
+
+    def finish_fault_read(self, vma: Vma, i: int) -> int:
+        """mm/memory.c finish_fault() after __do_fault() found the page cached: since 6.18
+        ("try to map the entire file folio in finish_fault()") the whole folio is mapped when
+        it ends within i_size (needs_fallback otherwise), lies inside the VMA and the page
+        table, and none of its PTEs is set; else the one page."""
+        lo, hi = self.finish_fault_span(vma, i)
+        for j in range(lo, hi):
+            self.map_file_pte(vma, j, write=False)
+        self.k.note(f"__do_fault + finish_fault: mapped the whole {hi - lo}-page folio" if hi - lo > 1
+                    else "__do_fault + finish_fault: one page")
+        return hi - lo
+
+    def fault_around(self, vma: Vma, i: int, pmd_none: bool = False) -> int:
         """mm/memory.c do_fault_around() + mm/filemap.c filemap_map_pages(): the 16-page window
         aligned in the page table, clipped to the VMA, the page table and the end of file;
         maps the cached pages whose PTE is empty."""
         addr = vma.start + (i << PAGE_SHIFT)
         pte_off = (addr >> PAGE_SHIFT) & (PTRS_PER_PTE - 1)
         vma_off = i
-        nr = FAULT_AROUND_PAGES
+        nr = self.k.fault_around_pages
         from_pte = max(pte_off & ~(nr - 1), pte_off - min(pte_off, vma_off))
         to_pte = min(from_pte + nr, PTRS_PER_PTE, pte_off + vma.pages - vma_off) - 1
         a = i - (pte_off - from_pte)
@@ -316,13 +355,25 @@ class Memory:
         b = min(b, ino.npages - vma.pgoff)
         # filemap_map_folio_range() (since 6.18, "map entire large folio faultaround") maps a
         # large folio whole, pages outside the window included, when the folio lies inside the
-        # VMA (folio_within_vma) and in one page table; filemap_map_pages() allows it only for
-        # shmem or when the first folio of the window ends before the file's last page
-        # (can_map_large: file_end >= folio_next_index, file_end being the last index).
-        # Measured: a 40-page mapping at file offset 2 pages, window [11, 27) -> 19 PTEs.
-        first = next((j for j in range(a, b) if ino.is_cached(vma.file_index(j))), None)
-        can_map_large = first is not None and (
-            ino.is_shmem or ino.folio_range(vma.file_index(first))[1] <= ino.npages - 1)
+        # VMA (folio_within_vma), in one page table, and ends before the file's last page
+        # (file_end >= folio_next_index, file_end being the last index) or is shmem.
+        # Measured: a 40-page mapping at file offset 2 pages, window [11, 27) -> 19 PTEs; the
+        # folio holding the file's last page is mapped only as far as the window goes.
+        def large_ok(fb):
+            return ino.is_shmem or fb <= ino.npages - 1
+        first = next((j for j in range(a, b) if ino.is_cached(vma.file_index(j))
+                      and not ino.ra_flag[vma.file_index(j)]), None)
+        if first is None:
+            return 0                 # next_uptodate_folio() found nothing: goto out
+        if pmd_none and not large_ok(ino.folio_range(vma.file_index(first))[1]):
+            # filemap_map_pages(): filemap_map_pmd(), which installs the preallocated PTE
+            # table, runs only when the first folio passes the i_size test; without a table
+            # pte_offset_map_lock() fails and nothing is mapped (goto out). The fault goes on
+            # to __do_fault + finish_fault. Measured: a first fault whose window starts in the
+            # file's last 16-page folio maps that folio whole, not the window.
+            self.k.note("filemap_map_pages mapped nothing: no PTE table yet and the window's "
+                        "first folio holds the end of the file")
+            return 0
         mapped = 0
         j = a
         while j < b:
@@ -332,7 +383,7 @@ class Memory:
                 continue
             fa, fb = ino.folio_range(idx)
             lo, hi = j, min(fb - vma.pgoff, b)
-            if can_map_large and fb - fa > 1 and fa >= vma.pgoff and fb - vma.pgoff <= vma.pages \
+            if large_ok(fb) and fb - fa > 1 and fa >= vma.pgoff and fb - vma.pgoff <= vma.pages \
                     and (vma.start + ((fa - vma.pgoff) << PAGE_SHIFT)) >> 21 \
                     == (vma.start + ((fb - vma.pgoff - 1) << PAGE_SHIFT)) >> 21:
                 lo, hi = fa - vma.pgoff, fb - vma.pgoff
@@ -355,14 +406,13 @@ class Memory:
 
     def do_shared_fault(self, mm, vma: Vma, i: int, value: int) -> str:
         """mm/memory.c do_shared_fault(): the page cache page, ->page_mkwrite where the
-        filesystem has it, mapped writable and dirty. A large folio is mapped whole
-        (finish_fault maps the folio's pages that lie in the VMA and the page table)."""
+        filesystem has it, mapped writable and dirty. A large folio is mapped whole when
+        finish_fault allows it (finish_fault_span), else the one page."""
         ino = vma.file.inode
         idx = vma.file_index(i)
         how = self._get_page(vma, idx)
         a, b = ino.folio_range(idx) if ino.large_folios else (idx, idx + 1)
-        lo = max(a - vma.pgoff, 0, i - (((vma.start >> PAGE_SHIFT) + i) & (PTRS_PER_PTE - 1)))
-        hi = min(b - vma.pgoff, vma.pages)
+        lo, hi = self.finish_fault_span(vma, i) if ino.large_folios else (i, i + 1)
         n = 0
         for j in range(lo, hi):
             if vma.pte[j] == PTE_NONE:
@@ -569,4 +619,18 @@ class Memory:
                     major += 1
                 else:
                     minor += 1
+            # follow_page_pte() with FOLL_TOUCH marks every page it returns accessed
+            for j in range(a, b):
+                self.touch_folio(vma, j)
         return minor, major
+
+    def touch_folio(self, vma: Vma, j: int) -> None:
+        """folio_mark_accessed() on the page behind page j, if any (GUP's FOLL_TOUCH)."""
+        kind = vma.pte[j] & PTE_KIND
+        if kind == PTE_ANON:
+            self.k.anon.mark_accessed(vma.anon[j])
+        elif kind == PTE_FILE:
+            from model.objects import mark_accessed
+            ino = vma.file.inode
+            idx = vma.file_index(j)
+            ino.lru[idx] = mark_accessed(ino.lru[idx])

@@ -29,11 +29,13 @@ class Inode:
         self.deleted = False        # unlinked while mapped: maps prints " (deleted)"
         self.size = 0
         self.large_folios = large_folios   # mapping_large_folio_support() (ext4 on this kernel)
+        self.write_notify = kind == DISK    # the filesystem has ->page_mkwrite (Kernel sets it)
         self.cached = bytearray()
         self.data = bytearray()
         self.mapcount = array("i")
         self.folio = array("i")
         self.ra_flag = bytearray()  # PG_readahead: the async readahead marker
+        self.lru = bytearray()      # mark_page_accessed state per page (see mark_accessed)
         self.mode = 0o600
         self.uid = 0
         self.readahead_pages = 32   # file_ra_state.ra_pages (the kernel sets it from the bdi)
@@ -56,6 +58,7 @@ class Inode:
             self.mapcount.extend(array("i", bytes(4 * extra)))
             self.folio.extend(array("i", [-1]) * extra)
             self.ra_flag.extend(bytes(extra))
+            self.lru.extend(bytes(extra))
 
     def resize(self, size: int) -> None:
         """ftruncate: pages past the new end leave the cache (mm/truncate.c
@@ -100,6 +103,12 @@ class Inode:
         return self.npages - self.cached[:self.npages].count(0)
 
 
+def mark_accessed(state: int) -> int:
+    """folio_mark_accessed(): 0 -> 1 (PG_referenced), 1 -> 2 (activated, PG_referenced
+    cleared), 2 stays (an active folio)."""
+    return 1 if state == 0 else 2
+
+
 class AnonPages:
     """Every anonymous page (struct folio of order 0, anon): mapcount, contents and
     PageAnonExclusive, indexed by a page id (>= 1)."""
@@ -108,6 +117,7 @@ class AnonPages:
         self.mapcount = array("i", [0])
         self.data = bytearray(1)
         self.exclusive = bytearray(1)
+        self.lru = bytearray(1)   # mark_page_accessed state: 0, 1 PG_referenced, 2 active (see mark_accessed)
         self.live = 0
         self.shared = 0      # pages with mapcount >= 2 (lets /proc views skip per-page lookups)
 
@@ -116,6 +126,7 @@ class AnonPages:
         self.mapcount.append(1)
         self.data.append(value & 0xFF)
         self.exclusive.append(1)
+        self.lru.append(0)
         self.live += 1
         return len(self.mapcount) - 1
 
@@ -125,8 +136,14 @@ class AnonPages:
         self.mapcount.extend(array("i", [1]) * n)
         self.data.extend(bytes([value & 0xFF]) * n)
         self.exclusive.extend(b"\x01" * n)
+        self.lru.extend(bytes(n))
         self.live += n
         return first
+
+    def mark_accessed(self, pid: int) -> None:
+        """mm/swap.c folio_mark_accessed() without MGLRU: the first call sets PG_referenced;
+        a second one on an inactive folio activates it and clears PG_referenced."""
+        self.lru[pid] = mark_accessed(self.lru[pid])
 
     def get(self, pid: int) -> None:
         """One more mapping of the page (fork: folio_try_dup_anon_rmap_pte)."""

@@ -9,6 +9,8 @@ from model.flags import (PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, P
 from model.vma import Vma, render_maps_line
 
 PSS_SHIFT = 12
+# byte -> 1 for a present PTE that is not young
+_OLD_PRESENT = bytes(1 if b & PTE_KIND and not b & PTE_YOUNG else 0 for b in range(256))
 SMAPS_KEYS = ("Rss", "Pss", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty",
               "Referenced", "Anonymous", "AnonHugePages", "ShmemPmdMapped", "FilePmdMapped",
               "Swap", "Locked")
@@ -23,7 +25,9 @@ def smaps(vma: Vma, anon) -> dict:
     PTE or the folio is dirty; Referenced when the PTE is young; Anonymous for anonymous
     pages; Locked = Pss of a VM_LOCKED VMA."""
     rss = pss = sc = sd = pc = pd = ref = an = 0
-    if vma.opaque is None and vma.file is None and anon.shared == 0:
+    if vma.opaque is None and vma.file is None and anon.shared == 0 and not (
+            vma.anon is not None and any(anon.lru[p] == 1 for p in set(vma.anon) if p)
+            and bytes(vma.pte).translate(_OLD_PRESENT).count(1)):
         # every anonymous page is mapped once: count entries by value, no per-page lookups
         for e in set(vma.pte):
             if e & PTE_KIND != PTE_ANON:
@@ -56,7 +60,8 @@ def smaps(vma: Vma, anon) -> dict:
                 dirty = bool(e & PTE_DIRTY) or ino.cached[idx] == 2
             rss += 1
             pss += (PAGE_SIZE << PSS_SHIFT) // max(mc, 1)
-            if e & PTE_YOUNG:
+            # young PTE, or PG_referenced on the folio (smaps_account)
+            if e & PTE_YOUNG or (anon.lru[vma.anon[i]] == 1 if kind == PTE_ANON else ino.lru[idx] == 1):
                 ref += 1
             if mc >= 2:
                 if dirty:

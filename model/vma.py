@@ -42,7 +42,7 @@ class OpenFile:
     def write_notify(self) -> bool:
         """vma_wants_writenotify(): the filesystem has ->page_mkwrite (ext4 does, shmem
         does not), so shared writable PTEs start read-only and the first write faults."""
-        return not self.inode.is_shmem
+        return self.inode.write_notify
 
 
 @dataclass(eq=False)
