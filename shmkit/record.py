@@ -133,6 +133,11 @@ class Normaliser:
             r["shmid"] = self.sym.shmid(row["shmid"])
             r["cpid"] = procs.get(row["cpid"], "?")
             sysv.append(r)
+        # /proc/sysvipc/shm lists segments in IDR index order, and ipc_idr_alloc() allocates
+        # indexes cyclically (idr_alloc_cyclic) across every process on the host: a later
+        # segment can sit before an earlier one. The table is a set; its normal order is the
+        # order the segments were made in (@1, @2, ...).
+        sysv.sort(key=lambda r: int(r["shmid"][1:]))
         return {"dev_shm": shm, "sysv": sysv}
 
     def value(self, v: Any) -> Any:

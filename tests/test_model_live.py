@@ -12,7 +12,9 @@ import pytest
 
 from shmkit import spec
 
-BUNDLED = sorted((Path(__file__).resolve().parent.parent / "experiments").glob("*.toml"))
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+# the bundled experiments, and the regressions that differential testing found and the model fixed
+BUNDLED = sorted(EXPERIMENTS.glob("*.toml")) + sorted((EXPERIMENTS / "regressions").glob("*.toml"))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,95 @@
+"""A live worker and the model stepped together, one step at a time: the engine of the
+differential random tests (tests/test_differential.py) and of anything that explores
+experiments interactively.
+
+    s = Session(profile)
+    live, model, diffs = s.step("mmap", as_="a", length="2 pages", prot="rw", flags=["private", "anonymous"])
+    s.close()                        # always: kills the workers, removes every object
+
+Each step is validated with the whole experiment so far (spec.ExperimentBuilder), run live
+(manager.Manager.do_step) and in the model (model.kernel.Kernel), and the two normalised step
+records are compared field by field. `toml()` gives the experiment so far as a file."""
+from __future__ import annotations
+
+from shmkit import manager, record, spec
+from shmkit.compare import differences
+from shmkit.predict import _Names, snapshot_from_record
+
+
+class Session:
+    def __init__(self, profile: dict, about: str = "differential session", **setup):
+        from model.kernel import Kernel
+
+        self.builder = spec.ExperimentBuilder(about=about, **setup)
+        probe = spec.ExperimentBuilder(about=about, **setup).memfd(as_="_x", name="x").build()
+        from shmkit.observe import zero_page_pfn
+
+        self.m = manager.Manager(probe, zero_pfn=zero_page_pfn())
+        self.m.run.open()
+        manager.become_subreaper()
+        self.live = self.pred = None
+        try:
+            self.m.spawn_main()
+            initial = {"processes": self.m.observe(), **self.m.system()}
+            self.live = {"path": "<session>", "about": about, "setup": manager._setup_dict(probe.setup),
+                         "run_id": self.m.run.run_id, "prefix": self.m.run.prefix, "status": "ok",
+                         "steps": [], "initial": initial, "pads": {"main": self.m.procs["main"].pads}}
+            self.names = _Names(self.m.run)
+            self.kernel = Kernel(profile, snapshot_from_record(self.live, profile, str(self.m.run.dir.parent)))
+            self.pred = dict(self.live, steps=[], initial=self.kernel.observe())
+        except BaseException:
+            self.close()
+            raise
+
+    def _names(self) -> dict:
+        run = self.m.run
+        return {"posix": run.posix, "files": run.files, "keys": {str(k): v for k, v in run.keys.items()},
+                "memfds": run.memfds, "shmids": {str(v): k for k, v in self.m.segments.items()}}
+
+    def step(self, do: str, **fields):
+        """Run one step live and in the model. Returns (live step, model step, differences)
+        of the normalised records; raises spec.SpecError for an invalid step."""
+        self.builder.step(do, **fields)
+        try:
+            exp = self.builder.build()
+        except spec.SpecError:
+            self.builder.steps.pop()
+            raise
+        st = exp.steps[-1]
+        reply = self.m.do_step(st)
+        procs = self.m.observe()
+        problems = []
+        for name, view in procs.items():
+            aff = reply.get("affected", []) if name == st.proc else []
+            problems += self.m.perturbation(self.m.procs[name], view, aff, st.do)
+        if problems:
+            for name in procs:
+                self.m._record_interp(self.m.procs[name])
+        self.live["steps"].append({
+            "index": st.index, "do": st.do, "in": st.proc, "args": st.raw, "result": reply["result"],
+            "faults": manager._faults(reply.get("faults")), "value": reply.get("value"), "note": reply.get("note"),
+            "processes": procs, **self.m.system(), "perturbed": problems or None})
+        self.live["names"] = self._names()
+        out = self.kernel.step({"index": st.index, "do": st.do, "in": st.proc, "args": self.names.args(st)})
+        view = self.kernel.observe()
+        self.pred["steps"].append({
+            "index": st.index, "do": st.do, "in": st.proc, "args": st.raw, "result": out["result"],
+            "faults": out["faults"], "value": out["value"], "note": None, "processes": view["processes"],
+            "dev_shm": view["dev_shm"], "sysv": view["sysv"], "perturbed": None, "trace": out["trace"],
+            "check": self.kernel.check()})
+        self.pred["names"] = self.names.names
+        nl, nm = record.normalise(self.live), record.normalise(self.pred)
+        return nl["steps"][-1], nm["steps"][-1], differences({"steps": nl["steps"][-1:]},
+                                                             {"steps": nm["steps"][-1:]})
+
+    def perturbed(self) -> bool:
+        return bool(self.live and self.live["steps"] and self.live["steps"][-1]["perturbed"])
+
+    def toml(self) -> str:
+        return self.builder.to_toml()
+
+    def close(self) -> None:
+        try:
+            self.m.shutdown()
+        finally:
+            self.m.run.cleanup()

@@ -1,0 +1,266 @@
+"""Differential random testing: a Hypothesis state machine whose rules act on a live worker and
+on the model together (shmkit.session.Session), with the invariant that after every step their
+normalised observations agree field by field and the model's check() holds.
+
+CI runs SHMKIT_DIFF_EXAMPLES examples (default 200) of up to SHMKIT_DIFF_STEPS steps (default 10),
+derandomized so that CI is repeatable; SHMKIT_DIFF_RANDOM=1 draws new ones, and a larger
+SHMKIT_DIFF_EXAMPLES hunts longer. A failing sequence is shrunk by Hypothesis and saved as an
+experiment file under experiments/regressions/ (then fixed in the model, or listed in
+model/known_differences.py), where tests/test_model_live.py keeps checking it."""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, assume, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+pytestmark = [pytest.mark.live,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="live runs need Linux")]
+
+EXAMPLES = int(os.environ.get("SHMKIT_DIFF_EXAMPLES", "200"))
+STEPS = int(os.environ.get("SHMKIT_DIFF_STEPS", "10"))
+RANDOM = os.environ.get("SHMKIT_DIFF_RANDOM") == "1"
+REGRESSIONS = Path(__file__).resolve().parent.parent / "experiments" / "regressions"
+_saved: list[Path] = []
+_profile: dict = {}
+
+PROTS = ["rw", "r", "none"]
+ADVICE = ["dontneed", "willneed", "random", "sequential", "normal", "cold", "pageout"]
+
+
+def profile() -> dict:
+    if not _profile:
+        from shmkit.profile import read_profile
+        _profile.update(read_profile().to_dict())
+    return _profile
+
+
+def save_regression(toml: str, first: str) -> Path:
+    """Keep only the latest (the shrunk) failing sequence of this session."""
+    REGRESSIONS.mkdir(parents=True, exist_ok=True)
+    lines = toml.splitlines()
+    about = first.replace('"', "'").replace("\\", "/")
+    lines[0] = f'about = "found by tests/test_differential.py: {about}"'
+    text = "\n".join(lines) + "\n"
+    path = REGRESSIONS / f"differential-{hashlib.sha1(text.encode()).hexdigest()[:8]}.toml"
+    for old in _saved:
+        old.unlink(missing_ok=True)
+    _saved.clear()
+    path.write_text(text)
+    _saved.append(path)
+    return path
+
+
+class Differential(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        from shmkit.session import Session
+        self.s = Session(profile())
+        self.n = 0
+        self.regions: dict[str, dict] = {}   # handle -> pages, procs, kind
+        self.files: dict[str, int] = {}      # file handle -> pages
+        self.fds: dict[str, dict] = {}       # fd handle -> pages, procs
+        self.segs: dict[str, int] = {}       # SysV handle -> pages
+        self.posix: list[str] = []           # POSIX names created
+        self.procs = ["main"]
+        self.last = None
+
+    def teardown(self):
+        self.s.close()
+
+    def _name(self, prefix: str) -> str:
+        self.n += 1
+        return f"{prefix}{self.n}"
+
+    def _do(self, do: str, **fields):
+        live, model, diffs = self.s.step(do, **fields)
+        assume(not self.s.perturbed())       # the interpreter disturbed the live side: not a model question
+        self.last = (live, diffs, self.s.pred["steps"][-1]["check"])
+        return live
+
+    def _region_in(self, data, pred=lambda r: True):
+        choices = sorted(h for h, r in self.regions.items() if pred(r) and set(r["procs"]) & set(self.procs))
+        assume(choices)
+        h = data.draw(st.sampled_from(choices))
+        proc = data.draw(st.sampled_from(sorted(set(self.regions[h]["procs"]) & set(self.procs))))
+        return h, proc
+
+    def _pages(self, data, n: int):
+        if data.draw(st.booleans()):
+            return None
+        a = data.draw(st.integers(0, n - 1))
+        b = data.draw(st.integers(a + 1, n))
+        return f"{a}..{b}"
+
+    # ----- creating mappings -------------------------------------------------------------
+    @rule(data=st.data(), shared=st.booleans(), pages=st.integers(1, 6), prot=st.sampled_from(PROTS),
+          populate=st.booleans())
+    def mmap_anon(self, data, shared, pages, prot, populate):
+        proc = data.draw(st.sampled_from(self.procs))
+        h = self._name("a")
+        flags = ["shared" if shared else "private", "anonymous"] + (["populate"] if populate else [])
+        live = self._do("mmap", in_=proc, as_=h, length=f"{pages} pages", prot=prot, flags=flags)
+        if live["result"] == "ok":
+            self.regions[h] = {"pages": pages, "procs": [proc], "kind": "mmap"}
+
+    @precondition(lambda self: len(self.files) < 3)
+    @rule(pages=st.integers(1, 6), on=st.sampled_from(["disk", "tmpfs"]), cold=st.booleans(),
+          fill=st.sampled_from(["zero", "random", "byte"]))
+    def file(self, pages, on, cold, fill):
+        h = self._name("f")
+        self._do("file", name=h, size=f"{pages} pages", on=on, fill=fill,
+                 cache="cold" if cold and on == "disk" else "warm")
+        self.files[h] = pages
+
+    @precondition(lambda self: self.files)
+    @rule(data=st.data(), shared=st.booleans(), prot=st.sampled_from(["r", "rw"]))
+    def mmap_file(self, data, shared, prot):
+        f = data.draw(st.sampled_from(sorted(self.files)))
+        size = self.files[f]
+        off = data.draw(st.integers(0, size - 1))
+        pages = data.draw(st.integers(1, size - off + 1))     # may reach past the end of file
+        proc = data.draw(st.sampled_from(self.procs))
+        h = self._name("m")
+        live = self._do("mmap", in_=proc, as_=h, file=f, length=f"{pages} pages", prot=prot,
+                        flags=["shared" if shared else "private"], offset=f"{off} pages")
+        if live["result"] == "ok":
+            self.regions[h] = {"pages": pages, "procs": [proc], "kind": "mmap"}
+
+    @precondition(lambda self: len(self.fds) < 3)
+    @rule(data=st.data(), pages=st.integers(1, 4), memfd=st.booleans())
+    def shmem_object(self, data, pages, memfd):
+        proc = data.draw(st.sampled_from(self.procs))
+        h = self._name("o")
+        if memfd:
+            live = self._do("memfd", in_=proc, as_=h, name=h, size=f"{pages} pages")
+        else:
+            live = self._do("shm_open", in_=proc, as_=h, name=h, create=True, excl=True, size=f"{pages} pages")
+            self.posix.append(h)
+        if live["result"] == "ok":
+            self.fds[h] = {"pages": pages, "procs": [proc], "memfd": memfd}
+
+    @precondition(lambda self: self.fds)
+    @rule(data=st.data(), prot=st.sampled_from(["r", "rw"]), shared=st.booleans())
+    def mmap_object(self, data, prot, shared):
+        choices = sorted(h for h, f in self.fds.items() if set(f["procs"]) & set(self.procs))
+        assume(choices)
+        o = data.draw(st.sampled_from(choices))
+        fd = self.fds[o]
+        proc = data.draw(st.sampled_from(sorted(set(fd["procs"]) & set(self.procs))))
+        h = self._name("m")
+        kind = "memfd" if fd["memfd"] else "shm"
+        live = self._do("mmap", in_=proc, as_=h, length=f"{fd['pages']} pages", prot=prot,
+                        flags=["shared" if shared else "private"], **{kind: o})
+        if live["result"] == "ok":
+            self.regions[h] = {"pages": fd["pages"], "procs": [proc], "kind": "mmap"}
+
+    @precondition(lambda self: self.posix)
+    @rule(data=st.data())
+    def shm_unlink(self, data):
+        name = data.draw(st.sampled_from(self.posix))
+        self._do("shm_unlink", in_=data.draw(st.sampled_from(self.procs)), name=name)
+
+    @precondition(lambda self: len(self.segs) < 2)
+    @rule(pages=st.integers(1, 4))
+    def shmget(self, pages):
+        h = self._name("s")
+        live = self._do("shmget", as_=h, size=f"{pages} pages", create=True)
+        if live["result"] == "ok":
+            self.segs[h] = pages
+
+    @precondition(lambda self: self.segs)
+    @rule(data=st.data(), readonly=st.booleans())
+    def shmat(self, data, readonly):
+        seg = data.draw(st.sampled_from(sorted(self.segs)))
+        proc = data.draw(st.sampled_from(self.procs))
+        h = self._name("t")
+        live = self._do("shmat", in_=proc, as_=h, segment=seg, readonly=readonly)
+        if live["result"] == "ok":
+            self.regions[h] = {"pages": self.segs[seg], "procs": [proc], "kind": "shmat"}
+
+    @precondition(lambda self: any(r["kind"] == "shmat" for r in self.regions.values()))
+    @rule(data=st.data())
+    def shmdt(self, data):
+        h, proc = self._region_in(data, lambda r: r["kind"] == "shmat")
+        self._do("shmdt", in_=proc, region=h)
+
+    @precondition(lambda self: self.segs)
+    @rule(data=st.data())
+    def shm_rmid(self, data):
+        self._do("shmctl", segment=data.draw(st.sampled_from(sorted(self.segs))), cmd="rmid")
+
+    # ----- changing and touching them ----------------------------------------------------
+    @precondition(lambda self: self.regions)
+    @rule(data=st.data(), write=st.booleans(), value=st.integers(1, 255))
+    def touch(self, data, write, value):
+        h, proc = self._region_in(data)
+        pages = self._pages(data, self.regions[h]["pages"])
+        self._do("touch", in_=proc, region=h, pages=pages, access="write" if write else "read",
+                 value=value if write else None)
+
+    @precondition(lambda self: self.regions)
+    @rule(data=st.data())
+    def read(self, data):
+        h, proc = self._region_in(data)
+        self._do("read", in_=proc, region=h, pages=self._pages(data, self.regions[h]["pages"]))
+
+    @precondition(lambda self: any(r["kind"] == "mmap" for r in self.regions.values()))
+    @rule(data=st.data())
+    def munmap(self, data):
+        h, proc = self._region_in(data, lambda r: r["kind"] == "mmap")
+        self._do("munmap", in_=proc, region=h, pages=self._pages(data, self.regions[h]["pages"]))
+
+    @precondition(lambda self: self.regions)
+    @rule(data=st.data(), prot=st.sampled_from(PROTS))
+    def mprotect(self, data, prot):
+        h, proc = self._region_in(data)
+        self._do("mprotect", in_=proc, region=h, pages=self._pages(data, self.regions[h]["pages"]), prot=prot)
+
+    @precondition(lambda self: self.regions)
+    @rule(data=st.data(), advice=st.sampled_from(ADVICE))
+    def madvise(self, data, advice):
+        h, proc = self._region_in(data)
+        self._do("madvise", in_=proc, region=h, pages=self._pages(data, self.regions[h]["pages"]),
+                 advice=advice)
+
+    # ----- processes -----------------------------------------------------------------------
+    @precondition(lambda self: len(self.procs) < 2)
+    @rule()
+    def fork(self):
+        child = self._name("kid")
+        live = self._do("fork", child=child)
+        if live["result"] == "ok":
+            for r in list(self.regions.values()) + list(self.fds.values()):
+                if "main" in r["procs"]:
+                    r["procs"] = r["procs"] + [child]
+            self.procs.append(child)
+
+    @precondition(lambda self: len(self.procs) > 1)
+    @rule()
+    def exit_child(self):
+        child = self.procs[-1]
+        self._do("exit", in_=child)
+        self.procs.remove(child)
+
+    @invariant()
+    def model_agrees_with_the_kernel(self):
+        if self.last is None:
+            return
+        live, diffs, check = self.last
+        if diffs or check:
+            first = str(diffs[0]) if diffs else f"model check(): {check[0]}"
+            path = save_regression(self.s.toml(), first)
+            raise AssertionError(f"model and kernel differ ({len(diffs)} field(s)); saved as {path}:\n"
+                                 + "\n".join(str(d) for d in diffs[:20]) + "\n" + "\n".join(check))
+
+
+Differential.TestCase.settings = settings(
+    max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, derandomize=not RANDOM,
+    database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                          HealthCheck.data_too_large])
+TestDifferential = Differential.TestCase
