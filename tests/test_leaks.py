@@ -101,19 +101,40 @@ def test_sigkill_of_a_worker_mid_step_is_reported_and_the_run_cleans_up(tmp_path
     assert list(state.glob("*.jsonl")) == []
 
 
+def _wait_gone(pids, timeout: float = 60.0) -> None:
+    """The workers of a killed parent see their socket close and exit; on a loaded machine
+    that takes a moment, and clean rightly keeps a run whose processes still live."""
+    import os
+
+    deadline = time.time() + timeout
+    for pid in pids:
+        while time.time() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+
+
 def test_sigkill_of_the_parent_then_clean_leaves_nothing(tmp_path):
     proc, state, entries = _start(tmp_path)
     prefix, keys, workers = _run_facts(entries)
-    proc.kill()
-    proc.communicate(timeout=60)
-    assert leftovers(prefix, keys), "the killed run should have left objects for clean to find"
-    res = shmkit("clean", state=state)
-    assert res.returncode == 0, res.stderr
-    assert "removed" in res.stdout
-    assert leftovers(prefix, keys) == []
-    assert list(state.glob("*.jsonl")) == []
-    # and a second clean finds nothing more
-    assert "nothing left" in shmkit("clean", state=state).stdout
+    try:
+        proc.kill()
+        proc.communicate(timeout=60)
+        assert leftovers(prefix, keys), "the killed run should have left objects for clean to find"
+        _wait_gone(workers.values())
+        res = shmkit("clean", state=state)
+        assert res.returncode == 0, res.stderr
+        assert "removed" in res.stdout, res.stdout
+        assert leftovers(prefix, keys) == []
+        assert list(state.glob("*.jsonl")) == []
+        # and a second clean finds nothing more
+        assert "nothing left" in shmkit("clean", state=state).stdout
+    finally:
+        # whatever failed above, leave nothing on the machine
+        _wait_gone(workers.values())
+        shmkit("clean", state=state)
 
 
 def test_ctrl_c_cleans_up_at_once(tmp_path):

@@ -1,0 +1,89 @@
+"""shmkit validate as a user meets it: the table and exit status, the JSON record with the
+comparison, a mismatch when the model is given a wrong kernel parameter, --compare of two hosts,
+and bad input."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from tests.helpers import shmkit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXP = [os.path.join(ROOT, "experiments", n) for n in ("file-fault-around-warm.toml", "mmap-private-anon.toml")]
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="live runs need Linux")
+
+
+def _probed(tmp_path, **override) -> str:
+    """A probe file as `shmkit probe` writes it (measured now), with values overridden."""
+    from shmkit.probe import run_probes
+
+    p = run_probes()
+    p.update(override)
+    path = tmp_path / "probe.json"
+    path.write_text(json.dumps(p))
+    return str(path)
+
+
+@pytest.mark.live
+def test_validate_matches_and_writes_the_record(tmp_path):
+    out = tmp_path / "v.json"
+    res = shmkit("validate", *EXP, "--json", str(out), "--probed", _probed(tmp_path), state=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "2 of 2 experiment(s) match on every field" in res.stdout
+    doc = json.loads(out.read_text())
+    assert doc["format"] == 1 and doc["kind"] == "validate"
+    assert doc["summary"]["matching"] == 2 and doc["summary"]["match_rate"] == 1.0
+    assert doc["probed"]["fault_around_pages"] == 16
+    for r in doc["experiments"]:
+        assert r["status"] == "match" and r["comparison"]["fields"] > 50
+        assert r["comparison"]["differences"] == []
+        assert r["live"]["steps"] and r["predicted"]["steps"]
+
+
+@pytest.mark.live
+def test_a_wrong_kernel_parameter_shows_as_a_mismatch_with_exit_1(tmp_path):
+    """Told that fault-around maps 8 pages, the model mispredicts the warm file experiment;
+    validate says where, and exits 1."""
+    out = tmp_path / "v.json"
+    res = shmkit("validate", EXP[0], "--json", str(out), "--probed", _probed(tmp_path, fault_around_pages=8),
+                 state=tmp_path)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "MISMATCH" in res.stdout and "0 of 1 experiment(s) match" in res.stdout
+    r = json.loads(out.read_text())["experiments"][0]
+    assert r["status"] == "mismatch"
+    wheres = {d["where"] for d in r["comparison"]["differences"]}
+    assert "faults.minor" in wheres
+    assert r["comparison"]["matched"] < r["comparison"]["fields"]
+
+
+@pytest.mark.live
+def test_compare_two_hosts(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert shmkit("validate", EXP[1], "--json", str(a), "--probed", _probed(tmp_path), state=tmp_path).returncode == 0
+    assert shmkit("validate", EXP[1], "--json", str(b), "--probed", _probed(tmp_path), state=tmp_path).returncode == 0
+    doc = json.loads(b.read_text())
+    doc["host"]["release"] = "6.99.0-other"          # as if B came from another kernel
+    b.write_text(json.dumps(doc))
+    res = shmkit("validate", "--compare", str(a), str(b))
+    assert res.returncode == 0, res.stderr
+    assert "mmap-private-anon.toml" in res.stdout and "175/175" in res.stdout.replace(" ", "")
+    assert "release" in res.stdout and "6.99.0-other" in res.stdout
+
+
+def test_compare_refuses_what_is_not_a_validate_record(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text('{"kind": "run"}')
+    res = shmkit("validate", "--compare", str(bad), str(bad))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.startswith(f"{bad}: --compare: ") and "accepted:" in res.stderr
+
+
+def test_validate_refuses_bad_input_before_running_anything(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('about = "x"\n[[step]]\ndo = "mmapp"\n')
+    res = shmkit("validate", str(bad), state=tmp_path)
+    assert res.returncode == 2 and res.stderr.startswith(f"{bad}: step 1 (do=mmapp)")
+    assert "Traceback" not in res.stderr
