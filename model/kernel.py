@@ -738,7 +738,7 @@ class Kernel:
                 if self.anon.mapcount[vma.anon[i]] == 1:
                     if not pageout:     # ptep_test_and_clear_young, folio_clear_referenced, deactivate
                         vma.pte[i] = e & ~PTE_YOUNG
-                        self.anon.lru[vma.anon[i]] = 0
+                        self.anon.set_lru(vma.anon[i], 0)
                     aged += not pageout
                 i += 1
                 continue

@@ -120,6 +120,7 @@ class AnonPages:
         self.lru = bytearray(1)   # mark_page_accessed state: 0, 1 PG_referenced, 2 active (see mark_accessed)
         self.live = 0
         self.shared = 0      # pages with mapcount >= 2 (lets /proc views skip per-page lookups)
+        self.referenced = 0  # pages with PG_referenced (lru state 1), for the same reason
 
     def new(self, value: int) -> int:
         """A new exclusive page mapped once (folio_add_new_anon_rmap)."""
@@ -143,7 +144,11 @@ class AnonPages:
     def mark_accessed(self, pid: int) -> None:
         """mm/swap.c folio_mark_accessed() without MGLRU: the first call sets PG_referenced;
         a second one on an inactive folio activates it and clears PG_referenced."""
-        self.lru[pid] = mark_accessed(self.lru[pid])
+        self.set_lru(pid, mark_accessed(self.lru[pid]))
+
+    def set_lru(self, pid: int, state: int) -> None:
+        self.referenced += (state == 1) - (self.lru[pid] == 1)
+        self.lru[pid] = state
 
     def get(self, pid: int) -> None:
         """One more mapping of the page (fork: folio_try_dup_anon_rmap_pte)."""

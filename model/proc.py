@@ -26,7 +26,7 @@ def smaps(vma: Vma, anon) -> dict:
     pages; Locked = Pss of a VM_LOCKED VMA."""
     rss = pss = sc = sd = pc = pd = ref = an = 0
     if vma.opaque is None and vma.file is None and anon.shared == 0 and not (
-            vma.anon is not None and any(anon.lru[p] == 1 for p in set(vma.anon) if p)
+            anon.referenced and vma.anon is not None and any(anon.lru[p] == 1 for p in set(vma.anon) if p)
             and bytes(vma.pte).translate(_OLD_PRESENT).count(1)):
         # every anonymous page is mapped once: count entries by value, no per-page lookups
         for e in set(vma.pte):
