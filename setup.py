@@ -3,4 +3,7 @@
 # SIGBUS/SIGSEGV (sigsetjmp/siglongjmp), which Python code cannot do.
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("shmkit._access", ["shmkit/_access.c"])])
+# shmkit/_bench.c: the hot loops of `shmkit bench` (copies, hand-offs, spin-waits), GIL released.
+setup(ext_modules=[Extension("shmkit._access", ["shmkit/_access.c"]),
+                   Extension("shmkit._bench", ["shmkit/_bench.c"], extra_compile_args=["-O3"],
+                             libraries=["rt"])])

@@ -141,7 +141,8 @@ def cmd_validate(args) -> int:
     from shmkit import validate as val
     from shmkit.probe import load_or_probe
 
-    out = Console()
+    # a pipe or a file gets lines wide enough for the table (rich assumes 80 columns there)
+    out = Console() if sys.stdout.isatty() else Console(width=200)
     err = Console(stderr=True)
     if args.compare:
         docs = []
@@ -282,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_clean)
     pr = sub.add_parser("profile", help="print this host's kernel profile as JSON")
     pr.set_defaults(func=cmd_profile)
+    bn = sub.add_parser("bench", add_help=False, prefix_chars="\0",
+                        help="mmap versus read IPC between real processes (docs/bench.md; 'shmkit bench --help')")
+    bn.add_argument("argv", nargs=argparse.REMAINDER)
+    bn.set_defaults(func=lambda a: __import__("shmkit.bench.cli", fromlist=["main"]).main(a.argv))
     return p
 
 

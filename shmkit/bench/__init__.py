@@ -1,0 +1,2 @@
+"""`shmkit bench`: mmap versus read IPC between real processes (docs/bench.md)."""
+FORMAT = 1
