@@ -8,8 +8,8 @@ kept values with their spread; a spread above 10% or a value shorter than half o
 is flagged. Sizes are the outer loop and memcpy runs first at each size, so every ratio to
 memcpy compares figures measured minutes apart at most.
 
-One benchmark at a time on the host: a blocking flock on $TMPDIR/shmkit-bench.lock (a second
-`shmkit bench` waits for the first).
+One benchmark at a time on the host: a blocking flock on /run/lock/shmkit-bench.lock ($TMPDIR
+when /run/lock is not writable; a second `shmkit bench` waits for the first).
 """
 from __future__ import annotations
 
@@ -51,8 +51,12 @@ class Settings:
 
 
 def lock_path() -> str:
+    """The host-wide lock file: /run/lock (the FHS place for lock files, a tmpfs emptied at
+    boot) when it is writable, else $TMPDIR. It outlives runs on purpose: an flock is held on
+    the open file, and unlinking it could let two runs lock two different files."""
     import tempfile
-    return os.path.join(tempfile.gettempdir(), "shmkit-bench.lock")
+    base = "/run/lock" if os.access("/run/lock", os.W_OK) else tempfile.gettempdir()
+    return os.path.join(base, "shmkit-bench.lock")
 
 
 class Lock:
