@@ -104,7 +104,14 @@ class Run:
 
             pw = pwd.getpwnam(self.user)
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
-        self._reg = open(self.reg_path, "a", buffering=1)
+        for attempt in range(10):
+            try:
+                self._reg = open(self.reg_path, "a", buffering=1)
+                break
+            except FileNotFoundError:   # another run removed the empty default directory
+                registry_dir()
+        else:
+            raise FileNotFoundError(self.reg_path)
         self.note({"kind": "run", "run": self.run_id, "owner": os.getpid(),
                    "owner_start": process_start(os.getpid()), "dir": str(self.dir)})
 
@@ -124,6 +131,11 @@ class Run:
             self.reg_path.unlink()
         except FileNotFoundError:
             pass
+        if not os.environ.get("SHMKIT_STATE"):
+            try:   # the default directory in $TMPDIR goes with the last run that used it
+                self.reg_path.parent.rmdir()
+            except OSError:
+                pass   # other runs' registries are in it (or it is gone already)
         return removed
 
 
@@ -200,7 +212,10 @@ def clean() -> tuple[list[str], list[str]]:
     """`shmkit clean`: every registry whose owner is gone. Returns (removed, skipped)."""
     removed: list[str] = []
     skipped: list[str] = []
-    d = registry_dir()
+    base = os.environ.get("SHMKIT_STATE") or os.path.join(tempfile.gettempdir(), "shmkit-registry")
+    d = Path(base)
+    if not d.is_dir():
+        return removed, skipped      # no run ever registered here: nothing to clean, nothing made
     for path in sorted(d.glob("*.jsonl")):
         entries = read_registry(path)
         run = next((e for e in entries if e.get("kind") == "run"), None)
@@ -209,4 +224,9 @@ def clean() -> tuple[list[str], list[str]]:
             continue
         removed.extend(clean_run(entries))
         path.unlink(missing_ok=True)
+    if not os.environ.get("SHMKIT_STATE"):
+        try:
+            d.rmdir()                # only when empty: a live run's registry keeps it
+        except OSError:
+            pass
     return removed, skipped
