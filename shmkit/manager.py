@@ -90,6 +90,7 @@ class Manager:
         if "ready" not in ready:
             raise HarnessError(f"worker did not start: {ready}")
         proc.pads = ready.get("pads", [])
+        _write_back_mapped_files(proc.pid)
         self._record_interp(proc)
         return proc
 
@@ -334,14 +335,44 @@ class Manager:
         return reply
 
 
-LOST_PAGES = "lost pages the step did not touch"
+LOST_PAGES = "lost pages or dirtiness the step did not touch"
 
 
 def _only_lost_pages(before: tuple, after: tuple) -> bool:
-    """Only Rss went down, in a file VMA with no anonymous or dirty pages."""
-    return (before[:4] == after[:4] and before[3] is not None and before[3].startswith("/")
-            and (after[4] or 0) < (before[4] or 0)
-            and not before[5] and not after[5] and not before[6] and not after[6])
+    """In a file VMA without anonymous pages, Rss or the dirty total only went down: the
+    kernel took pages away (reclaim, invalidation) or wrote them back (the flusher cleans a
+    freshly written library about 30 s after it was written). A step's own accesses to
+    memory it does not name can only add pages, dirty ones, or anonymous copies."""
+    if not (before[:4] == after[:4] and before[3] is not None and before[3].startswith("/")):
+        return False
+    if before[5] or after[5]:
+        return False
+    rss_b, rss_a = before[4] or 0, after[4] or 0
+    dirty_b, dirty_a = before[6] or 0, after[6] or 0
+    return rss_a <= rss_b and dirty_a <= dirty_b and (rss_a < rss_b or dirty_a < dirty_b)
+
+
+def _write_back_mapped_files(pid: int) -> None:
+    """fsync every regular file the worker maps (its interpreter, libraries and extension
+    modules) before its memory is fingerprinted: a library written moments ago (a fresh
+    install) has dirty page-cache pages, and the flusher cleaning them mid-run would change
+    the worker's smaps without any step doing so."""
+    seen = set()
+    for v in process_view(pid)["vmas"]:
+        path = v["path"]
+        if not path.startswith("/") or path.endswith(" (deleted)") or path in seen:
+            continue
+        seen.add(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _fingerprint(v: dict) -> tuple:

@@ -321,14 +321,14 @@ def parse_vmstat(text: bytes | str) -> dict[str, int]:
     return result
 
 
-# Kernel activity that can change a process's page tables without the process asking:
+# Kernel activity that can change a process's page tables or smaps without the process asking:
 # reclaim (mm/vmscan.c shrink_folio_list -> try_to_unmap), migration and compaction
-# (mm/migrate.c), THP splits and khugepaged collapses, NUMA hinting.
+# (mm/migrate.c), THP splits and khugepaged collapses, NUMA hinting, writeback (nr_written).
 BACKGROUND_COUNTERS = ("pgscan_kswapd", "pgscan_direct", "pgsteal_kswapd", "pgsteal_direct",
                        "pgscan_proactive", "pgsteal_proactive", "pgscan_khugepaged",
                        "pgmigrate_success", "compact_migrate_scanned", "thp_split_page",
                        "thp_collapse_alloc", "numa_pages_migrated", "workingset_refault_file",
-                       "pswpout", "drop_pagecache")
+                       "pswpout", "drop_pagecache", "nr_written")
 
 
 def background_activity(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

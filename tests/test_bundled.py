@@ -4,8 +4,9 @@ kernel five times with identical normalised records, no perturbed step, and noth
 The live test is the acceptance of DESIGN.md ("Repeatable observations ... 5 identical runs").
 It runs each experiment with a single attempt: a retry after a perturbed attempt would hide the
 perturbation this test is meant to catch. The one exception is a perturbation the interpreter
-cannot cause: clean file pages leaving an interpreter VMA that no step touched (the kernel
-reclaimed or invalidated them; seen once in CI on freshly installed extension modules). Such a run
+cannot cause: pages leaving, or turning clean in, a file VMA of the interpreter that no step
+touched (the kernel reclaimed, invalidated or wrote them back; seen twice in CI on freshly
+installed extension modules, before the workers fsync'd their mapped files at start). Such a run
 is repeated, at most EXTERNAL_RETRIES times per experiment, and the retries are printed.
 """
 from __future__ import annotations

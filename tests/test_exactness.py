@@ -123,3 +123,6 @@ def test_pages_taken_from_a_file_vma_are_told_apart_from_the_interpreters_own_fa
     assert not manager._only_lost_pages(lib, ("rw-p",) + lib[1:4] + (0, 0, 0))
     anon = ("rw-p", 0, 0, "", 20, 20, 20)
     assert not manager._only_lost_pages(anon, anon[:4] + (0, 0, 0))    # anonymous: not external
+    fresh = ("r-xp", 4096, 43, "/venv/ext.so", 20, 0, 20)               # written moments ago
+    assert manager._only_lost_pages(fresh, fresh[:6] + (0,))            # the flusher cleaned it
+    assert not manager._only_lost_pages(fresh[:6] + (0,), fresh)        # dirtied: ours
