@@ -39,17 +39,17 @@ def _live_and_model(text: str, profile: dict, name: str):
 
 
 COLD_SEQUENTIAL = """
-about = "a cold 6 MiB file read in order right after its first major fault"
+about = "a cold 12 MiB file read in order right after its first major fault"
 [[step]]
 do = "file"
 name = "data"
-size = "1536 pages"
+size = "3072 pages"
 cache = "cold"
 [[step]]
 do = "mmap"
 as = "map"
 file = "data"
-length = "1536 pages"
+length = "3072 pages"
 prot = "r"
 flags = ["shared"]
 [[step]]
