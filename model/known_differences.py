@@ -21,7 +21,7 @@ KNOWN_DIFFERENCES = (
     KnownDifference(
         id="readahead-io-in-flight",
         what="Touching a cold file in order right after the major fault: the live count of minor "
-             "faults varies from run to run (seen 95 to 99 for 1,536 pages, 191 to 197 for 3,072) where the model says 95.",
+             "faults varies from run to run (seen 95 to 99 for 1,536 pages, 191 to 197 for 3,072) where the model says 95 and 191.",
         reason="The major fault returns once its own folio is read; the rest of the read-around "
                "window is still under I/O. filemap_map_pages() (next_uptodate_folio) skips folios "
                "that are locked or not uptodate, so a fault-around that meets one maps less and "
