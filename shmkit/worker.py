@@ -606,6 +606,19 @@ def _drop_user(user: str) -> None:
     os.setuid(pw.pw_uid)
 
 
+def _pin_to_one_cpu() -> None:
+    """Run the worker (and the children it forks) on one CPU. Some kernel state is per CPU:
+    a new page waits in that CPU's LRU batch (mm/swap.c folio_batch) until it is drained, and
+    MADV_PAGEOUT/COLD drain only the calling CPU's batch (lru_add_drain) before isolating
+    pages. Measured: a worker that moved CPUs between a touch and MADV_PAGEOUT kept its pages
+    mapped in 1 run of 20. Workers spread over the allowed CPUs by pid."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpus[os.getpid() % len(cpus)]})
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     import json
 
@@ -618,6 +631,7 @@ def main(argv: list[str] | None = None) -> None:
     if os.getppid() != config["manager"]:
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the manager's to handle
+    _pin_to_one_cpu()
     libc.mallopt(libc.M_MMAP_MAX, 0)
     libc.mallopt(libc.M_TRIM_THRESHOLD, 1 << 30)
     libc.mallopt(libc.M_TOP_PAD, 4 << 20)
