@@ -32,9 +32,14 @@ PREFIX = "shmkit-"
 NAME_MAX = 255  # include/uapi/linux/limits.h; a /dev/shm name is one path component
 
 
+def registry_path() -> Path:
+    """Where registries go ($SHMKIT_STATE, else $TMPDIR/shmkit-registry); nothing is made."""
+    return Path(os.environ.get("SHMKIT_STATE") or os.path.join(tempfile.gettempdir(), "shmkit-registry"))
+
+
 def registry_dir() -> Path:
-    base = os.environ.get("SHMKIT_STATE") or os.path.join(tempfile.gettempdir(), "shmkit-registry")
-    p = Path(base)
+    """The registry directory, made if absent (only a run that registers objects makes it)."""
+    p = registry_path()
     p.mkdir(mode=0o700, exist_ok=True)
     return p
 
@@ -64,7 +69,7 @@ class Run:
 
     def __post_init__(self) -> None:
         self.prefix = f"{PREFIX}{self.run_id}-"
-        self.reg_path = registry_dir() / f"{self.run_id}.jsonl"
+        self.reg_path = registry_path() / f"{self.run_id}.jsonl"
         self.dir = Path(tempfile.gettempdir()) / f"{PREFIX}{self.run_id}"
         self._reg = None
         self.posix: dict[str, str] = {}    # real name -> handle
@@ -104,6 +109,7 @@ class Run:
 
             pw = pwd.getpwnam(self.user)
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        registry_dir()
         for attempt in range(10):
             try:
                 self._reg = open(self.reg_path, "a", buffering=1)
