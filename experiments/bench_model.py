@@ -19,25 +19,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model.kernel import Kernel  # noqa: E402
+from model.synthetic import profile, snapshot  # noqa: E402
 
 PAGE = 4096
-EDGE = 0x7F0000000000
-
-
-def snapshot() -> dict:
-    """A small synthetic address space: a stack and a 'library' marking mmap_base."""
-    def vma(start, end, perms, path):
-        return {"start": start, "end": end, "perms": perms, "offset": 0, "dev": "00:00", "inode": 0,
-                "path": path, "smaps_kb": {}}
-    return {"processes": {"main": {"pid": 1000, "vmas": [
-        vma(0x555555554000, 0x555555556000, "r-xp", "/bin/x"),
-        vma(EDGE, EDGE + 0x1000, "r--p", "/lib/ld.so"),
-        vma(0x7FFFFFFDE000, 0x7FFFFFFFF000, "rw-p", "[stack]")]}},
-        "setup": {"layout": "topdown"}, "privileged": True}
-
-
-def profile() -> dict:
-    return {"sysctl": {"max_map_count": 1 << 20, "mmap_min_addr": 4096, "overcommit_memory": 1}}
 
 
 def step(k, i, do, **args):

@@ -46,30 +46,13 @@ from model.flags import (
     VMFLAG_NAMES,
 )
 from model.kernel import Kernel
+from model.synthetic import profile, snapshot
 
 PAGE = PAGE_SIZE
-BASE = 0x7E0000000000        # page 0 of every picture: free in the synthetic snapshot below
-EDGE = 0x7F0000000000
+BASE = 0x7E0000000000        # page 0 of every picture: free in model/synthetic.py snapshot()
 ANON = ("PRIVATE", "ANONYMOUS")
 _BASIC = 0xFF                # rwx, shared, may* bits: shown as perms, not as flag names
 _UNSET = object()
-
-
-def snapshot() -> dict:
-    """A small synthetic address space (as experiments/bench_model.py): a program, a library
-    marking mmap_base, the stack."""
-    def vma(start, end, perms, path):
-        return {"start": start, "end": end, "perms": perms, "offset": 0, "dev": "00:00", "inode": 0,
-                "path": path, "smaps_kb": {}}
-    return {"processes": {"main": {"pid": 1000, "vmas": [
-        vma(0x555555554000, 0x555555556000, "r-xp", "/bin/x"),
-        vma(EDGE, EDGE + 0x1000, "r--p", "/lib/ld.so"),
-        vma(0x7FFFFFFDE000, 0x7FFFFFFFF000, "rw-p", "[stack]")]}},
-        "setup": {"layout": "topdown"}, "privileged": True}
-
-
-def profile() -> dict:
-    return {"sysctl": {"max_map_count": 1 << 20, "mmap_min_addr": 4096, "overcommit_memory": 1}}
 
 
 class Scene:

@@ -24,20 +24,6 @@ import os
 import tempfile
 
 PAGE = 4096
-EDGE = 0x7F0000000000
-
-
-def _vma(start, end, perms, path):
-    return {"start": start, "end": end, "perms": perms, "offset": 0, "dev": "00:00", "inode": 0,
-            "path": path, "smaps_kb": {}}
-
-
-def _snapshot(devices: dict) -> dict:
-    return {"processes": {"main": {"pid": 1000, "vmas": [
-        _vma(0x555555554000, 0x555555556000, "r-xp", "/bin/python3"),
-        _vma(EDGE, EDGE + 0x1000, "r--p", "/lib/ld.so"),
-        _vma(0x7FFFFFFDE000, 0x7FFFFFFFF000, "rw-p", "[stack]")]}},
-        "setup": {"layout": "topdown"}, "privileged": True, "devices": devices}
 
 
 _CACHE: dict = {}
@@ -55,7 +41,8 @@ def host() -> tuple[dict, dict]:
 class _Sim:
     def __init__(self, profile: dict, devices: dict, fork: bool = True):
         from model.kernel import Kernel
-        self.k = Kernel(profile, _snapshot(devices))
+        from model.synthetic import snapshot
+        self.k = Kernel(profile, snapshot("/bin/python3", devices))
         self.i = 0
         if fork:
             self.step("fork", "main", child="peer")
