@@ -299,6 +299,41 @@ class Manager:
                 return path
         return str(self.run.dir / f"missing-{handle}")
 
+    def take_step(self, step) -> dict:
+        """Runs one step and observes every process: the step's record (docs/record.md), with
+        the perturbations found. After a perturbed step the interpreter's VMAs are recorded
+        again, so the next step is judged against this state, not the perturbed one."""
+        vm_before = procfs.read_vmstat()
+        reply = self.do_step(step)
+        processes = self.observe()
+        problems = []
+        for name, view in processes.items():
+            aff = reply.get("affected", []) if name == step.proc else []
+            problems += [f"{name}: {p}" for p in self.perturbation(self.procs[name], view, aff, step.do)]
+        if problems:  # say what the kernel was doing meanwhile, if /proc/vmstat shows it
+            moved = procfs.background_activity(vm_before, procfs.read_vmstat())
+            problems.append("kernel background activity during the step: " + (
+                ", ".join(f"{k} +{v}" for k, v in moved.items()) if moved
+                else "none seen in /proc/vmstat"))
+            for name in processes:
+                self._record_interp(self.procs[name])
+        rec = {
+            "index": step.index, "do": step.do, "in": step.proc, "args": step.raw,
+            "result": reply["result"], "faults": _faults(reply.get("faults")),
+            "value": reply.get("value"), "note": reply.get("note"),
+            "processes": processes, **self.system(),
+            "perturbed": problems or None,
+        }
+        if "status" in reply:
+            rec["exit_status"] = reply["status"]
+        return rec
+
+    def names(self) -> dict:
+        """The real name of every handle (the record's "names"), for the normal form."""
+        run = self.run
+        return {"posix": run.posix, "files": run.files, "keys": {str(k): v for k, v in run.keys.items()},
+                "memfds": run.memfds, "shmids": {str(v): k for k, v in self.segments.items()}}
+
     def do_step(self, step) -> dict:
         proc = self.procs[step.proc]
         args = self.resolve(step)
@@ -393,32 +428,7 @@ def run_attempt(exp, step_timeout: float, zero_pfn) -> dict:
         record["initial"] = {"processes": m.observe(), **m.system()}
         record["pads"] = {"main": m.procs["main"].pads}
         for step in exp.steps:
-            vm_before = procfs.read_vmstat()
-            reply = m.do_step(step)
-            processes = m.observe()
-            problems = []
-            for name, view in processes.items():
-                proc = m.procs[name]
-                aff = reply.get("affected", []) if name == step.proc else []
-                problems += [f"{name}: {p}" for p in m.perturbation(proc, view, aff, step.do)]
-            if problems:  # say what the kernel was doing meanwhile, if /proc/vmstat shows it
-                moved = procfs.background_activity(vm_before, procfs.read_vmstat())
-                problems.append("kernel background activity during the step: " + (
-                    ", ".join(f"{k} +{v}" for k, v in moved.items()) if moved
-                    else "none seen in /proc/vmstat"))
-            rec = {
-                "index": step.index, "do": step.do, "in": step.proc, "args": step.raw,
-                "result": reply["result"], "faults": _faults(reply.get("faults")),
-                "value": reply.get("value"), "note": reply.get("note"),
-                "processes": processes, **m.system(),
-                "perturbed": problems or None,
-            }
-            if "status" in reply:
-                rec["exit_status"] = reply["status"]
-            record["steps"].append(rec)
-            if problems:  # judge the next step against this state, not the perturbed one
-                for name in processes:
-                    m._record_interp(m.procs[name])
+            record["steps"].append(m.take_step(step))
         if any(s["perturbed"] for s in record["steps"]):
             record["status"] = "perturbed"
     except WorkerLost as lost:
@@ -427,8 +437,7 @@ def run_attempt(exp, step_timeout: float, zero_pfn) -> dict:
     finally:
         m.shutdown()
         record["cleaned"] = m.run.cleanup()
-        record["names"] = {"posix": m.run.posix, "files": m.run.files, "keys": {str(k): v for k, v in m.run.keys.items()},
-                           "memfds": m.run.memfds, "shmids": {str(v): k for k, v in m.segments.items()}}
+        record["names"] = m.names()
     return record
 
 

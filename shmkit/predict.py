@@ -108,6 +108,21 @@ class _Names:
         return a
 
 
+def model_step(k: Kernel, names: _Names, step) -> tuple[dict, dict]:
+    """Runs one step in the model and observes it: (the step's predicted record, the
+    kernel's raw answer with its trace)."""
+    out = k.step({"index": step.index, "do": step.do, "in": step.proc, "args": names.args(step)})
+    if step.do == "shmget" and out["result"] == "ok":
+        names.names["shmids"][str(out["value"]["shmid"])] = step.get("as")
+    view = k.observe()
+    return {
+        "index": step.index, "do": step.do, "in": step.proc, "args": step.raw,
+        "result": out["result"], "faults": out["faults"], "value": out["value"], "note": None,
+        "processes": view["processes"], "dev_shm": view["dev_shm"], "sysv": view["sysv"],
+        "perturbed": None, "trace": out["trace"], "check": k.check(),
+    }, out
+
+
 def predict(exp, profile: dict, snapshot: dict, pads: dict, run=None, on_step=None) -> dict:
     """The predicted record of one experiment (docs/record.md, "kind": "predict")."""
     run = run or registry.Run(user=exp.setup.user)
@@ -121,17 +136,8 @@ def predict(exp, profile: dict, snapshot: dict, pads: dict, run=None, on_step=No
            "run_id": run.run_id, "prefix": run.prefix, "status": "ok", "steps": [],
            "initial": initial, "pads": pads, "cleaned": [], "attempt": 1, "attempts": 1}
     for step in exp.steps:
-        args = names.args(step)
-        out = k.step({"index": step.index, "do": step.do, "in": step.proc, "args": args})
-        if step.do == "shmget" and out["result"] == "ok":
-            names.names["shmids"][str(out["value"]["shmid"])] = step.get("as")
-        view = k.observe()
-        rec["steps"].append({
-            "index": step.index, "do": step.do, "in": step.proc, "args": step.raw,
-            "result": out["result"], "faults": out["faults"], "value": out["value"], "note": None,
-            "processes": view["processes"], "dev_shm": view["dev_shm"], "sysv": view["sysv"],
-            "perturbed": None, "trace": out["trace"], "check": k.check(),
-        })
+        st, out = model_step(k, names, step)
+        rec["steps"].append(st)
         if on_step:
             on_step(step, out)
     rec["names"] = names.names

@@ -7,13 +7,13 @@ experiments interactively.
     s.close()                        # always: kills the workers, removes every object
 
 Each step is validated with the whole experiment so far (spec.ExperimentBuilder), run live
-(manager.Manager.do_step) and in the model (model.kernel.Kernel), and the two normalised step
+(manager.Manager.take_step) and in the model (predict.model_step), and the two normalised step
 records are compared field by field. `toml()` gives the experiment so far as a file."""
 from __future__ import annotations
 
 from shmkit import manager, record, spec
 from shmkit.compare import differences
-from shmkit.predict import _Names, snapshot_from_record
+from shmkit.predict import _Names, model_step, snapshot_from_record
 
 
 class Session:
@@ -41,11 +41,6 @@ class Session:
             self.close()
             raise
 
-    def _names(self) -> dict:
-        run = self.m.run
-        return {"posix": run.posix, "files": run.files, "keys": {str(k): v for k, v in run.keys.items()},
-                "memfds": run.memfds, "shmids": {str(v): k for k, v in self.m.segments.items()}}
-
     def step(self, do: str, **fields):
         """Run one step live and in the model. Returns (live step, model step, differences)
         of the normalised records; raises spec.SpecError for an invalid step."""
@@ -56,27 +51,9 @@ class Session:
             self.builder.steps.pop()
             raise
         st = exp.steps[-1]
-        reply = self.m.do_step(st)
-        procs = self.m.observe()
-        problems = []
-        for name, view in procs.items():
-            aff = reply.get("affected", []) if name == st.proc else []
-            problems += self.m.perturbation(self.m.procs[name], view, aff, st.do)
-        if problems:
-            for name in procs:
-                self.m._record_interp(self.m.procs[name])
-        self.live["steps"].append({
-            "index": st.index, "do": st.do, "in": st.proc, "args": st.raw, "result": reply["result"],
-            "faults": manager._faults(reply.get("faults")), "value": reply.get("value"), "note": reply.get("note"),
-            "processes": procs, **self.m.system(), "perturbed": problems or None})
-        self.live["names"] = self._names()
-        out = self.kernel.step({"index": st.index, "do": st.do, "in": st.proc, "args": self.names.args(st)})
-        view = self.kernel.observe()
-        self.pred["steps"].append({
-            "index": st.index, "do": st.do, "in": st.proc, "args": st.raw, "result": out["result"],
-            "faults": out["faults"], "value": out["value"], "note": None, "processes": view["processes"],
-            "dev_shm": view["dev_shm"], "sysv": view["sysv"], "perturbed": None, "trace": out["trace"],
-            "check": self.kernel.check()})
+        self.live["steps"].append(self.m.take_step(st))
+        self.live["names"] = self.m.names()
+        self.pred["steps"].append(model_step(self.kernel, self.names, st)[0])
         self.pred["names"] = self.names.names
         nl, nm = record.normalise(self.live), record.normalise(self.pred)
         return nl["steps"][-1], nm["steps"][-1], differences({"steps": nl["steps"][-1:]},
