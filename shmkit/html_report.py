@@ -150,6 +150,10 @@ def render_html(doc: dict) -> str:
     probed_rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td><td>probed</td></tr>" for k, v in probed.items()
                           if k not in ("kernel", "boot_id", "when"))
     unreadable = ", ".join(host.get("unreadable") or []) or "none"
+    if host.get("sysctl"):
+        from model.kernel import effective_mmap_min_addr
+        read_rows += (f"<tr><td>mmap_min_addr in effect</td><td>{effective_mmap_min_addr(host)}</td>"
+                      "<td>derived: max(vm.mmap_min_addr, CONFIG_LSM_MMAP_MIN_ADDR)</td></tr>")
     if not probed_rows:
         probed_rows = '<tr><td colspan="3">no value probed (run <code>shmkit probe</code>)</td></tr>'
     index = "".join(
