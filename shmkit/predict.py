@@ -18,7 +18,7 @@ from model.kernel import Kernel
 from shmkit import registry
 
 RLIMIT_NAMES = {"AS": "as", "DATA": "data", "MEMLOCK": "memlock", "STACK": "stack",
-                "NOFILE": "nofile", "FSIZE": "fsize"}
+                "NOFILE": "nofile", "FSIZE": "fsize", "CORE": "core"}
 
 
 def _dev(st_dev: int) -> str:
@@ -60,9 +60,25 @@ def snapshot_from_record(rec: dict, profile: dict, run_dir: str | None = None) -
         uid = pwd.getpwnam(user).pw_uid
     procs = {n: {"pid": p["pid"], "vmas": p["vmas"]}
              for n, p in rec["initial"]["processes"].items()}
+    privileged = os.getuid() == 0 and user is None
     return {"processes": procs, "setup": setup, "rlimits": rl, "uid": uid,
-            "privileged": os.getuid() == 0 and user is None,
+            "privileged": privileged, "caps": _cap_eff() if privileged else 0,
             "devices": host_devices(run_dir or tempfile.gettempdir()), "umask": _umask()}
+
+
+def _cap_eff() -> int | None:
+    """This process's effective capabilities (/proc/self/status CapEff), which root workers
+    inherit: root in a container may lack some (measured here: no CAP_SYS_RESOURCE, so
+    raising a hard rlimit is EPERM even as root). None: unreadable (the model then assumes
+    every capability)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _umask() -> int:

@@ -34,7 +34,8 @@ REQUIRED_CONFIG = ("ANON_VMA_NAME", "TRANSPARENT_HUGEPAGE", "SHMEM", "MEMFD_CREA
 _VM_SYSCTLS = ("overcommit_memory", "overcommit_ratio", "overcommit_kbytes", "max_map_count",
                "mmap_min_addr", "legacy_va_layout")
 _KERNEL_SYSCTLS = ("randomize_va_space", "shmmax", "shmall", "shmmni")
-_RLIMITS = ("AS", "DATA", "MEMLOCK", "STACK", "NOFILE", "FSIZE")
+_FS_SYSCTLS = ("nr_open",)   # fs/file.c sysctl_nr_open: the ceiling of RLIMIT_NOFILE
+_RLIMITS = ("AS", "DATA", "MEMLOCK", "STACK", "NOFILE", "FSIZE", "CORE")
 _THP = "kernel/mm/transparent_hugepage"
 
 
@@ -100,6 +101,16 @@ class KernelProfile:
     stack_guard_gap_pages: int | None               # "stack_guard_gap=" in /proc/cmdline
     cmdline: str | None
     unreadable: tuple[str, ...] = ()
+    # /proc/meminfo, kB: what the overcommit heuristic compares a request with (mm/util.c
+    # __vm_enough_memory, OVERCOMMIT_GUESS: totalram_pages() + total_swap_pages)
+    mem_total_kb: int | None = None
+    swap_total_kb: int | None = None
+    # the default hstate's pool (/proc/meminfo HugePages_*, Hugepagesize; vm.nr_overcommit_hugepages):
+    # whether hugetlb_reserve_pages() can reserve pages for a MAP_HUGETLB mapping
+    hugetlb: dict[str, int | None] | None = None
+    # "ospke" in /proc/cpuinfo: arch_pkeys_enabled(), so PROT_EXEC alone gets the execute-only
+    # protection key (arch/x86/mm/pkeys.c execute_only_pkey)
+    pkeys: bool | None = None
 
     # Convenience views of the sysctls most rules use.
     @property
@@ -311,6 +322,8 @@ def _read_sysctls(r: _Reader) -> dict[str, int | None]:
         values[name] = r.int_value(r.proc(f"sys/vm/{name}", name), name)
     for name in _KERNEL_SYSCTLS:
         values[name] = r.int_value(r.proc(f"sys/kernel/{name}", name), name)
+    for name in _FS_SYSCTLS:
+        values[name] = r.int_value(r.proc(f"sys/fs/{name}", name), name)
     return values
 
 
@@ -365,6 +378,39 @@ def _read_fault_around(r: _Reader) -> int | None:
     return None
 
 
+def _read_meminfo(r: _Reader) -> dict[str, int]:
+    """/proc/meminfo (fs/proc/meminfo.c): "Name:   N kB" -> {Name: N}."""
+    text = r.proc("meminfo", "meminfo")
+    out = {}
+    for line in (text or "").splitlines():
+        name, _, rest = line.partition(":")
+        words = rest.split()
+        if words and words[0].isdigit():
+            out[name.strip()] = int(words[0])
+    return out
+
+
+def _read_hugetlb(r: _Reader, meminfo: dict[str, int]) -> dict[str, int | None] | None:
+    if "HugePages_Total" not in meminfo:
+        return None
+    return {"total": meminfo.get("HugePages_Total"), "free": meminfo.get("HugePages_Free"),
+            "rsvd": meminfo.get("HugePages_Rsvd"), "surp": meminfo.get("HugePages_Surp"),
+            "size_kb": meminfo.get("Hugepagesize"),
+            "overcommit": r.int_value(r.proc("sys/vm/nr_overcommit_hugepages",
+                                             "nr_overcommit_hugepages"), "nr_overcommit_hugepages")}
+
+
+def _read_pkeys(r: _Reader) -> bool | None:
+    """arch/x86/kernel/cpu/proc.c prints the "ospke" flag when X86_FEATURE_OSPKE is set."""
+    text = r.proc("cpuinfo", "cpuinfo")
+    if text is None:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return "ospke" in line.split(":", 1)[-1].split()
+    return False
+
+
 def _rlimits() -> dict[str, tuple[int | None, int | None]]:
     def plain(v: int) -> int | None:
         return None if v == resource.RLIM_INFINITY else v
@@ -415,6 +461,7 @@ def read_profile(procfs: str = "/proc", sysfs: str = "/sys") -> KernelProfile:
     config = _read_config(r)
     cmdline = r.proc("cmdline", "cmdline")
     dev_shm, tmpdir, tmp_mount = _read_mounts(r)
+    meminfo = _read_meminfo(r)
     return KernelProfile(
         release=uts.release, version=uts.version, machine=uts.machine,
         release_tuple=_release_tuple(uts.release),
@@ -427,5 +474,7 @@ def read_profile(procfs: str = "/proc", sysfs: str = "/sys") -> KernelProfile:
         fault_around_bytes=_read_fault_around(r),
         stack_guard_gap_pages=_cmdline_int(cmdline, "stack_guard_gap") if cmdline else None,
         cmdline=cmdline.strip("\0\n ") if cmdline is not None else None,
+        mem_total_kb=meminfo.get("MemTotal"), swap_total_kb=meminfo.get("SwapTotal"),
+        hugetlb=_read_hugetlb(r, meminfo), pkeys=_read_pkeys(r),
         unreadable=tuple(r.unreadable),
     )

@@ -148,8 +148,15 @@ def _fake_tree(tmp_path, with_config: bool = True, with_thp: bool = True):
     for name, value in (("randomize_va_space", "0"), ("shmmax", "18446744073692774399"),
                         ("shmall", "18446744073692774399"), ("shmmni", "4096")):
         _write(proc, f"sys/kernel/{name}", value + "\n")
+    _write(proc, "sys/fs/nr_open", "1048576\n")
     _write(proc, "self/mountinfo", MOUNTINFO_TEXT)
     _write(proc, "cmdline", "console=ttyS0 stack_guard_gap=1 quiet\n")
+    _write(proc, "meminfo", "MemTotal:        2048000 kB\nSwapTotal:        512000 kB\n"
+                            "HugePages_Total:       4\nHugePages_Free:        3\n"
+                            "HugePages_Rsvd:        1\nHugePages_Surp:        0\n"
+                            "Hugepagesize:       2048 kB\n")
+    _write(proc, "sys/vm/nr_overcommit_hugepages", "0\n")
+    _write(proc, "cpuinfo", "processor\t: 0\nflags\t\t: fpu pku ospke\n")
     if with_config:
         (proc / "config.gz").write_bytes(gzip.compress(CONFIG_TEXT.encode()))
     if with_thp:
@@ -178,7 +185,7 @@ def test_read_profile_on_a_fake_tree(tmp_path):
     assert p.sysctl == {"overcommit_memory": 2, "overcommit_ratio": 80, "overcommit_kbytes": 0,
                         "max_map_count": 65530, "mmap_min_addr": 65536, "legacy_va_layout": 1,
                         "randomize_va_space": 0, "shmmax": 18446744073692774399,
-                        "shmall": 18446744073692774399, "shmmni": 4096}
+                        "shmall": 18446744073692774399, "shmmni": 4096, "nr_open": 1048576}
     assert (p.overcommit_memory, p.mmap_min_addr, p.randomize_va_space) == (2, 65536, 0)
     assert p.config_flags == {"ANON_VMA_NAME": False, "TRANSPARENT_HUGEPAGE": True,
                               "SHMEM": True, "MEMFD_CREATE": True, "SYSVIPC": True,
@@ -189,6 +196,9 @@ def test_read_profile_on_a_fake_tree(tmp_path):
                          "size": 65536 * 1024}
     assert p.fault_around_bytes == 32768 and p.stack_guard_gap_pages == 1
     assert p.cmdline == "console=ttyS0 stack_guard_gap=1 quiet"
+    assert (p.mem_total_kb, p.swap_total_kb, p.pkeys) == (2048000, 512000, True)
+    assert p.hugetlb == {"total": 4, "free": 3, "rsvd": 1, "surp": 0, "size_kb": 2048,
+                         "overcommit": 0}
     assert p.unreadable == ()
 
 
@@ -280,7 +290,8 @@ def test_live_thp_modes_are_the_bracketed_words(live):
 
 def test_live_sysctls_equal_the_files(live):
     for name, value in live.sysctl.items():
-        where = "vm" if name in profile._VM_SYSCTLS else "kernel"
+        where = ("vm" if name in profile._VM_SYSCTLS else
+                 "fs" if name in profile._FS_SYSCTLS else "kernel")
         assert value == int(_read(f"/proc/sys/{where}/{name}")), name
     assert live.overcommit_memory in (0, 1, 2)
     assert live.randomize_va_space in (0, 1, 2)
@@ -318,7 +329,7 @@ def test_live_tmpdir_mount_is_the_device_of_the_tmpdir(live):
 
 _LIMIT_NAMES = {"AS": "Max address space", "DATA": "Max data size",
                 "MEMLOCK": "Max locked memory", "STACK": "Max stack size",
-                "NOFILE": "Max open files", "FSIZE": "Max file size"}
+                "NOFILE": "Max open files", "FSIZE": "Max file size", "CORE": "Max core file size"}
 
 
 def test_live_rlimits_agree_with_proc_self_limits(live):
