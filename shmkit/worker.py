@@ -78,6 +78,8 @@ _IPC_ERRNO = [
     (sysv_ipc.NotAttachedError, "", "EINVAL"),
     (MemoryError, "", "ENOMEM"),
     (ValueError, "Invalid id, address, or flags", "EINVAL"),
+    (OSError, "maximum number of files open", "EMFILE"),
+    (OSError, "system limit on the total number of open files", "ENFILE"),
 ]
 
 
@@ -508,7 +510,9 @@ class Worker:
         soft = inf if args["soft"] is None else args["soft"]
         hard = inf if args["hard"] is None else args["hard"]
         try:
-            resource.setrlimit(res, (soft, hard))
+            # resource.prlimit, not setrlimit: CPython's setrlimit raises the same ValueError
+            # for EPERM (raising the hard limit) as for EINVAL; prlimit keeps EPERM an OSError
+            resource.prlimit(0, res, (soft, hard))
         except ValueError:
             raise StepFailed({"errno": "EINVAL"})
         except OSError as exc:
