@@ -19,16 +19,26 @@ VM_LOCKED = 0x2000
 VM_SEQ_READ, VM_RAND_READ = 0x8000, 0x10000
 VM_DONTCOPY, VM_DONTEXPAND, VM_LOCKONFAULT = 0x20000, 0x40000, 0x80000
 VM_ACCOUNT, VM_NORESERVE = 0x100000, 0x200000
-VM_HUGEPAGE, VM_NOHUGEPAGE = 0x20000000, 0x40000000
+VM_HUGETLB, VM_SYNC = 0x400000, 0x800000
+VM_WIPEONFORK, VM_DONTDUMP = 0x02000000, 0x04000000
+VM_HUGEPAGE, VM_NOHUGEPAGE, VM_MERGEABLE = 0x20000000, 0x40000000, 0x80000000
 VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
 VM_STACK_FLAGS = VM_GROWSDOWN        # VM_STACK on x86-64 (is_stack_mapping)
+# x86-64 protection keys live in VM_HIGH_ARCH_0.. (VM_PKEY_SHIFT = 32; no VmFlags mnemonic).
+# The only key the model hands out is the execute-only one (arch/x86/mm/pkeys.c
+# execute_only_pkey): mm_pkey_alloc() gives the lowest free key, 1, so VM_PKEY_BIT0.
+VM_PKEY_BIT0 = 1 << 32
+VM_PKEY_MASK = 0xF << 32
 
-# smaps "VmFlags" mnemonics (fs/proc/task_mmu.c show_smap_vma_flags), for the explanation
+# smaps "VmFlags" mnemonics (fs/proc/task_mmu.c show_smap_vma_flags: one per set bit, in bit
+# order; model.proc.vmflags renders them). "sd" (VM_SOFTDIRTY) exists only with
+# CONFIG_MEM_SOFT_DIRTY, which this kernel does not have.
 VMFLAG_NAMES = {VM_READ: "rd", VM_WRITE: "wr", VM_EXEC: "ex", VM_SHARED: "sh", VM_MAYREAD: "mr",
                 VM_MAYWRITE: "mw", VM_MAYEXEC: "me", VM_MAYSHARE: "ms", VM_GROWSDOWN: "gd",
                 VM_LOCKED: "lo", VM_SEQ_READ: "sr", VM_RAND_READ: "rr", VM_DONTCOPY: "dc",
                 VM_DONTEXPAND: "de", VM_LOCKONFAULT: "lf", VM_ACCOUNT: "ac", VM_NORESERVE: "nr",
-                VM_HUGEPAGE: "hg", VM_NOHUGEPAGE: "nh"}
+                VM_WIPEONFORK: "wf", VM_DONTDUMP: "dd", VM_HUGEPAGE: "hg", VM_NOHUGEPAGE: "nh",
+                VM_MERGEABLE: "mg", VM_HUGETLB: "ht", VM_SYNC: "sf"}
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 0x1, 0x2, 0x4
 
@@ -36,8 +46,15 @@ PROT_READ, PROT_WRITE, PROT_EXEC = 0x1, 0x2, 0x4
 MAP = {"SHARED": 0x01, "PRIVATE": 0x02, "SHARED_VALIDATE": 0x03, "FIXED": 0x10, "ANONYMOUS": 0x20,
        "GROWSDOWN": 0x0100, "DENYWRITE": 0x0800, "EXECUTABLE": 0x1000, "LOCKED": 0x2000,
        "NORESERVE": 0x4000, "POPULATE": 0x8000, "NONBLOCK": 0x10000, "STACK": 0x20000,
-       "HUGETLB": 0x40000, "SYNC": 0x80000, "FIXED_NOREPLACE": 0x100000, "UNINITIALIZED": 0x4000000}
+       "HUGETLB": 0x40000, "SYNC": 0x80000, "FIXED_NOREPLACE": 0x100000, "UNINITIALIZED": 0x4000000,
+       "32BIT": 0x40}
 MAP_TYPE = 0x0f
+# include/linux/mman.h LEGACY_MAP_MASK: what MAP_SHARED_VALIDATE accepts on a file whose f_op
+# has no FOP_MMAP_SYNC (MAP_HUGE_2MB/1GB are not expressible in an experiment file). Neither
+# MAP_FIXED_NOREPLACE nor MAP_SYNC is in it.
+LEGACY_MAP_MASK = sum(MAP[n] for n in (
+    "SHARED", "PRIVATE", "FIXED", "ANONYMOUS", "DENYWRITE", "EXECUTABLE", "UNINITIALIZED",
+    "GROWSDOWN", "LOCKED", "NORESERVE", "POPULATE", "NONBLOCK", "STACK", "HUGETLB", "32BIT"))
 
 # Page-table entry bits of one byte per page (model.pagetable)
 PTE_NONE, PTE_ZERO, PTE_FILE, PTE_ANON = 0, 1, 2, 3   # what the entry maps (low two bits)
@@ -59,6 +76,13 @@ def calc_vm_prot_bits(prot: int) -> int:
     """include/linux/mman.h calc_vm_prot_bits()."""
     return (VM_READ if prot & PROT_READ else 0) | (VM_WRITE if prot & PROT_WRITE else 0) \
         | (VM_EXEC if prot & PROT_EXEC else 0)
+
+
+def calc_vm_flag_bits(flags: int) -> int:
+    """include/linux/mman.h calc_vm_flag_bits(): MAP_GROWSDOWN -> VM_GROWSDOWN, MAP_LOCKED ->
+    VM_LOCKED, MAP_SYNC -> VM_SYNC, MAP_STACK -> VM_NOHUGEPAGE (x86 adds nothing)."""
+    return (VM_GROWSDOWN if flags & MAP["GROWSDOWN"] else 0) | (VM_LOCKED if flags & MAP["LOCKED"] else 0) \
+        | (VM_SYNC if flags & MAP["SYNC"] else 0) | (VM_NOHUGEPAGE if flags & MAP["STACK"] else 0)
 
 
 def map_flags(names) -> int:

@@ -27,6 +27,7 @@ class Segment:
         self.cpid, self.uid, self.inode = cpid, uid, inode
         self.nattch = 0
         self.destroyed = False
+        self.lock_uid = None      # shp->mlock_ucounts: the user SHM_LOCK charged, or None
 
 
 class SysV:
@@ -34,6 +35,10 @@ class SysV:
         self.k = kernel
         self.segments: dict[int, Segment] = {}
         self._id = itertools.count(900_000_001)
+        # UCOUNT_RLIMIT_MEMLOCK per user: pages of SHM_LOCKed segments (mm/mlock.c user_shm_lock).
+        # The count is system-wide per user; the model starts it at 0 (what the kernel holds for
+        # the user from other processes cannot be observed).
+        self.shm_locked: dict[int, int] = {}
 
     def _err(self, name):
         from model.kernel import errno
@@ -49,7 +54,9 @@ class SysV:
             self.destroy(seg)
 
     def destroy(self, seg: Segment) -> None:
-        """shm_destroy(): the segment and its pages go."""
+        """shm_destroy(): the segment and its pages go; shmem_lock(file, 0) gives a locked
+        segment's pages back to the user that locked it."""
+        self._shm_unlock(seg)
         seg.destroyed = True
         self.segments.pop(seg.shmid, None)
         self.k.note("shm_destroy: the segment is freed")
@@ -173,15 +180,47 @@ class SysV:
                 raise self._err("EACCES")
             return None, {"size": seg.size, "nattch": seg.nattch, "mode": oct(seg.mode & 0o7777)}
         if cmd in ("lock", "unlock"):
-            limit = proc.rlimit("memlock")
-            if not proc.privileged and not (proc.uid == seg.uid and limit != 0):
-                raise self._err("EPERM")
-            if cmd == "lock":
-                seg.mode |= SHM_LOCKED
-            else:
-                seg.mode &= ~SHM_LOCKED
-            return None
+            return self._do_lock(proc, seg, cmd == "lock")
         raise self._err("EINVAL")
+
+    def _do_lock(self, proc, seg: Segment, lock: bool):
+        """ipc/shm.c shmctl_do_lock(): without CAP_IPC_LOCK only the owner or creator
+        (EPERM), and SHM_LOCK needs a nonzero RLIMIT_MEMLOCK (EPERM). SHM_LOCK ->
+        mm/shmem.c shmem_lock() -> mm/mlock.c user_shm_lock(): the segment's pages are
+        charged to the caller's user, ENOMEM when that user's total passes RLIMIT_MEMLOCK
+        (unless CAP_IPC_LOCK); an already locked segment is not charged again. SHM_UNLOCK
+        of a locked segment uncharges the user that locked it; of an unlocked one it does
+        nothing. Neither faults pages in nor touches the attaches' VMAs."""
+        limit = proc.rlimit("memlock")
+        lock_cap = self.k.capable(proc, 14)     # CAP_IPC_LOCK
+        if not lock_cap:
+            if proc.uid != seg.uid:
+                raise self._err("EPERM")
+            if lock and limit == 0:
+                raise self._err("EPERM")
+        if not lock:
+            if seg.mode & SHM_LOCKED:
+                self._shm_unlock(seg)
+                seg.mode &= ~SHM_LOCKED
+                self.k.note("SHM_UNLOCK: SHM_LOCKED cleared, the pages uncharged (user_shm_unlock)")
+            return None
+        if seg.lock_uid is None:
+            pages = (seg.inode.size + PAGE_SIZE - 1) >> PAGE_SHIFT
+            total = self.shm_locked.get(proc.uid, 0) + pages
+            if not lock_cap and limit is not None and total > limit >> PAGE_SHIFT:
+                raise self._err("ENOMEM")
+            self.shm_locked[proc.uid] = total
+            seg.lock_uid = proc.uid
+        seg.mode |= SHM_LOCKED
+        self.k.note("SHM_LOCK: SHM_LOCKED set, the pages charged to the user (user_shm_lock)")
+        return None
+
+    def _shm_unlock(self, seg: Segment) -> None:
+        """shmem_lock(file, 0, ucounts) -> user_shm_unlock()."""
+        if seg.lock_uid is not None:
+            pages = (seg.inode.size + PAGE_SIZE - 1) >> PAGE_SHIFT
+            self.shm_locked[seg.lock_uid] -= pages
+            seg.lock_uid = None
 
     # ----- /proc/sysvipc/shm ----------------------------------------------------------------------
     def rows(self) -> list[dict]:

@@ -21,6 +21,7 @@ Faults: model.memory. /proc rendering: model.proc.
 from __future__ import annotations
 
 import itertools
+from array import array
 from collections import Counter
 
 from model import ipc
@@ -30,6 +31,10 @@ from model.flags import (MAP, MAP_TYPE, PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIR
                          VM_MAYREAD, VM_MAYSHARE, VM_MAYWRITE, VM_NOHUGEPAGE, VM_NORESERVE,
                          VM_RAND_READ, VM_READ, VM_SEQ_READ, VM_SHARED, VM_WRITE, VM_EXEC,
                          calc_vm_prot_bits, map_flags, prot_of)
+from model.flags import (LEGACY_MAP_MASK, PROT_EXEC, PROT_WRITE, VM_ACCESS_FLAGS, VM_DONTEXPAND,
+                         VM_HUGETLB, VM_PKEY_BIT0, VM_PKEY_MASK, VM_SYNC, calc_vm_flag_bits)
+from model.flags import (PMD_SIZE, PTE_ZERO, VM_DONTDUMP, VM_DONTEXPAND, VM_MERGEABLE,  # madvise, fork
+                         VM_WIPEONFORK)
 from model.memory import Fault, Memory
 from model.mm import TASK_SIZE, AddressSpace, page_align
 from model.objects import DISK, SHMEM, TMPFS, AnonPages, Inode
@@ -37,6 +42,8 @@ from model.proc import maps_line, residency, vma_record
 from model.vma import AnonVma, OpenFile, Vma
 
 RLIM_INFINITY = None
+# include/uapi/linux/capability.h
+CAP_IPC_LOCK, CAP_SYS_RESOURCE = 14, 24
 
 
 class StepError(Exception):
@@ -49,6 +56,11 @@ class StepError(Exception):
 
 def errno(name: str, faults=None):
     return StepError({"errno": name}, faults)
+
+
+def _mount_has(mount: dict | None, option: str) -> bool:
+    """Whether a mount of the kernel profile (dev_shm, tmpdir_mount) has an option."""
+    return bool(mount) and option in (mount.get("options") or ())
 
 
 class Region:
@@ -100,6 +112,8 @@ class Kernel:
         self.thp_enabled = profile.get("thp_enabled") or "never"
         self.thp_use_zero_page = profile.get("thp_use_zero_page", 1)
         self.totalram_pages = (profile.get("mem_total_kb") or (1 << 40)) // 4
+        self.total_swap_pages = (profile.get("swap_total_kb") or 0) // 4
+        self._mmap_host_facts(profile)
         dev = snapshot.get("devices", {})
         self.dev = {DISK: dev.get("disk", "00:00"), TMPFS: dev.get("tmpfs", "00:00"),
                     SHMEM: dev.get("shmem", "00:01")}
@@ -126,6 +140,9 @@ class Kernel:
         self.seg_handles: dict[str, int] = {}   # shmget handle -> shmid
         self.seg_sizes: dict[str, int] = {}     # shmget handle -> the size it asked for
         self.umask = snapshot.get("umask", 0o022)
+        # the workers' effective capabilities (every process of a run has the same
+        # credentials); None: all of them when privileged
+        self.caps = snapshot.get("caps")
         self.trace: Counter = Counter()
         setup = snapshot.get("setup", {})
         for name, p in snapshot["processes"].items():
@@ -236,8 +253,17 @@ class Kernel:
 
     # ----- files ------------------------------------------------------------------------------
     def sys_file(self, proc: Process, args: dict):
-        """Create a file (write() of its bytes in 64 KiB chunks, fsync, optional fadvise)."""
+        """Create a file (write() of its bytes in 64 KiB chunks, fsync, optional fadvise).
+        open(O_CREAT) allocates the descriptor first (alloc_fd: EMFILE, no file made). Past
+        RLIMIT_FSIZE mm/filemap.c generic_write_check_limits() shortens the write that
+        crosses the limit and fails the next with EFBIG: the file keeps the bytes below the
+        limit (the live side still fsyncs them), and the step fails with EFBIG."""
         path, size, on = args["path"], args["size"], args.get("on") or "disk"
+        self.alloc_fd(proc)
+        limit = proc.rlimit("fsize")
+        efbig = limit is not None and size > limit
+        if efbig:
+            size = limit
         kind = TMPFS if on == "tmpfs" else DISK
         ino = Inode(kind, self.new_ino(), self.dev[kind], 0, path,
                     large_folios=self.large_folios and kind == DISK)
@@ -264,7 +290,7 @@ class Kernel:
                 # and fsync cannot clean them (there is nothing to write them to)
                 ino.add_folio(i, m, dirty=kind == TMPFS)
                 i += m
-        if args.get("cache") == "cold" and kind == DISK:
+        if args.get("cache") == "cold" and kind == DISK and not efbig:
             for i in range(ino.npages):
                 ino.cached[i] = 0
                 ino.folio[i] = -1
@@ -272,11 +298,15 @@ class Kernel:
         if kind == TMPFS:
             self.posix[path.split("/dev/shm/", 1)[1]] = ino
             ino.mode = 0o600
+        if efbig:
+            raise errno("EFBIG")
         self.note("write() fills the page cache; fsync writes it back"
                   + ("; POSIX_FADV_DONTNEED drops it" if args.get("cache") == "cold" else ""))
         return None
 
     def sys_open(self, proc: Process, args: dict):
+        """fs/open.c do_sys_openat2(): get_unused_fd_flags() (EMFILE) before the lookup."""
+        self.alloc_fd(proc)
         ino = self.files.get(args["path"])
         if ino is None:
             raise errno("ENOENT")
@@ -284,9 +314,26 @@ class Kernel:
         proc.fds[args["as"]] = OpenFile(ino, readable="r" in mode, writable="w" in mode)
         return None
 
+    def alloc_fd(self, proc: Process) -> None:
+        """fs/file.c alloc_fd() (get_unused_fd_flags, before the path is looked up): EMFILE
+        once the lowest free descriptor reaches RLIMIT_NOFILE. The model does not know the
+        worker's descriptor table, so it decides only the limit 0, where every allocation
+        fails; a limit between 1 and the worker's own descriptors is not predicted."""
+        if proc.rlimit("nofile") == 0:
+            raise errno("EMFILE")
+
+    def newsize_ok(self, proc: Process, ino: Inode, size: int) -> None:
+        """fs/attr.c inode_newsize_ok(): growing a file past RLIMIT_FSIZE is EFBIG (with a
+        SIGXFSZ that Python processes ignore, so the call just fails)."""
+        limit = proc.rlimit("fsize")
+        if size > ino.size and limit is not None and size > limit:
+            raise errno("EFBIG")
+
     def sys_evict(self, proc: Process, args: dict):
         """fsync + POSIX_FADV_DONTNEED (mm/fadvise.c -> mapping_try_invalidate): write back
-        dirty pages, then drop every clean folio that no PTE maps."""
+        dirty pages, then drop every clean folio that no PTE maps. The live side opens the
+        file first (alloc_fd: EMFILE)."""
+        self.alloc_fd(proc)
         ino = self.files.get(args["path"])
         if ino is None:
             raise errno("ENOENT")
@@ -336,9 +383,25 @@ class Kernel:
         return len(dirty)
 
     # ----- mmap -------------------------------------------------------------------------------
+    def _mmap_host_facts(self, profile: dict) -> None:
+        """Host facts the mmap and mprotect rules need, all from the kernel profile."""
+        # arch/x86/mm/pkeys.c execute_only_pkey(): only when arch_pkeys_enabled() (OSPKE)
+        self.pkeys = bool(profile.get("pkeys"))
+        # the default hstate's pool; None: no hugetlb (hstate_sizelog() finds no hstate)
+        self.hugetlb = profile.get("hugetlb")
+        # fs/namei.c path_noexec(): the mount of the run's disk files (the temp dir) and /dev/shm;
+        # the internal shm mount of memfd, SysV and shared anonymous memory is never noexec
+        self.noexec = {DISK: _mount_has(profile.get("tmpdir_mount"), "noexec"),
+                       TMPFS: _mount_has(profile.get("dev_shm"), "noexec"), SHMEM: False}
+        # filesystems whose file_operations have FOP_MMAP_SYNC and whose ->mmap refuses VM_SYNC
+        # without DAX (ext4_file_mmap_prepare, xfs_file_mmap_prepare: daxdev_mapping_supported)
+        disk = profile.get("tmpdir_mount") or {}
+        self.disk_mmap_sync = disk.get("fstype") in ("ext4", "xfs")
+        self.disk_dax = any(o in ("dax", "dax=always") for o in disk.get("options") or ())
+
     def sys_mmap(self, proc: Process, args: dict):
+        """arch/x86/kernel/sys_x86_64.c sys_mmap -> mm/mmap.c ksys_mmap_pgoff -> do_mmap."""
         f0 = self._faults()
-        mm = proc.mm
         length = args["length"]
         prot = prot_of(args["prot"])
         flags = map_flags(args.get("flags") or ())
@@ -348,6 +411,8 @@ class Kernel:
         for kind in ("file", "fd", "shm", "memfd"):
             if args.get(kind) is not None:
                 src = kind
+        if src == "file":
+            self.alloc_fd(proc)        # the live side opens the file (O_RDWR) before mmap()
         # arch/x86/kernel/sys_x86_64.c: an unaligned offset fails before anything else
         if off & (PAGE_SIZE - 1):
             raise errno("EINVAL", f0)
@@ -358,20 +423,38 @@ class Kernel:
             file = OpenFile(ino)                      # the live side opens the file O_RDWR
         elif src is not None:
             file = self.fd(proc, args[src])
-        elif not flags & MAP["ANONYMOUS"]:
-            raise errno("EBADF", f0)
+        hugetlb = False
+        if not flags & MAP["ANONYMOUS"]:
+            # ksys_mmap_pgoff(): fget(fd); MAP_HUGETLB on a file that is not on hugetlbfs
+            if file is None:
+                raise errno("EBADF", f0)
+            if flags & MAP["HUGETLB"]:
+                raise errno("EINVAL", f0)
+        else:
+            file = None                               # MAP_ANONYMOUS: the fd is not looked at
+            if flags & MAP["HUGETLB"]:
+                # hstate_sizelog(0): the default hstate, none without hugetlb; the length is
+                # rounded up to the huge page (ALIGN, in an unsigned long) and the mapping gets
+                # a hugetlbfs file (hugetlb_file_setup(HUGETLB_ANON_FILE, VM_NORESERVE))
+                if self.hugetlb is None:
+                    raise errno("EINVAL", f0)
+                hsize = (self.hugetlb.get("size_kb") or 2048) << 10
+                length = ((length + hsize - 1) & ~(hsize - 1)) & ((1 << 64) - 1)
+                hugetlb = True
         addr = self.resolve_addr(proc, args.get("addr"))
         try:
-            faults, value = self.do_mmap(proc, file, addr, length, prot, flags, off >> PAGE_SHIFT)
+            faults, value = self.do_mmap(proc, file, addr, length, prot, flags, off >> PAGE_SHIFT,
+                                         hugetlb=hugetlb)
         except StepError as e:
             e.faults = f0
             raise
-        proc.regions[args["as"]] = Region(value["addr"], length, "mmap")
+        proc.regions[args["as"]] = Region(value["addr"], args["length"], "mmap")
         return faults, value
 
     def do_mmap(self, proc: Process, file: OpenFile | None, addr: int, length: int, prot: int,
-                flags: int, pgoff: int, region_kind: str = "mmap"):
-        """mm/mmap.c do_mmap(), checks in the kernel's order."""
+                flags: int, pgoff: int, region_kind: str = "mmap", hugetlb: bool = False):
+        """mm/mmap.c do_mmap(), checks in the kernel's order. hugetlb: an anonymous MAP_HUGETLB
+        mapping, whose file (hugetlbfs, opened O_RDWR) the model does not build."""
         mm = proc.mm
         if file is None and flags & MAP["ANONYMOUS"] == 0:
             raise errno("EBADF")
@@ -387,23 +470,29 @@ class Kernel:
         length = page_align(length)
         if not length or length > TASK_SIZE:
             raise errno("ENOMEM")
-        if pgoff + (length >> PAGE_SHIFT) >= 1 << 52:
+        # "offset overflow?": pgoff + pages wrapping an unsigned long, which cannot happen on
+        # 64-bit (pgoff < 2^52); a file's offset is checked below (file_mmap_ok)
+        if pgoff + (length >> PAGE_SHIFT) >= 1 << 64:
             raise errno("EOVERFLOW")
         if mm.map_count > self.max_map_count:
             raise errno("ENOMEM")
-        vm_flags = calc_vm_prot_bits(prot) | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
-        if flags & MAP["LOCKED"]:
-            vm_flags |= VM_LOCKED
-        if flags & MAP["GROWSDOWN"]:
-            vm_flags |= VM_GROWSDOWN
+        # PROT_EXEC alone takes the execute-only protection key (execute_only_pkey)
+        pkey = VM_PKEY_BIT0 if prot == PROT_EXEC and self.pkeys else 0
+        vm_flags = calc_vm_prot_bits(prot) | pkey | calc_vm_flag_bits(flags) \
+            | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
         mtype = flags & MAP_TYPE
         thp = False
         if file is None:
-            thp = self.thp_align_anon and not addr and length % (2 << 20) == 0 and mtype == MAP["PRIVATE"]
+            thp = self.thp_align_anon and not addr and length % (2 << 20) == 0 \
+                and mtype == MAP["PRIVATE"] and not hugetlb
         elif not file.inode.is_shmem and file.kind == "file":
-            thp = not addr and length >= (2 << 20)
+            # ext4's f_op->get_unmapped_area is thp_get_unmapped_area, with the hint; whether it
+            # pads is decided by the offset and length (model.mm.thp_pad_ok)
+            thp = True
+        if hugetlb and fixed and addr & (((self.hugetlb.get("size_kb") or 2048) << 10) - 1):
+            raise errno("EINVAL")      # hugetlb_get_unmapped_area(): prepare_hugepage_range
         where = mm.get_unmapped_area(length, addr, fixed, thp_align=thp and not fixed,
-                                     pgoff=pgoff if file else 0)
+                                     pgoff=pgoff if file else 0, map32=bool(flags & MAP["32BIT"]))
         if isinstance(where, str):
             raise errno(where)
         addr = where
@@ -413,22 +502,42 @@ class Kernel:
             raise errno("EPERM")
         if vm_flags & VM_LOCKED and not self.mlock_future_ok(proc, length >> PAGE_SHIFT):
             raise errno("EAGAIN")
-        if file is not None:
+        if file is not None or hugetlb:
+            # file_mmap_ok(): a regular file (ext4, tmpfs, shmem, hugetlbfs) may be mapped up to
+            # MAX_LFS_FILESIZE (LLONG_MAX): pgoff past (LLONG_MAX - len) >> PAGE_SHIFT overflows
+            maxsize = (1 << 63) - 1
+            if length > maxsize or pgoff > (maxsize - length) >> PAGE_SHIFT:
+                raise errno("EOVERFLOW")
+            writable = file.writable if file is not None else True
+            readable = file.readable if file is not None else True
+            flags_mask = LEGACY_MAP_MASK
+            if file is not None and file.inode.kind == DISK and self.disk_mmap_sync:
+                flags_mask |= MAP["SYNC"]             # FOP_MMAP_SYNC
+            if mtype == MAP["SHARED"]:
+                flags &= LEGACY_MAP_MASK              # unknown flags are dropped, not refused
             if mtype in (MAP["SHARED"], MAP["SHARED_VALIDATE"]):
-                if prot & 0x2 and not file.writable:
+                if flags & ~flags_mask:
+                    raise errno("ENOTSUP")            # EOPNOTSUPP (95, "ENOTSUP" by name)
+                if prot & PROT_WRITE and not writable:
                     raise errno("EACCES")
                 vm_flags |= VM_SHARED | VM_MAYSHARE
-                if not file.writable:
+                if not writable:
                     vm_flags &= ~(VM_MAYWRITE | VM_SHARED)
-                if not file.readable:
+            if mtype in (MAP["SHARED"], MAP["SHARED_VALIDATE"], MAP["PRIVATE"]):
+                if not readable:
                     raise errno("EACCES")
-            elif mtype == MAP["PRIVATE"]:
-                if not file.readable:
-                    raise errno("EACCES")
+                if file is not None and self.noexec.get(file.inode.kind):
+                    if vm_flags & VM_EXEC:
+                        raise errno("EPERM")
+                    vm_flags &= ~VM_MAYEXEC
+                if vm_flags & VM_GROWSDOWN:
+                    raise errno("EINVAL")
             else:
                 raise errno("EINVAL")
         else:
-            if mtype in (MAP["SHARED"], MAP["SHARED_VALIDATE"]):
+            # MAP_SHARED_VALIDATE means nothing without a file: only SHARED and PRIVATE (and
+            # MAP_DROPPABLE, not expressible) are types of anonymous mappings
+            if mtype == MAP["SHARED"]:
                 if vm_flags & VM_GROWSDOWN:
                     raise errno("EINVAL")
                 pgoff = 0
@@ -437,23 +546,42 @@ class Kernel:
                 pgoff = addr >> PAGE_SHIFT
             else:
                 raise errno("EINVAL")
-        if flags & MAP["NORESERVE"] and self.overcommit != 2:
-            vm_flags |= VM_NORESERVE
-        return self.mmap_region(proc, file, addr, length, vm_flags, pgoff, flags, region_kind)
+        if flags & MAP["NORESERVE"]:
+            if self.overcommit != 2:
+                vm_flags |= VM_NORESERVE
+            if hugetlb:
+                vm_flags |= VM_NORESERVE              # hugetlb applies strict overcommit
+        return self.mmap_region(proc, file, addr, length, vm_flags, pgoff, flags, region_kind,
+                                hugetlb=hugetlb)
 
-    def mmap_region(self, proc, file, addr, length, vm_flags, pgoff, flags, region_kind):
-        """mm/vma.c mmap_region() -> __mmap_region(): limits, unmap what MAP_FIXED covers,
-        account, merge or insert, then populate for MAP_POPULATE / VM_LOCKED."""
+    def mmap_region(self, proc, file, addr, length, vm_flags, pgoff, flags, region_kind,
+                    hugetlb: bool = False):
+        """mm/vma.c mmap_region() -> __mmap_region(): limits, account, the file's ->mmap, unmap
+        what MAP_FIXED covers, merge or insert, then populate for MAP_POPULATE / VM_LOCKED."""
         mm = proc.mm
         npages = length >> PAGE_SHIFT
         overlap = sum((min(addr + length, v.end) - max(addr, v.start)) >> PAGE_SHIFT
                       for v in mm.overlapping(addr, addr + length))
         if not self.may_expand_vm(proc, vm_flags, npages - overlap):
             raise errno("ENOMEM")
-        if (vm_flags & (VM_NORESERVE | VM_SHARED | VM_WRITE)) == VM_WRITE:
+        # accountable_mapping(): private writable, not MAP_NORESERVE, not hugetlbfs
+        if (vm_flags & (VM_NORESERVE | VM_SHARED | VM_WRITE)) == VM_WRITE and not hugetlb:
             if not self.vm_enough_memory(npages):
                 raise errno("ENOMEM")
             vm_flags |= VM_ACCOUNT
+        if hugetlb:
+            self.hugetlbfs_file_mmap(vm_flags | VM_HUGETLB | VM_DONTEXPAND, pgoff, npages)
+        if file is not None and vm_flags & VM_SYNC and file.inode.kind == DISK \
+                and self.disk_mmap_sync and not self.disk_dax:
+            # ext4_file_mmap_prepare(): !daxdev_mapping_supported() -> -EOPNOTSUPP. MAP_SYNC
+            # set VM_SYNC in do_mmap (calc_vm_flag_bits) before MAP_SHARED dropped the flag, so
+            # a plain MAP_SHARED or MAP_PRIVATE with MAP_SYNC fails here too (measured)
+            raise errno("ENOTSUP")
+        if file is None and vm_flags & VM_SHARED and not vm_flags & VM_NORESERVE \
+                and not self.vm_enough_memory(npages):
+            # shmem_zero_setup -> shmem_kernel_file_setup -> shmem_acct_size(): the whole
+            # size is charged, writable or not (measured: a read-only one is refused too)
+            raise errno("ENOMEM")
         if mm.overlapping(addr, addr + length):
             if mm.splits_needed(addr, addr + length) + mm.map_count > self.max_map_count:
                 raise errno("ENOMEM")
@@ -481,14 +609,36 @@ class Kernel:
             self.note("mm_populate: the pages were faulted in during the call (counted in it)")
         return self._faults(minor, major), value
 
+    def hugetlbfs_file_mmap(self, vm_flags: int, pgoff: int, npages: int) -> None:
+        """fs/hugetlbfs/inode.c hugetlbfs_file_mmap(): the offset must be huge page aligned,
+        then hugetlb_reserve_pages() (skipped for VM_NORESERVE) -> hugetlb_acct_memory() ->
+        gather_surplus_pages(): ENOMEM when the free pages not yet reserved are too few and no
+        surplus page may be allocated (vm.nr_overcommit_hugepages). A mapping that gets its
+        pages is not modelled (no hugetlbfs file, no huge page faults): the step is skipped."""
+        h = self.hugetlb
+        per = ((h.get("size_kb") or 2048) << 10) >> PAGE_SHIFT
+        if pgoff & (per - 1):
+            raise errno("EINVAL")
+        if not vm_flags & VM_NORESERVE:
+            need = -(-npages // per)
+            avail = (h.get("free") or 0) - (h.get("rsvd") or 0)
+            surplus_ok = (h.get("overcommit") or 0) > (h.get("surp") or 0)
+            if need > avail and not surplus_ok:
+                raise errno("ENOMEM")
+        raise StepError({"skipped": "a MAP_HUGETLB mapping that gets its huge pages is not modelled"})
+
+    def capable(self, proc: Process, cap: int) -> bool:
+        """kernel/capability.c capable(): root workers hold what the manager held (CapEff)."""
+        return proc.privileged and (self.caps is None or bool(self.caps >> cap & 1))
+
     def can_do_mlock(self, proc: Process) -> bool:
         """mm/mlock.c can_do_mlock()."""
         limit = proc.rlimit("memlock")
-        return limit != 0 or proc.privileged
+        return limit != 0 or self.capable(proc, CAP_IPC_LOCK)
 
     def mlock_future_ok(self, proc: Process, pages: int) -> bool:
         """mm/mmap.c mlock_future_ok()."""
-        if proc.privileged:
+        if self.capable(proc, CAP_IPC_LOCK):
             return True
         limit = proc.rlimit("memlock")
         return limit is None or proc.mm.locked_vm + pages <= limit >> PAGE_SHIFT
@@ -517,11 +667,14 @@ class Kernel:
                                 and v.opaque["path"] != "[stack]")
 
     def vm_enough_memory(self, npages: int) -> bool:
-        """mm/util.c __vm_enough_memory(): OVERCOMMIT_GUESS refuses more than RAM + swap."""
+        """mm/util.c __vm_enough_memory(). OVERCOMMIT_GUESS refuses a single request of more
+        pages than totalram_pages() + total_swap_pages (MemTotal and SwapTotal of the profile);
+        what is already committed does not count. Measured (23.6 GiB RAM, no swap): MemTotal's
+        pages map, one page more is ENOMEM, and three 16 GiB requests in a row all succeed."""
         if self.overcommit == 1:
             return True
         if self.overcommit == 0:
-            return npages <= self.totalram_pages
+            return npages <= self.totalram_pages + self.total_swap_pages
         return True   # OVERCOMMIT_NEVER: see model.known_differences
 
     # ----- munmap, mprotect, madvise, msync, mlock --------------------------------------------
@@ -562,7 +715,10 @@ class Kernel:
                 raise errno("ENOMEM", f0)
             if vma.opaque is not None:
                 raise errno("EACCES", f0)
-            newflags = (vma.flags & ~(VM_READ | VM_WRITE | 0x4)) | calc_vm_prot_bits(prot)
+            # mask_off_old_flags = VM_ACCESS_FLAGS | VM_FLAGS_CLEAR (the pkey bits): the key
+            # comes from arch_override_mprotect_pkey()
+            newflags = (vma.flags & ~(VM_ACCESS_FLAGS | VM_PKEY_MASK)) | calc_vm_prot_bits(prot) \
+                | self.override_mprotect_pkey(vma, prot)
             # (newflags & ~(newflags >> 4)) & VM_ACCESS_FLAGS: each access needs its VM_MAY*
             if (newflags & ~(newflags >> 4)) & 0x7:
                 raise errno("EACCES", f0)
@@ -570,6 +726,16 @@ class Kernel:
             self.mprotect_fixup(proc, vma, at, tmp, newflags)
             at = tmp
         return f0, None
+
+    def override_mprotect_pkey(self, vma: Vma, prot: int) -> int:
+        """arch/x86/mm/pkeys.c __arch_override_mprotect_pkey() for a plain mprotect: PROT_EXEC
+        alone takes the execute-only key; any other prot on an execute-only VMA (access flags
+        VM_EXEC, the execute-only key) goes back to key 0; otherwise the VMA keeps its key."""
+        if self.pkeys and prot == PROT_EXEC:
+            return VM_PKEY_BIT0
+        if vma.flags & VM_ACCESS_FLAGS == VM_EXEC and vma.flags & VM_PKEY_MASK == VM_PKEY_BIT0:
+            return 0
+        return vma.flags & VM_PKEY_MASK
 
     def mprotect_fixup(self, proc: Process, vma: Vma, start: int, end: int, newflags: int) -> None:
         mm = proc.mm
@@ -583,6 +749,10 @@ class Kernel:
         if newflags & VM_WRITE:
             npages = (end - start) >> PAGE_SHIFT
             if not self.may_expand_vm(proc, newflags, npages) and self.may_expand_vm(proc, vma.flags, npages):
+                raise errno("ENOMEM", self._faults())
+            # a private mapping made writable is charged: security_vm_enough_memory_mm()
+            # (measured: a 64 GiB read-only private mapping made rw is ENOMEM)
+            if newflags & VM_ACCOUNT and not vma.flags & VM_ACCOUNT and not self.vm_enough_memory(npages):
                 raise errno("ENOMEM", self._faults())
         if vma.start < start:
             vma = mm.split(vma, start)
@@ -637,8 +807,22 @@ class Kernel:
                 mm.try_merge(vma)
             at = tmp
 
+    # madvise_vma_behavior(): the advices that only change vm_flags (madvise_update_vma), as
+    # (flags set, flags cleared)
+    MADV_VM_FLAGS = {
+        "normal": (0, VM_RAND_READ | VM_SEQ_READ), "sequential": (VM_SEQ_READ, VM_RAND_READ),
+        "random": (VM_RAND_READ, VM_SEQ_READ), "dontfork": (VM_DONTCOPY, 0), "dofork": (0, VM_DONTCOPY),
+        "wipeonfork": (VM_WIPEONFORK, 0), "keeponfork": (0, VM_WIPEONFORK),
+        "dontdump": (VM_DONTDUMP, 0), "dodump": (0, VM_DONTDUMP),
+        "mergeable": (VM_MERGEABLE, 0), "unmergeable": (0, VM_MERGEABLE),
+        "hugepage": (VM_HUGEPAGE, VM_NOHUGEPAGE), "nohugepage": (VM_NOHUGEPAGE, VM_HUGEPAGE)}
+
     def sys_madvise(self, proc: Process, args: dict):
-        """mm/madvise.c do_madvise()."""
+        """mm/madvise.c do_madvise(): MADV_POPULATE_* go to madvise_populate(); every other advice
+        goes through madvise_walk_vmas(), which visits the VMAs of the range in address order
+        (madvise_vma_behavior on the part of each inside the range), stops at the first error
+        (the VMAs visited before keep what was done to them) and, when the range has a hole,
+        returns ENOMEM after visiting all of them."""
         f0 = self._faults()
         _, start, length = self.span(proc, args)
         advice = args["advice"].lower()
@@ -647,105 +831,298 @@ class Kernel:
         end = start + page_align(length)
         if end == start:
             return f0, None
+        if advice in ("populate_read", "populate_write"):
+            return self.madvise_populate(proc, start, end, advice == "populate_write")
         mm = proc.mm
-        vmas = [v for v in mm.overlapping(start, end)]
-        hole = not mm.fully_mapped(start, end)
-        if not vmas:
+        at, hole = start, False
+        while at < end:
+            vma = mm.find_vma(at)
+            if vma is None:
+                raise errno("ENOMEM", f0)
+            if vma.start > at:
+                hole = True
+                at = vma.start
+                if at >= end:
+                    break
+            tmp = min(vma.end, end)
+            try:
+                self.madvise_vma_behavior(proc, vma, at, tmp, advice)
+            except StepError as e:
+                e.faults = e.faults or f0
+                raise
+            at = tmp
+        if hole:
             raise errno("ENOMEM", f0)
-        minor = major = 0
-        flag_advice = {"random": (VM_RAND_READ, VM_SEQ_READ), "sequential": (VM_SEQ_READ, VM_RAND_READ),
-                       "normal": (0, VM_RAND_READ | VM_SEQ_READ), "hugepage": (VM_HUGEPAGE, VM_NOHUGEPAGE),
-                       "nohugepage": (VM_NOHUGEPAGE, VM_HUGEPAGE), "dontfork": (VM_DONTCOPY, 0),
-                       "dofork": (0, VM_DONTCOPY)}
-        if advice in flag_advice:
-            s, c = flag_advice[advice]
-            self.modify_flags(proc, start, end, s, c)
-            self.note(f"madvise_update_vma sets the VMA flags for MADV_{advice.upper()}")
+        return f0, None
+
+    def madvise_vma_behavior(self, proc: Process, vma: Vma, start: int, end: int, advice: str) -> None:
+        """mm/madvise.c madvise_vma_behavior() for [start, end) inside one VMA."""
+        a, b = vma.index(start), vma.index(end)
+        if advice in self.MADV_VM_FLAGS:
+            set_, clear = self.MADV_VM_FLAGS[advice]
+            if vma.opaque is not None:
+                return
+            if advice == "wipeonfork" and (vma.file is not None or vma.flags & VM_SHARED):
+                raise errno("EINVAL")     # MADV_WIPEONFORK: private anonymous memory only
+            if advice == "dodump" and vma.flags & VM_DONTEXPAND:
+                raise errno("EINVAL")     # VM_SPECIAL (VM_IO, VM_DONTEXPAND, VM_PFNMAP, VM_MIXEDMAP)
+            if advice == "mergeable" and vma.flags & (VM_SHARED | VM_MAYSHARE | VM_DONTEXPAND):
+                set_ = 0                  # mm/ksm.c ksm_madvise: !vma_ksm_compatible() -> 0, flag not set
+            self.modify_flags(proc, start, end, set_, clear)
+            self.note(f"madvise_update_vma sets the VMA flags for MADV_{advice.upper()}"
+                      + (" (ksm_madvise: ksmd merges nothing until /sys/kernel/mm/ksm/run is 1)"
+                         if advice == "mergeable" and set_ else ""))
         elif advice in ("dontneed", "free"):
-            for v in sorted(vmas, key=lambda v: v.start):
-                if v.opaque is not None or v.flags & VM_LOCKED:
-                    raise errno("EINVAL", f0)
-                if advice == "free" and v.file is not None:
-                    raise errno("EINVAL", f0)
-            for v in sorted(mm.overlapping(start, end), key=lambda v: v.start):
-                a, b = v.index(max(start, v.start)), v.index(min(end, v.end))
-                if advice == "dontneed":
-                    n = self.mem.zap(v, a, b)
-                    self.note(f"madvise_dontneed_single_vma: zap_page_range_single dropped {n} PTE(s)")
-                else:
-                    for i in range(a, b):   # madvise_free_pte_range: clean, lazily freed
-                        if v.pte[i] & PTE_KIND == PTE_ANON:
-                            v.pte[i] &= ~(PTE_DIRTY | PTE_YOUNG)
-                    self.note("madvise_free_pte_range: pages marked clean and lazy-free")
+            # madvise_dontneed_free_valid_vma(): not VM_LOCKED (nor VM_PFNMAP, nor hugetlb)
+            if vma.opaque is not None or vma.flags & VM_LOCKED:
+                raise errno("EINVAL")
+            if advice == "dontneed":
+                n = self.mem.zap(vma, a, b)
+                self.note(f"madvise_dontneed_single_vma: zap_page_range_single dropped {n} PTE(s)")
+            else:
+                if not vma.is_anonymous:  # madvise_free_single_vma: anonymous VMAs only
+                    raise errno("EINVAL")
+                self.madvise_free(proc.mm, vma, a, b)
         elif advice == "willneed":
-            for v in vmas:
-                if v.file is not None and not v.file.inode.is_shmem:
-                    ino = v.file.inode
-                    a = v.file_index(v.index(max(start, v.start)))
-                    b = v.file_index(v.index(min(end, v.end)))
-                    for i in range(a, min(b, ino.npages)):
-                        if not ino.is_cached(i):
-                            ino.add_folio(i, 1)
-                    self.note("madvise_willneed: vfs_fadvise(WILLNEED) reads the range into the page cache")
-        elif advice in ("populate_read", "populate_write"):
-            for v in vmas:
-                if v.opaque is not None:
-                    raise errno("EINVAL", f0)
-            write = advice == "populate_write"
-            for v in sorted(vmas, key=lambda v: v.start):
-                if not v.flags & (VM_READ | VM_WRITE | 0x4) or (write and not v.flags & VM_WRITE):
-                    raise errno("EINVAL" if not write else "EFAULT", self._faults(minor, major))
-                a, b = v.index(max(start, v.start)), v.index(min(end, v.end))
-                done, mi, ma, fault = self.mem.access(mm, v.start + (a << PAGE_SHIFT), b - a, write, None)
-                for j in range(a, a + done):      # faultin_page_range: GUP with FOLL_TOUCH
+            if vma.file is not None and not vma.file.inode.is_shmem:
+                ino = vma.file.inode
+                for i in range(vma.file_index(a), min(vma.file_index(b), ino.npages)):
+                    if not ino.is_cached(i):
+                        ino.add_folio(i, 1)
+                self.note("madvise_willneed: vfs_fadvise(WILLNEED) reads the range into the page cache")
+        elif advice == "remove":
+            # madvise_remove(): VM_LOCKED or no file -> EINVAL; a mapping that is not shared and
+            # may-write (vma_is_shared_maywrite: private, or a read-only open) -> EACCES
+            if vma.opaque is not None or vma.flags & VM_LOCKED or vma.file is None:
+                raise errno("EINVAL")
+            if vma.flags & (VM_SHARED | VM_MAYWRITE) != VM_SHARED | VM_MAYWRITE:
+                raise errno("EACCES")
+            self.fallocate_punch_hole(vma.file.inode, vma.file_index(a), vma.file_index(b))
+        elif advice in ("cold", "pageout"):
+            if vma.opaque is not None or vma.flags & VM_LOCKED:   # can_madv_lru_vma()
+                raise errno("EINVAL")
+            self.cold_or_pageout(vma, a, b, advice == "pageout", proc.mm)
+        elif advice == "collapse":
+            self.madvise_collapse(proc.mm, vma, a, b)
+        else:
+            raise errno("EINVAL")
+
+    def madvise_free(self, mm, vma: Vma, a: int, b: int) -> None:
+        """mm/madvise.c madvise_free_pte_range(): each present anonymous page mapped here gets
+        its PTE cleaned and made old (clear_young_dirty_ptes) and its folio made lazy-free
+        (folio_mark_lazyfree -> lru_lazyfree: PG_active, PG_referenced and PG_swapbacked
+        cleared). Nothing is freed now: the page keeps its contents and stays mapped until
+        reclaim discards it, unless it is written again first (model.kernel cold_or_pageout).
+        A PMD-mapped THP wholly inside the range is made lazy-free whole
+        (madvise_free_huge_pmd); one the range cuts is split first (split_anon_thp), and one
+        mapped elsewhere too is left alone."""
+        anon = self.anon
+        whole, skip = set(), set()
+        for h, kind in list(vma.huge.items()):
+            if not (h < b and a < h + 512):
+                continue
+            if kind != "anon" or any(anon.mapcount[p] != 1 for p in vma.anon[h:h + 512]):
+                skip.add(h)              # the huge zero page, or folio_maybe_mapped_shared
+            elif a <= h and h + 512 <= b:
+                whole.add(h)
+            else:
+                self.split_anon_thp(mm, vma, h)
+        n = 0
+        for i in range(a, b):
+            e = vma.pte[i]
+            if e & PTE_KIND != PTE_ANON:
+                continue                 # none, or the zero page (no folio: vm_normal_folio)
+            if skip and (((vma.start >> PAGE_SHIFT) + i) & ~511) - (vma.start >> PAGE_SHIFT) in skip:
+                continue
+            vma.pte[i] = e & ~(PTE_DIRTY | PTE_YOUNG)
+            pid = vma.anon[i]
+            anon.set_lru(pid, 0)
+            anon.lazyfree.add(pid)
+            n += 1
+        self.note(f"madvise_free_pte_range: {n} page(s) cleaned and made lazy-free (still mapped)"
+                  + (f", {len(whole)} THP(s) whole" if whole else ""))
+
+    def split_anon_thp(self, mm, vma: Vma, h: int) -> None:
+        """split_folio() of the PMD-mapped anonymous THP at page h (mm/huge_memory.c
+        __folio_split: the PMD is split into PTEs, then remap_page() with
+        RMP_USE_SHARED_ZEROPAGE maps every zero-filled subpage to the shared zero page
+        (try_to_map_unused_to_zeropage) and frees it). Measured: a THP of which one page was
+        written keeps that page and shows 511 zero-page entries."""
+        del vma.huge[h]
+        if mm is not None:
+            mm.ptables.add((vma.start + (h << PAGE_SHIFT)) >> 21)
+        zeroed = 0
+        for j in range(h, h + 512):
+            pid = vma.anon[j]
+            if self.anon.data[pid] == 0:
+                self.anon.put(pid)
+                self.anon.lazyfree.discard(pid)
+                vma.anon[j] = 0
+                vma.pte[j] = PTE_ZERO
+                zeroed += 1
+        self.note(f"split_folio: a THP split, {zeroed} zero-filled page(s) remapped to the shared zero page")
+
+    def madvise_populate(self, proc: Process, start: int, end: int, write: bool):
+        """mm/madvise.c madvise_populate() -> mm/gup.c faultin_page_range(): GUP with FOLL_TOUCH
+        and FOLL_MADV_POPULATE (and FOLL_WRITE) from start, VMA by VMA: no VMA at the address ->
+        ENOMEM; a VMA that check_vma_flags() refuses (no VM_READ for a read, no VM_WRITE for a
+        write) -> EINVAL (__get_user_pages turns it into -EINVAL for FOLL_MADV_POPULATE); a fault
+        that ends in SIGBUS or SIGSEGV -> EFAULT. What was populated before the error stays, and
+        its faults count. A page already mapped as needed takes no fault and its PTE is left as
+        it is (follow_page_pte does not make it young); FOLL_TOUCH marks every folio accessed
+        (folio_mark_accessed) and, for a write, dirties a clean one (folio_mark_dirty; the model
+        keeps an anonymous page's dirtiness in its PTE)."""
+        mm = proc.mm
+        minor = major = 0
+        at = start
+        while at < end:
+            v = mm.vma_at(at)
+            if v is None:
+                raise errno("ENOMEM", self._faults(minor, major))
+            if v.opaque is not None or not v.flags & (VM_WRITE if write else VM_READ):
+                raise errno("EINVAL", self._faults(minor, major))
+            stop = min(end, v.end)
+            a, b = v.index(at), v.index(stop)
+            j = a
+            while j < b:
+                e = v.pte[j]
+                if e & PTE_KIND and (not write or e & PTE_WRITE):
+                    if write and not e & PTE_DIRTY:
+                        if e & PTE_KIND == PTE_FILE:
+                            if v.file.inode.cached[v.file_index(j)] != 2:
+                                v.file.inode.mark_dirty(v.file_index(j))
+                        elif e & PTE_KIND == PTE_ANON:
+                            v.pte[j] = e | PTE_DIRTY
                     self.mem.touch_folio(v, j)
+                    j += 1
+                    continue
+                k = j + 1                         # a run of pages that need a fault
+                while k < b and not (v.pte[k] & PTE_KIND and (not write or v.pte[k] & PTE_WRITE)):
+                    k += 1
+                done, mi, ma, fault = self.mem.access(mm, v.start + (j << PAGE_SHIFT), k - j, write, None)
+                for i in range(j, j + done):
+                    self.mem.touch_folio(v, i)
                 minor += mi
                 major += ma
                 if fault is not None:
                     raise errno("EFAULT", self._faults(minor, major))
-            self.note(f"madvise_populate: faultin_page over the range ({'write' if write else 'read'})")
-        elif advice == "remove":
-            for v in vmas:
-                if v.file is None or not v.flags & VM_SHARED:
-                    raise errno("EINVAL", f0)
-            for v in vmas:
-                ino = v.file.inode
-                a, b = v.index(max(start, v.start)), v.index(min(end, v.end))
-                lo, hi = v.file_index(a), v.file_index(b)
-                self.punch_hole(ino, lo, hi)
-            self.note("madvise_remove: vfs_fallocate(PUNCH_HOLE) frees the pages")
-        elif advice in ("cold", "pageout"):
-            for v in vmas:
-                if v.opaque is not None or v.flags & VM_LOCKED:   # can_madv_lru_vma()
-                    raise errno("EINVAL", f0)
-            for v in sorted(vmas, key=lambda v: v.start):
-                a, b = v.index(max(start, v.start)), v.index(min(end, v.end))
-                self.cold_or_pageout(v, a, b, advice == "pageout")
-        else:
-            raise errno("EINVAL", f0)
-        if hole:
-            raise errno("ENOMEM", self._faults(minor, major))
+                j = k
+            at = stop
+        self.note(f"madvise_populate: faultin_page_range over the range ({'write' if write else 'read'})")
         return self._faults(minor, major), None
 
-    def cold_or_pageout(self, vma: Vma, a: int, b: int, pageout: bool) -> None:
+    def madvise_collapse(self, mm, vma: Vma, a: int, b: int) -> None:
+        """mm/khugepaged.c madvise_collapse(). thp_vma_allowable_order(TVA_FORCED_COLLAPSE)
+        first: VM_NOHUGEPAGE, or no 2 MiB-aligned block that fits in the VMA
+        (thp_vma_suitable_order), -> EINVAL; the sysfs THP mode does not matter. Then each
+        2 MiB-aligned block wholly inside [a, b) (none for a small range: 0, nothing done):
+        already PMD-mapped -> done (SCAN_PMD_MAPPED); no PTE table under it -> SCAN_PMD_NULL;
+        a VMA without anon_vma -> SCAN_PAGE_ANON (hugepage_vma_revalidate); otherwise
+        collapse_huge_page(): a new THP gets a copy of every present page (zeros for none and
+        zero-page entries: madvise_collapse sets no max_ptes_none limit and needs no writable
+        page), is mapped by one PMD (dirty, young) and the old pages lose this mapping. Every
+        block is tried; if any failed the call returns the last failure's errno
+        (madvise_collapse_errno: EINVAL for these). The model collapses private anonymous
+        memory only: a shmem or file VMA is refused with EINVAL (true of a disk file without
+        CONFIG_READ_ONLY_THP_FOR_FS; shmem collapses on the kernel: model/known_differences.py)."""
+        if vma.opaque is not None or not vma.is_anonymous or vma.flags & VM_NOHUGEPAGE:
+            raise errno("EINVAL")
+        first = (vma.start + PMD_SIZE - 1) & ~(PMD_SIZE - 1)
+        if first + PMD_SIZE > vma.end:
+            raise errno("EINVAL")
+        base = vma.start >> PAGE_SHIFT
+        h = a + (-(base + a)) % 512                  # the first 2 MiB-aligned page at or after a
+        blocks = fails = 0
+        while h + 512 <= b:
+            blocks += 1
+            kind = vma.huge.get(h)
+            block = (vma.start + (h << PAGE_SHIFT)) >> 21
+            if kind is not None:
+                pass                                  # SCAN_PMD_MAPPED
+            elif block not in mm.ptables or vma.anon_vma is None:
+                fails += 1                            # SCAN_PMD_NULL / SCAN_PAGE_ANON
+            else:
+                self.collapse_huge_page(mm, vma, h)
+            h += 512
+        self.note(f"madvise_collapse: {blocks - fails} of {blocks} 2 MiB block(s) PMD-mapped")
+        if fails:
+            raise errno("EINVAL")
+
+    def collapse_huge_page(self, mm, vma: Vma, h: int) -> None:
+        """mm/khugepaged.c collapse_huge_page() for the block at page h of an anonymous VMA."""
+        from array import array
+        anon = self.anon
+        old = vma.anon_array()[h:h + 512]
+        values = bytes(anon.data[p] if vma.pte[h + j] & PTE_KIND == PTE_ANON else 0
+                       for j, p in enumerate(old))
+        for j, p in enumerate(old):
+            if vma.pte[h + j] & PTE_KIND == PTE_ANON:
+                anon.put(p)                           # __collapse_huge_page_copy_succeeded
+        first = anon.new_run(512, 0)
+        anon.data[first:first + 512] = values
+        vma.anon[h:h + 512] = array("q", range(first, first + 512))
+        pte = PTE_ANON | PTE_DIRTY | PTE_YOUNG | (PTE_WRITE if vma.flags & VM_WRITE else 0)
+        vma.pte[h:h + 512] = bytes([pte]) * 512
+        vma.huge[h] = "anon"
+        mm.ptables.discard((vma.start + (h << PAGE_SHIFT)) >> 21)   # the PMD maps the THP now
+
+    def cold_or_pageout(self, vma: Vma, a: int, b: int, pageout: bool, mm=None) -> None:
         """mm/madvise.c madvise_cold_or_pageout_pte_range(): folios mapped elsewhere too are
         left alone; the others are aged (young cleared) and, for MADV_PAGEOUT, reclaimed at once
         (reclaim_pages -> shrink_folio_list): try_to_unmap, then a clean file folio is freed, a
         dirty one stays cached (only kswapd writes back file folios), shmem stays cached (no
-        swap to write it to), and an anonymous page stays mapped (no swap)."""
-        unmapped = freed = aged = 0
+        swap to write it to), and an anonymous page stays mapped (no swap) unless it is lazy-free
+        (MADV_FREE, !PG_swapbacked): try_to_unmap_one() discards a lazy-free page whose PTE is
+        still clean, and one written since (dirty PTE) is made swap-backed again and kept.
+        A PMD-mapped anonymous THP (not mapped elsewhere) that the range covers whole is aged
+        as one folio, or for MADV_PAGEOUT discarded whole if lazy-free and clean, else split
+        (shrink_folio_list: add_to_swap fails without swap -> split_folio_to_list); one the
+        range cuts is split first (split_folio). A split maps zero-filled subpages to the
+        shared zero page (split_anon_thp)."""
+        unmapped = freed = aged = discarded = 0
+        whole = set()
+        for h, kind in sorted(vma.huge.items()):
+            if not (h < b and a < h + 512):
+                continue
+            ids = vma.anon[h:h + 512] if kind == "anon" else None
+            if ids is None or any(self.anon.mapcount[p] != 1 for p in ids):
+                whole.add(h)             # the huge zero page, or folio_likely_mapped_shared
+                continue
+            if not (a <= h and h + 512 <= b):
+                self.split_anon_thp(mm, vma, h)
+                continue
+            whole.add(h)
+            if not pageout:
+                for j in range(h, h + 512):
+                    vma.pte[j] &= ~PTE_YOUNG
+                    self.anon.set_lru(vma.anon[j], 0)
+                aged += 512
+            elif ids[0] in self.anon.lazyfree and not any(vma.pte[j] & PTE_DIRTY for j in range(h, h + 512)):
+                self.anon.lazyfree.difference_update(ids)
+                self.mem.zap(vma, h, h + 512)
+                discarded += 512
+            else:
+                self.anon.lazyfree.difference_update(ids)
+                whole.discard(h)
+                self.split_anon_thp(mm, vma, h)
         i = a
         while i < b:
             e = vma.pte[i]
             kind = e & PTE_KIND
-            if kind in (PTE_NONE, 0x1) or vma.huge:
+            if kind in (PTE_NONE, PTE_ZERO) or (whole and self.mem.huge_block(vma, i) is not None):
                 i += 1
                 continue
             if kind == PTE_ANON:
-                if self.anon.mapcount[vma.anon[i]] == 1:
+                pid = vma.anon[i]
+                if self.anon.mapcount[pid] == 1:
                     if not pageout:     # ptep_test_and_clear_young, folio_clear_referenced, deactivate
                         vma.pte[i] = e & ~PTE_YOUNG
-                        self.anon.set_lru(vma.anon[i], 0)
+                        self.anon.set_lru(pid, 0)
+                    elif pid in self.anon.lazyfree:
+                        self.anon.lazyfree.discard(pid)
+                        if not e & PTE_DIRTY:
+                            self.mem.zap(vma, i, i + 1)
+                            discarded += 1
                     aged += not pageout
                 i += 1
                 continue
@@ -774,11 +1151,59 @@ class Kernel:
         if pageout:
             self.note(f"MADV_PAGEOUT: reclaim_pages unmapped {unmapped} page(s) and freed {freed} "
                       "clean file page(s); anonymous pages stay (no swap), dirty and shmem pages stay cached")
+            if discarded:
+                self.note(f"MADV_PAGEOUT: try_to_unmap_one discarded {discarded} clean lazy-free page(s)")
         else:
             self.note(f"MADV_COLD: {aged} page(s) aged (young cleared, folio deactivated)")
 
-    def punch_hole(self, ino: Inode, lo: int, hi: int) -> None:
-        """shmem_fallocate(PUNCH_HOLE) / truncate_pagecache_range: unmap then free [lo, hi)."""
+    def fallocate_punch_hole(self, ino: Inode, lo: int, hi: int) -> None:
+        """vfs_fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) over file pages [lo, hi)
+        (madvise_remove). shmem (shmem_fallocate): unmap and free the pages. A disk file
+        (ext4_punch_hole -> truncate_pagecache_range): unmap_mapping_range over the range (a
+        dirty PTE dirties its folio), folios wholly inside leave the page cache, and a large
+        folio that straddles an end goes through truncate_inode_partial_folio(): its part in the
+        range is zeroed, then try_folio_split_or_unmap() -- splitting a file folio unmaps all of
+        it from every process first, and when the split fails it is unmapped anyway. Measured:
+        a clean folio splits and its pages in the range are dropped (the next read is a major
+        fault); a dirty one (ext4 buffer heads still dirty, filemap_release_folio fails) does
+        not split and stays cached whole and dirty, its punched pages reading back as zeros
+        without I/O. The model makes the pieces of a split folio single pages."""
+        if ino.is_shmem:
+            self.punch_hole(ino, lo, hi)
+            self.note("madvise_remove: shmem_fallocate(PUNCH_HOLE) unmaps and frees the pages")
+            return
+        hi = min(hi, ino.npages)
+        if lo >= hi:
+            return
+        self.unmap_file_pages(ino, lo, hi)
+        keep = set()
+        for edge in sorted({lo, hi - 1}):
+            if not ino.is_cached(edge):
+                continue
+            fa, fb = ino.folio_range(edge)
+            if lo <= fa and fb <= hi:
+                continue                      # wholly inside: truncate_inode_folio
+            self.unmap_file_pages(ino, fa, fb)
+            inside = range(max(fa, lo), min(fb, hi))
+            for j in inside:
+                ino.data[j] = 0               # folio_zero_range
+            if ino.cached[fa] == 2:           # the split fails: the folio stays whole
+                keep.update(inside)
+            else:
+                for j in range(fa, fb):
+                    ino.folio[j] = j
+        run = lo
+        for j in range(lo, hi + 1):
+            if j == hi or j in keep:
+                if run < j:
+                    self.punch_hole(ino, run, j)
+                run = j + 1
+        self.note("madvise_remove: vfs_fallocate(PUNCH_HOLE) frees the pages"
+                  + (f"; {len(keep)} page(s) of a dirty large folio stay cached, zeroed" if keep else ""))
+
+    def unmap_file_pages(self, ino: Inode, lo: int, hi: int) -> None:
+        """unmap_mapping_range(even_cows=0) over file pages [lo, hi): every PTE that maps one
+        of them goes, in every process (private copies are left alone)."""
         for p in self.procs.values():
             if not p.alive:
                 continue
@@ -788,6 +1213,10 @@ class Kernel:
                     for i in range(a, b):
                         if v.pte[i] & PTE_KIND == PTE_FILE:
                             self.mem.zap(v, i, i + 1)
+
+    def punch_hole(self, ino: Inode, lo: int, hi: int) -> None:
+        """shmem_fallocate(PUNCH_HOLE) / truncate_pagecache_range: unmap then free [lo, hi)."""
+        self.unmap_file_pages(ino, lo, hi)
         for i in range(lo, min(hi, ino.npages)):
             ino.cached[i] = 0
             ino.data[i] = 0
@@ -825,23 +1254,44 @@ class Kernel:
         mm = proc.mm
         limit = proc.rlimit("memlock")
         locked = (length >> PAGE_SHIFT) + mm.locked_vm
-        if not proc.privileged and limit is not None and locked > limit >> PAGE_SHIFT:
+        lock_cap = self.capable(proc, CAP_IPC_LOCK)
+        if not lock_cap and limit is not None and locked > limit >> PAGE_SHIFT:
             locked -= mm.locked_pages_in(start, end)
-        if not (proc.privileged or limit is None or locked <= limit >> PAGE_SHIFT):
-            raise errno("ENOMEM", f0)
-        if not mm.fully_mapped(start, end):
+        if not (lock_cap or limit is None or locked <= limit >> PAGE_SHIFT):
             raise errno("ENOMEM", f0)
         onfault = bool(args.get("onfault"))
-        for v in mm.overlapping(start, end):
+        upto = self.lock_walk_end(mm, start, end)
+        for v in mm.overlapping(start, upto):
             if v.opaque is not None:
                 raise errno("ENOMEM", f0)
-        before = mm.locked_pages_in(start, end)
-        self.modify_flags(proc, start, end, VM_LOCKED | (VM_LOCKONFAULT if onfault else 0), 0)
-        mm.locked_vm += (length >> PAGE_SHIFT) - before
+        before = mm.locked_pages_in(start, upto)
+        # apply_vma_lock_flags(): newflags = (vm_flags & ~VM_LOCKED_MASK) | flags, so a plain
+        # mlock over a VM_LOCKONFAULT range clears it (measured: that part splits off and
+        # is populated)
+        if upto > start:
+            self.modify_flags(proc, start, upto, VM_LOCKED | (VM_LOCKONFAULT if onfault else 0),
+                              0 if onfault else VM_LOCKONFAULT)
+            mm.locked_vm += ((upto - start) >> PAGE_SHIFT) - before
+        if upto < end:
+            raise errno("ENOMEM", f0)        # do_mlock returns before __mm_populate
         self.note("apply_vma_lock_flags: VM_LOCKED set (mlock_fixup splits the VMA at the range)")
         minor = major = 0
         if not onfault:
-            minor, major = self.mem.populate(mm, start, end)
+            # __mm_populate(start, len, ignore_errors=0), VMA by VMA: GUP fails with -EFAULT on
+            # a PROT_NONE VMA (no FOLL_FORCE: populate_vma_page_range) or an execute-only one
+            # (check_vma_flags: arch_vma_access_permitted), and at a page past EOF (SIGBUS);
+            # do_mlock then returns __mlock_posix_error_return(-EFAULT) = ENOMEM with the
+            # pages before faulted in and VM_LOCKED left set (measured for all three)
+            for v in sorted(mm.overlapping(start, end), key=lambda v: v.start):
+                if v.flags & VM_LOCKONFAULT:
+                    continue
+                if not v.flags & (VM_READ | VM_WRITE | VM_EXEC) or v.flags & VM_PKEY_MASK:
+                    raise errno("ENOMEM", self._faults(minor, major))
+                stopped: list = []
+                mi, ma = self.mem.populate(mm, max(start, v.start), min(end, v.end), stopped)
+                minor, major = minor + mi, major + ma
+                if stopped:
+                    raise errno("ENOMEM", self._faults(minor, major))
             self.note("__mm_populate faults the locked pages in")
         return self._faults(minor, major), None
 
@@ -852,87 +1302,117 @@ class Kernel:
         start &= ~(PAGE_SIZE - 1)
         end = start + length
         mm = proc.mm
-        if not mm.fully_mapped(start, end):
+        upto = self.lock_walk_end(mm, start, end)
+        if upto > start:
+            before = mm.locked_pages_in(start, upto)
+            self.modify_flags(proc, start, upto, 0, VM_LOCKED | VM_LOCKONFAULT)
+            mm.locked_vm -= before
+        if upto < end:
             raise errno("ENOMEM", f0)
-        before = mm.locked_pages_in(start, end)
-        self.modify_flags(proc, start, end, 0, VM_LOCKED | VM_LOCKONFAULT)
-        mm.locked_vm -= before
         self.note("apply_vma_lock_flags: VM_LOCKED cleared; VMAs merge where vma_modify allows")
         return f0, None
 
+    @staticmethod
+    def lock_walk_end(mm: AddressSpace, start: int, end: int) -> int:
+        """mm/mlock.c apply_vma_lock_flags(): no VMA at start is ENOMEM with nothing changed;
+        otherwise mlock_fixup() runs VMA by VMA up to the first hole, and a hole (or a range
+        ending past the last VMA) is ENOMEM after those changes (measured: munlock over a
+        range whose tail was unmapped splits and unlocks the mapped part, then fails).
+        Returns where the changes stop; < end means ENOMEM."""
+        upto = start
+        for v in sorted(mm.overlapping(start, end), key=lambda v: v.start):
+            if v.start > upto:
+                break
+            upto = min(v.end, end)
+        return upto
+
     # ----- mremap -----------------------------------------------------------------------------
     def sys_mremap(self, proc: Process, args: dict):
-        """mm/mremap.c do_mremap()."""
+        """mm/mremap.c do_mremap(): check_mremap_params(), then mremap_to() for MREMAP_FIXED or
+        MREMAP_DONTUNMAP (vrm_implies_new_addr), else mremap_at(): same size is a no-op,
+        shrink_vma() unmaps the tail (neither checks that the old range is one VMA),
+        expand_vma() grows in place or moves."""
         f0 = self._faults()
         r, addr, old_len = self.span(proc, args)
         new_len = args["length"]
         flags = {f.lower() for f in (args.get("flags") or ())}
         new_addr = self.resolve_addr(proc, args.get("addr"))
-        if ("fixed" in flags or "dontunmap" in flags) and "maymove" not in flags:
-            raise errno("EINVAL", f0)
-        if addr & (PAGE_SIZE - 1):
-            raise errno("EINVAL", f0)
-        old_len, new_len = page_align(old_len), page_align(new_len)
-        if not new_len:
-            raise errno("EINVAL", f0)
-        if "dontunmap" in flags and old_len != new_len:
-            raise errno("EINVAL", f0)
         mm = proc.mm
+        # check_mremap_params()
+        if addr & (PAGE_SIZE - 1) or not page_align(new_len):
+            raise errno("EINVAL", f0)
+        if "fixed" in flags or "dontunmap" in flags:
+            if new_addr & (PAGE_SIZE - 1) or "maymove" not in flags:
+                raise errno("EINVAL", f0)
+            if "dontunmap" in flags and old_len != new_len:   # before PAGE_ALIGN
+                raise errno("EINVAL", f0)
+            if mm.map_count + 2 >= self.max_map_count - 3:
+                raise errno("ENOMEM", f0)
+        old_len, new_len = page_align(old_len), page_align(new_len)
         vma = mm.vma_at(addr)
         if vma is None or vma.opaque is not None:
             raise errno("EFAULT", f0)
-        if old_len > vma.end - addr:
-            raise errno("EFAULT", f0)
-        if "fixed" in flags:
-            return self.mremap_to(proc, r, args, addr, old_len, new_addr, new_len, "dontunmap" in flags)
-        if new_len <= old_len and "dontunmap" not in flags:
+        if "fixed" in flags or "dontunmap" in flags:
+            return self.mremap_to(proc, r, args, addr, old_len, new_addr, new_len, flags)
+        if new_len <= old_len:
             if new_len < old_len:
                 self.unmap_vmas(proc, addr + new_len, addr + old_len)
             self._follow(r, args, addr, new_len)
             return f0, {"addr": addr}
+        # expand_vma() -> remap_is_valid()
+        if old_len > vma.end - addr:
+            raise errno("EFAULT", f0)
         delta = (new_len - old_len) >> PAGE_SHIFT
         if vma.flags & VM_LOCKED and not self.mlock_future_ok(proc, delta):
             raise errno("EAGAIN", f0)
         if not self.may_expand_vm(proc, vma.flags, delta):
             raise errno("ENOMEM", f0)
         # in place: vma_expandable() - the range above is free (vm_start_gap of the next VMA)
-        if addr + old_len == vma.end and "dontunmap" not in flags:
+        if addr + old_len == vma.end:
             nxt = mm.find_vma(vma.end)
             if (nxt is None or nxt.start >= vma.start + (vma.end - vma.start) + (new_len - old_len)) \
                     and vma.end + (new_len - old_len) <= TASK_SIZE:
                 newv = Vma(vma.end, addr + new_len, vma.flags, vma.pgoff + vma.pages, vma.file, vma.anon_vma)
                 vma.absorb(newv)
                 mm.try_merge(vma)
+                minor = major = 0
                 if vma.flags & VM_LOCKED:
                     mm.locked_vm += delta
-                    self.mem.populate(mm, addr + old_len, addr + new_len)
+                    minor, major = self.mem.populate(mm, addr + old_len, addr + new_len)
                 self._follow(r, args, addr, new_len)
                 self.note("mremap grew the VMA in place (vma_expandable, vma_merge_extend)")
-                return f0, {"addr": addr}
+                return self._faults(minor, major), {"addr": addr}
         if "maymove" not in flags:
             raise errno("ENOMEM", f0)
         pgoff = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
         where = mm.get_unmapped_area(new_len, 0, False)
         if isinstance(where, str):
             raise errno(where, f0)
-        self.move_vma(proc, vma, addr, old_len, new_len, where, pgoff, "dontunmap" in flags)
+        faults = self.move_vma(proc, vma, addr, old_len, new_len, where, pgoff, False)
         self._follow(r, args, where, new_len)
         self.note("mremap moved the VMA (move_vma: copy_vma, move_page_tables, unmap the old range)")
-        return f0, {"addr": where}
+        return faults, {"addr": where}
 
-    def mremap_to(self, proc, r, args, addr, old_len, new_addr, new_len, dontunmap):
-        """mm/mremap.c mremap_to(): MREMAP_FIXED moves to new_addr, unmapping what is there."""
+    def mremap_to(self, proc, r, args, addr, old_len, new_addr, new_len, flags):
+        """mm/mremap.c mremap_to(): MREMAP_FIXED unmaps the target range first (do_munmap);
+        MREMAP_DONTUNMAP alone takes new_addr as a hint (vrm_set_new_addr -> get_unmapped_area);
+        a target overlapping the source is EINVAL either way (vrm_overlaps)."""
         f0 = self._faults()
-        if new_addr & (PAGE_SIZE - 1) or new_len > TASK_SIZE or new_addr > TASK_SIZE - new_len:
+        fixed, dontunmap = "fixed" in flags, "dontunmap" in flags
+        if new_len > TASK_SIZE or new_addr > TASK_SIZE - new_len:
             raise errno("EINVAL", f0)
         if new_addr < addr + old_len and addr < new_addr + new_len:
             raise errno("EINVAL", f0)          # the old and new ranges overlap
-        self.unmap_vmas(proc, new_addr, new_addr + new_len)
+        mm = proc.mm
+        if fixed:
+            self.unmap_vmas(proc, new_addr, new_addr + new_len)
+            if mm.vma_at(addr) is None:
+                raise errno("EFAULT", f0)
         if old_len > new_len:
             self.unmap_vmas(proc, addr + new_len, addr + old_len)
             old_len = new_len
-        mm = proc.mm
         vma = mm.vma_at(addr)
+        # remap_is_valid()
         if vma is None or old_len > vma.end - addr:
             raise errno("EFAULT", f0)
         delta = (new_len - old_len) >> PAGE_SHIFT
@@ -940,34 +1420,61 @@ class Kernel:
             raise errno("EAGAIN", f0)
         if delta and not self.may_expand_vm(proc, vma.flags, delta):
             raise errno("ENOMEM", f0)
+        # MREMAP_DONTUNMAP keeps the old range: the address space grows by old_len
+        if dontunmap and not self.may_expand_vm(proc, vma.flags, old_len >> PAGE_SHIFT):
+            raise errno("ENOMEM", f0)
+        where = mm.get_unmapped_area(new_len, new_addr, fixed)
+        if isinstance(where, str):
+            raise errno(where, f0)
         pgoff = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
-        self.move_vma(proc, vma, addr, old_len, new_len, new_addr, pgoff, dontunmap)
-        self._follow(r, args, new_addr, new_len)
-        self.note("mremap_to: MREMAP_FIXED unmapped the target range and moved the VMA there")
-        return f0, {"addr": new_addr}
+        faults = self.move_vma(proc, vma, addr, old_len, new_len, where, pgoff, dontunmap)
+        self._follow(r, args, where, new_len)
+        self.note("mremap_to: " + ("MREMAP_FIXED unmapped the target range and moved the VMA there"
+                                   if fixed else "moved the VMA to a free range (new_addr a hint)")
+                  + ("; MREMAP_DONTUNMAP left the old range mapped and empty" if dontunmap else ""))
+        return faults, {"addr": where}
 
     def _follow(self, r: Region, args: dict, addr: int, length: int) -> None:
-        if args.get("pages") is None:
-            r.addr, r.length = addr, args["length"]
+        """The handle follows the moved range, also when only some pages of it moved
+        (DESIGN.md; the spec then knows the region by its new length)."""
+        r.addr, r.length = addr, args["length"]
 
-    def move_vma(self, proc, vma: Vma, addr, old_len, new_len, new_addr, pgoff, dontunmap) -> None:
+    def move_vma(self, proc, vma: Vma, addr, old_len, new_len, new_addr, pgoff, dontunmap) -> dict:
+        """mm/mremap.c move_vma(): copy_vma + move_page_tables, then unmap_source_vma(); with
+        MREMAP_DONTUNMAP dontunmap_complete() instead: the old VMA is neither split nor
+        unmapped, it only loses its PTEs in the moved range, VM_LOCKED/VM_LOCKONFAULT go from
+        all of it (measured: its pages outside the moved range then count Locked 0; VM_ACCOUNT
+        stays on this kernel) and, when the whole VMA moved, its anon_vma (unlink_anon_vmas).
+        locked_vm is not lowered for the old VMA (vrm_stat_account adds the new one; measured:
+        VmLck keeps the old VMA's pages after every range is munlocked)."""
         mm = proc.mm
-        src = mm.isolate(addr, addr + old_len)[0]
+        if dontunmap:
+            src = mm.vma_at(addr)
+            i0 = src.index(addr)
+        else:
+            src = mm.isolate(addr, addr + old_len)[0]
+            i0 = 0
         if src.is_anonymous and src.anon_vma is None:
             pgoff = new_addr >> PAGE_SHIFT           # copy_vma(): never faulted, take the new address
         new = Vma(new_addr, new_addr + new_len, src.flags, pgoff, src.file, src.anon_vma)
         k = old_len >> PAGE_SHIFT
-        new.pte[:k] = src.pte[:k]
+        new.pte[:k] = src.pte[i0:i0 + k]
         if src.anon is not None:
             arr = new.anon_array()
-            arr[:k] = src.anon[:k]
+            arr[:k] = src.anon[i0:i0 + k]
         if src.file is not None and src.file.segment is not None:
             self.ipc.opened(src.file.segment)
-        src.pte[:] = bytes(len(src.pte))
-        src.anon = None
+        src.pte[i0:i0 + k] = bytes(k)
+        if src.anon is not None:
+            src.anon[i0:i0 + k] = array("q", bytes(8 * k))
         mm.insert(new)
         if dontunmap:
-            src.anon_vma = src.anon_vma
+            if src.flags & VM_LOCKED:
+                mm.locked_vm_stale += src.pages
+            src.flags &= ~(VM_LOCKED | VM_LOCKONFAULT)
+            if k == src.pages:
+                src.anon_vma = None
+                src.anon = None
         else:
             if src.flags & VM_LOCKED:
                 mm.locked_vm -= src.pages
@@ -977,6 +1484,11 @@ class Kernel:
         if new.flags & VM_LOCKED:
             mm.locked_vm += new.pages
         mm.try_merge(new)
+        minor = major = 0
+        if new.flags & VM_LOCKED and new_len > old_len:
+            # do_mremap(): mm_populate() of the grown part once the lock is dropped
+            minor, major = self.mem.populate(mm, new_addr + old_len, new_addr + new_len)
+        return self._faults(minor, major)
 
     # ----- touching memory --------------------------------------------------------------------
     def sys_touch(self, proc: Process, args: dict):
@@ -1012,6 +1524,7 @@ class Kernel:
             raise errno("EINVAL")
         if len(name) > 255:
             raise errno("ENAMETOOLONG")
+        self.alloc_fd(proc)
         ino = self.posix.get(name)
         if ino is None:
             if not args.get("create"):
@@ -1041,6 +1554,7 @@ class Kernel:
         if size is not None:
             if readonly or size < 0:
                 raise errno("EINVAL")
+            self.newsize_ok(proc, ino, size)
             self.truncate(ino, size)
         return self._faults(), None
 
@@ -1073,11 +1587,14 @@ class Kernel:
         name = args["real_name"]
         if len(name) > 249:
             raise errno("EINVAL")
+        self.alloc_fd(proc)
         ino = Inode(SHMEM, self.new_ino(), self.dev[SHMEM], 0, "/memfd:" + name)
         ino.deleted = True
-        proc.fds[args["as"]] = OpenFile(ino)
         if args.get("size"):
+            # the live side's ftruncate: a failure leaves no handle
+            self.newsize_ok(proc, ino, args["size"])
             ino.resize(args["size"])
+        proc.fds[args["as"]] = OpenFile(ino)
         return None
 
     # ----- SysV -------------------------------------------------------------------------------
@@ -1103,7 +1620,10 @@ class Kernel:
 
     # ----- processes --------------------------------------------------------------------------
     def sys_rlimit(self, proc: Process, args: dict):
-        """kernel/sys.c do_prlimit(): soft <= hard; raising the hard limit needs CAP_SYS_RESOURCE."""
+        """kernel/sys.c do_prlimit(): soft > hard is EINVAL; a RLIMIT_NOFILE hard limit above
+        fs.nr_open is EPERM even for root (measured: "unlimited" as root); raising the hard
+        limit needs CAP_SYS_RESOURCE (EPERM). Lowering a limit below what is in use is
+        allowed: only later calls fail."""
         res = args["resource"]
         soft, hard = args.get("soft"), args.get("hard")
         cur = proc.rlimits.get(res, [None, None])
@@ -1112,8 +1632,11 @@ class Kernel:
         h = inf if hard is None else hard
         if s > h:
             raise errno("EINVAL")
+        nr_open = self.profile.get("sysctl", {}).get("nr_open") or 1 << 20   # fs/file.c sysctl_nr_open
+        if res == "nofile" and h > nr_open:
+            raise errno("EPERM")
         ch = inf if cur[1] is None else cur[1]
-        if h > ch and not proc.privileged:
+        if h > ch and not self.capable(proc, CAP_SYS_RESOURCE):
             raise errno("EPERM")
         proc.rlimits[res] = [soft, hard]
         return None
@@ -1122,10 +1645,12 @@ class Kernel:
         """kernel/fork.c dup_mmap(): every VMA but VM_DONTCOPY is copied, VM_LOCKED dropped;
         copy_page_range() copies the PTEs only of VMAs with an anon_vma (vma_needs_copy): their
         anonymous pages become shared copy-on-write (write-protected in both, old in the child),
-        shared mappings are left to fault in the child."""
+        shared mappings are left to fault in the child. A VM_WIPEONFORK VMA is copied with its
+        flags but without anon_vma or PTEs (dup_mmap skips anon_vma_fork and copy_page_range),
+        so the child reads zeros there and the parent's pages stay writable."""
         mm = proc.mm
         vmas = []
-        copied = 0
+        copied = wiped = 0
         for v in mm.vmas:
             if v.opaque is not None:
                 vmas.append(Vma(v.start, v.end, 0, opaque=v.opaque))
@@ -1135,7 +1660,11 @@ class Kernel:
             c = Vma(v.start, v.end, v.flags & ~(VM_LOCKED | VM_LOCKONFAULT), v.pgoff, v.file)
             if v.file is not None and v.file.segment is not None:
                 self.ipc.opened(v.file.segment)
-            if v.anon_vma is not None:
+            if v.flags & VM_WIPEONFORK:
+                # dup_mmap: "VM_WIPEONFORK gets a clean slate in the child" -- no anon_vma, no
+                # copy_page_range; the child faults in fresh zero-filled memory
+                wiped += 1
+            elif v.anon_vma is not None:
                 c.anon_vma = AnonVma(forked=True)
                 c.huge = dict(v.huge)            # copy_huge_pmd: the child maps the THP too
                 cow = not v.flags & VM_SHARED and v.flags & VM_MAYWRITE
@@ -1166,7 +1695,7 @@ class Kernel:
         # Measured: a child's first fault there behaves as a first fault (model.memory
         # fault_around), though the parent's table exists.
         child_mm.ptables = {b for b in mm.ptables
-                            if any(v.anon_vma is not None and not v.flags & VM_DONTCOPY
+                            if any(v.anon_vma is not None and not v.flags & (VM_DONTCOPY | VM_WIPEONFORK)
                                    and v.start < (b + 1) << 21 and b << 21 < v.end
                                    for v in mm.vmas if v.opaque is None)}
         child = Process(args["child"], next(self._pid), child_mm, proc.rlimits, proc.privileged, proc.uid)
@@ -1175,6 +1704,8 @@ class Kernel:
         self.procs[child.name] = child
         self.note(f"copy_page_range copied {copied} PTE(s) of private VMAs with an anon_vma; "
                   "writable anonymous ones are now write-protected in both processes")
+        if wiped:
+            self.note(f"dup_mmap: {wiped} VM_WIPEONFORK VMA(s) start empty in the child")
         return None, {"pid": child.pid}
 
     def sys_exit(self, proc: Process, args: dict):
@@ -1232,7 +1763,7 @@ class Kernel:
                         file_count[(id(v.file.inode), v.pgoff + i)] += 1
                         if not v.file.inode.is_cached(v.pgoff + i):
                             problems.append(f"{p.name}: {v!r} page {i} maps an uncached file page")
-            if locked != p.mm.locked_vm:
+            if locked + p.mm.locked_vm_stale != p.mm.locked_vm:
                 problems.append(f"{p.name}: locked_vm {p.mm.locked_vm} but VM_LOCKED VMAs hold {locked} pages")
         for pid in range(1, len(self.anon.mapcount)):
             if self.anon.mapcount[pid] != anon_count.get(pid, 0):

@@ -43,6 +43,30 @@ KNOWN_DIFFERENCES = (
         reason="The model has no swap device: shrink_folio_list() on this host cannot add "
                "anonymous or shmem folios to swap, and that is the behaviour it follows.",
         test="test_pageout_with_swap"),
+    KnownDifference(
+        id="shmem-collapse",
+        what="MADV_COLLAPSE on shared memory: the model refuses it with EINVAL; the kernel makes "
+             "a 2 MiB block whose shmem object has pages into one PMD-mapped shmem THP (its holes "
+             "filled with zeros; smaps Rss and ShmemPmdMapped 2048 kB) even under "
+             "shmem_enabled=never, and fails (EINVAL) only for a block with no page in the object "
+             "(measured on shared anonymous memory, a memfd and a SysV segment; /dev/shm objects "
+             "not measured).",
+        reason="mm/khugepaged.c madvise_collapse -> hpage_collapse_scan_file/collapse_file: the "
+               "model has no large shmem folios and no PMD mapping of a file folio (nor the "
+               "retract_page_tables() that follows in the other processes mapping the object); "
+               "it collapses private anonymous memory only (madvise-collapse.toml).",
+        test="test_shmem_collapse"),
+    KnownDifference(
+        id="hugetlb-mapping",
+        what="A MAP_HUGETLB mapping that gets its huge pages (MAP_NORESERVE, or a host whose huge "
+             "page pool or vm.nr_overcommit_hugepages can supply them): the kernel maps it, the "
+             "model skips the step. On such a host the bundled mmap-flags-hugetlb.toml, written "
+             "for an empty pool, shows the difference too.",
+        reason="The model has the checks of ksys_mmap_pgoff(), hugetlbfs_file_mmap() and "
+               "hugetlb_reserve_pages() that refuse a mapping, but no hugetlbfs file, no huge "
+               "page pool and no hugetlb_fault(), so it cannot say what a mapping that succeeds "
+               "shows (its /anon_hugepage line, KernelPageSize 2048 kB, faults per huge page).",
+        test="test_hugetlb_mapping"),
 )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from array import array
 
+from model.flags import VM_PKEY_MASK
 from model.flags import (PMD_SIZE, VM_HUGEPAGE, VM_NOHUGEPAGE, PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
                          PTE_NONE, PTE_WRITE, PTE_YOUNG, PTE_ZERO, PTRS_PER_PTE, VM_RAND_READ,
                          VM_READ, VM_EXEC, VM_SEQ_READ, VM_SHARED, VM_WRITE)
@@ -470,6 +471,11 @@ class Memory:
             raise Fault("SIGSEGV", "no VMA at the address (bad_area_nosemaphore)")
         if vma.opaque is not None:
             raise Fault("SIGSEGV", "not an experiment mapping")
+        if vma.flags & VM_PKEY_MASK:
+            # access_error() -> arch_vma_access_permitted(): the only key the model hands out
+            # is the execute-only one, whose PKRU bits (set by execute_only_pkey) deny every
+            # data access; no fault is handled, so none is counted
+            raise Fault("SIGSEGV", "data access to an execute-only (protection key) VMA")
         if write and not vma.flags & VM_WRITE:
             raise Fault("SIGSEGV", "write to a VMA without VM_WRITE (access_error)")
         if not write and not vma.flags & (VM_READ | VM_WRITE | VM_EXEC):
@@ -577,7 +583,9 @@ class Memory:
                     values.append(0)
         return True
 
-    def _store(self, vma: Vma, i: int, value: int) -> None:
+    def _store(self, vma: Vma, i: int, value: int | None) -> None:
+        if value is None:           # a GUP write access (MADV_POPULATE_WRITE) stores nothing
+            return
         e = vma.pte[i]
         kind = e & PTE_KIND
         if kind == PTE_ANON:
@@ -594,16 +602,22 @@ class Memory:
             return vma.file.inode.data[vma.file_index(i)]
         return 0
 
-    def populate(self, mm, start: int, end: int) -> tuple[int, int]:
+    def populate(self, mm, start: int, end: int, stopped: list | None = None) -> tuple[int, int]:
         """mm/gup.c __mm_populate() -> populate_vma_page_range(): fault in every page, with a
         write fault where the mapping is private and writable (to break COW); PROT_NONE and
-        VM_LOCKONFAULT VMAs are skipped."""
+        VM_LOCKONFAULT VMAs are skipped. A fault that fails (SIGBUS past EOF) ends that VMA;
+        its address goes to `stopped` when given (mlock reports it: sys_mlock)."""
         from model.flags import VM_LOCKONFAULT
         minor = major = 0
         for vma in sorted(mm.overlapping(start, end), key=lambda v: v.start):
             if vma.opaque is not None or vma.flags & VM_LOCKONFAULT:
                 continue
             if not vma.flags & (VM_READ | VM_WRITE | VM_EXEC):
+                continue
+            if vma.flags & VM_PKEY_MASK:
+                # check_vma_flags(): arch_vma_access_permitted() refuses GUP's data access to
+                # an execute-only (protection key) VMA: -EFAULT, which mm_populate ignores
+                # (measured: PROT_EXEC with MAP_POPULATE or MAP_LOCKED maps no page)
                 continue
             write = vma.flags & (VM_WRITE | VM_SHARED) == VM_WRITE
             a, b = vma.index(max(start, vma.start)), vma.index(min(end, vma.end))
@@ -614,6 +628,8 @@ class Memory:
                 try:
                     how = self.fault(mm, vma, j, write, None)
                 except Fault:
+                    if stopped is not None:
+                        stopped.append(vma.start + (j << PAGE_SHIFT))
                     break          # GUP stops at SIGBUS (populate is best effort)
                 if how == "major":
                     major += 1

@@ -41,6 +41,27 @@ def mmap_base_formula(stack_rlimit: int, rnd: int = 0, stack_rnd: int = 0) -> in
     return page_align(TASK_SIZE - gap - rnd)
 
 
+def thp_pad_ok(off: int, length: int) -> bool:
+    """mm/huge_memory.c __thp_get_unmapped_area(): whether it pads the request at all, with its
+    C arithmetic: off (loff_t) = pgoff << PAGE_SHIFT, off_align = round_up(off, PMD_SIZE);
+    no when off_end <= off_align (signed) or (off_end - off_align) < PMD_SIZE (compared as
+    unsigned long), or when off + len_pad wraps. So a file range must hold a whole aligned
+    2 MiB block - except at the very top of the loff_t range, where round_up() wraps to
+    LLONG_MIN and the unsigned compare lets even a one-page mapping through (measured: a page
+    at offset 2^63 - 8 KiB is placed so that address and offset agree modulo 2 MiB)."""
+    m = (1 << 64) - 1
+
+    def s64(x: int) -> int:
+        x &= m
+        return x - (1 << 64) if x >> 63 else x
+    off = s64(off)
+    off_end = s64(off + length)
+    off_align = s64(((off - 1) | (PMD_SIZE - 1)) + 1)
+    if off_end <= off_align or (off_end - off_align) & m < PMD_SIZE:
+        return False
+    return (off + length + PMD_SIZE) & m >= off & m
+
+
 def legacy_base(rnd: int = 0) -> int:
     """arch/x86/mm/mmap.c mmap_legacy_base(): TASK_UNMAPPED_BASE = PAGE_ALIGN(TASK_SIZE / 3)."""
     return page_align(TASK_SIZE // 3) + rnd
@@ -57,6 +78,9 @@ class AddressSpace:
         self.mmap_min_addr = mmap_min_addr
         self.max_map_count = max_map_count
         self.locked_vm = 0   # pages in VM_LOCKED VMAs (mm->locked_vm)
+        # of those, pages no VMA holds locked any more: mremap MREMAP_DONTUNMAP clears VM_LOCKED
+        # on the old VMA and leaves locked_vm as it was (mm/mremap.c dontunmap_complete)
+        self.locked_vm_stale = 0
         self.ptables: set[int] = set()   # 2 MiB blocks (addr >> 21) that have a PTE table
         # VMAs inserted or cut by the operation under way (until its try_merge or isolate ends):
         # the kernel never had them whole, so a merge may delete them (see try_merge)
@@ -166,8 +190,9 @@ class AddressSpace:
                                   TASK_SIZE, align_mask)
 
     def get_unmapped_area(self, length: int, hint: int, fixed: bool, thp_align: bool = False,
-                          pgoff: int = 0) -> int | str:
-        """mm/mmap.c __get_unmapped_area(): an address, or an errno name."""
+                          pgoff: int = 0, map32: bool = False) -> int | str:
+        """mm/mmap.c __get_unmapped_area(): an address, or an errno name. map32: MAP_32BIT
+        (arch/x86/kernel/sys_x86_64.c, see _area_32bit)."""
         if length > TASK_SIZE - self.mmap_min_addr:
             return "ENOMEM"
         if fixed:
@@ -181,22 +206,52 @@ class AddressSpace:
             # &= PAGE_MASK) before generic_get_unmapped_area_topdown()'s PAGE_ALIGN: an
             # unaligned hint rounds down (checked live: 0x20000001 -> 0x20000000)
             hint &= ~(PAGE_SIZE - 1)
-            if (TASK_SIZE - length >= hint and hint >= self.mmap_min_addr
-                    and not self.overlapping(hint, hint + length)
-                    and not self._in_stack_gap(hint + length)):
-                return hint
-        if thp_align:
-            # mm/huge_memory.c __thp_get_unmapped_area(): search for len + PMD_SIZE, then
-            # move up to the next boundary that keeps (addr - off) aligned.
-            ret = self.search(length + PMD_SIZE)
+        area = self._area_32bit if map32 else self._area
+        if thp_align and thp_pad_ok(pgoff << PAGE_SHIFT, length):
+            # mm/huge_memory.c __thp_get_unmapped_area(): ask the arch function (hint, window
+            # and all) for len + PMD_SIZE; a hint it takes is kept, otherwise move up to the
+            # next boundary that keeps (addr - off) aligned; on failure, the plain request
+            ret = area(length + PMD_SIZE, hint)
             if ret is not None:
-                off = pgoff << PAGE_SHIFT
-                off_sub = (off - ret) & (PMD_SIZE - 1)
-                if self.topdown and not off_sub:
+                if hint and ret == hint:
+                    return hint
+                off_sub = ((pgoff << PAGE_SHIFT) - ret) & (PMD_SIZE - 1)
+                if self.topdown and not off_sub:      # MMF_TOPDOWN, whatever the window
                     return ret + PMD_SIZE
                 return ret + off_sub
-        addr = self.search(length)
+        addr = area(length, hint)
         return "ENOMEM" if addr is None else addr
+
+    def _area(self, length: int, hint: int) -> int | None:
+        """arch/x86/kernel/sys_x86_64.c arch_get_unmapped_area_topdown() (or, in the legacy
+        layout, arch_get_unmapped_area()): a free hint is taken, else search()."""
+        if hint and (TASK_SIZE - length >= hint and hint >= self.mmap_min_addr
+                     and not self.overlapping(hint, hint + length)
+                     and not self._in_stack_gap(hint + length)):
+            return hint
+        return self.search(length)
+
+    MAP32_BEGIN, MAP32_END = 0x40000000, 0x80000000
+
+    def _area_32bit(self, length: int, hint: int) -> int | None:
+        """arch/x86/kernel/sys_x86_64.c: with MAP_32BIT, arch_get_unmapped_area_topdown() jumps
+        to "bottomup" before looking at the hint, so both layouts end in arch_get_unmapped_area()
+        with find_start_end()'s window [1 GiB, 2 GiB): a hint is taken only when it is free and
+        ends below 2 GiB ("end - len >= addr", no lower bound), otherwise the lowest gap in the
+        window (vm_unmapped_area, no top-down fallback: ENOMEM when none fits; the window is
+        1 GiB). Under PF_RANDOMIZE find_start_end() moves the window's start up by a random
+        0..32 MiB (randomize_page) on every call, which no model can know: experiments that use
+        MAP_32BIT set aslr = false (measured: without ASLR the first such mapping is at
+        0x40000000)."""
+        begin, end = self.MAP32_BEGIN, self.MAP32_END
+        if length > end:
+            return None
+        if hint:
+            hint = page_align(hint)
+            if end - length >= hint and not self.overlapping(hint, hint + length) \
+                    and not self._in_stack_gap(hint + length):
+                return hint
+        return self.unmapped_area(length, begin, end)
 
     def _in_stack_gap(self, end: int) -> bool:
         for v in self.vmas:

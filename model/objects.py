@@ -104,9 +104,11 @@ class Inode:
 
 
 def mark_accessed(state: int) -> int:
-    """folio_mark_accessed(): 0 -> 1 (PG_referenced), 1 -> 2 (activated, PG_referenced
-    cleared), 2 stays (an active folio)."""
-    return 1 if state == 0 else 2
+    """mm/swap.c folio_mark_accessed() without MGLRU, on the state 0 (inactive), 1 (inactive,
+    PG_referenced), 2 (active) or 3 (active, PG_referenced): a folio without PG_referenced
+    gets it (0 -> 1, 2 -> 3: an active folio too); an inactive one with it is activated and
+    loses it (1 -> 2); 3 stays. PG_referenced is the low bit (smaps Referenced)."""
+    return (1, 2, 3, 3)[state]
 
 
 class AnonPages:
@@ -117,10 +119,11 @@ class AnonPages:
         self.mapcount = array("i", [0])
         self.data = bytearray(1)
         self.exclusive = bytearray(1)
-        self.lru = bytearray(1)   # mark_page_accessed state: 0, 1 PG_referenced, 2 active (see mark_accessed)
+        self.lru = bytearray(1)   # mark_page_accessed state 0..3 (see mark_accessed)
         self.live = 0
         self.shared = 0      # pages with mapcount >= 2 (lets /proc views skip per-page lookups)
-        self.referenced = 0  # pages with PG_referenced (lru state 1), for the same reason
+        self.referenced = 0  # pages with PG_referenced (lru state 1 or 3), for the same reason
+        self.lazyfree: set[int] = set()   # MADV_FREE made them lazy-free (!PG_swapbacked)
 
     def new(self, value: int) -> int:
         """A new exclusive page mapped once (folio_add_new_anon_rmap)."""
@@ -142,12 +145,11 @@ class AnonPages:
         return first
 
     def mark_accessed(self, pid: int) -> None:
-        """mm/swap.c folio_mark_accessed() without MGLRU: the first call sets PG_referenced;
-        a second one on an inactive folio activates it and clears PG_referenced."""
+        """mm/swap.c folio_mark_accessed() without MGLRU (see mark_accessed)."""
         self.set_lru(pid, mark_accessed(self.lru[pid]))
 
     def set_lru(self, pid: int, state: int) -> None:
-        self.referenced += (state == 1) - (self.lru[pid] == 1)
+        self.referenced += (state & 1) - (self.lru[pid] & 1)
         self.lru[pid] = state
 
     def get(self, pid: int) -> None:

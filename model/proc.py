@@ -5,7 +5,7 @@ sysvipc_shm_proc_show) and the /dev/shm listing."""
 from __future__ import annotations
 
 from model.flags import (PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
-                         PTE_NONE, PTE_YOUNG, PTE_ZERO, VM_LOCKED)
+                         PTE_NONE, PTE_YOUNG, PTE_ZERO, VM_LOCKED, VMFLAG_NAMES)
 from model.vma import Vma, render_maps_line
 
 PSS_SHIFT = 12
@@ -26,7 +26,7 @@ def smaps(vma: Vma, anon) -> dict:
     pages; Locked = Pss of a VM_LOCKED VMA."""
     rss = pss = sc = sd = pc = pd = ref = an = 0
     if vma.opaque is None and vma.file is None and anon.shared == 0 and not (
-            anon.referenced and vma.anon is not None and any(anon.lru[p] == 1 for p in set(vma.anon) if p)
+            anon.referenced and vma.anon is not None and any(anon.lru[p] & 1 for p in set(vma.anon) if p)
             and bytes(vma.pte).translate(_OLD_PRESENT).count(1)):
         # every anonymous page is mapped once: count entries by value, no per-page lookups
         for e in set(vma.pte):
@@ -61,7 +61,7 @@ def smaps(vma: Vma, anon) -> dict:
             rss += 1
             pss += (PAGE_SIZE << PSS_SHIFT) // max(mc, 1)
             # young PTE, or PG_referenced on the folio (smaps_account)
-            if e & PTE_YOUNG or (anon.lru[vma.anon[i]] == 1 if kind == PTE_ANON else ino.lru[idx] == 1):
+            if e & PTE_YOUNG or (anon.lru[vma.anon[i]] if kind == PTE_ANON else ino.lru[idx]) & 1:
                 ref += 1
             if mc >= 2:
                 if dirty:
@@ -84,10 +84,23 @@ def smaps(vma: Vma, anon) -> dict:
     return out
 
 
+_VMFLAG_ORDER = sorted(VMFLAG_NAMES.items())
+
+
+def vmflags(vma: Vma) -> list[str]:
+    """The smaps "VmFlags:" line as fs/proc/task_mmu.c show_smap_vma_flags() prints it: the
+    two-letter mnemonic of every set vm_flags bit, lowest bit first. A VMA of the snapshot the
+    model does not model keeps what the live side read."""
+    if vma.opaque is not None:
+        return list(vma.opaque.get("vmflags") or [])
+    return [name for bit, name in _VMFLAG_ORDER if vma.flags & bit]
+
+
 def vma_record(vma: Vma, anon, smaps_of_opaque: dict | None = None) -> dict:
     f = vma.fields()
     return {"start": vma.start, "end": vma.end, **f,
-            "smaps_kb": smaps(vma, anon) if vma.opaque is None else (smaps_of_opaque or {})}
+            "smaps_kb": smaps(vma, anon) if vma.opaque is None else (smaps_of_opaque or {}),
+            "vmflags": vmflags(vma)}
 
 
 def maps_line(vma: Vma) -> str:

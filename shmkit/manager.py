@@ -44,6 +44,7 @@ class Proc:
     regions: dict = field(default_factory=dict)
     interp: dict = field(default_factory=dict)  # (start,end) -> fingerprint of the interpreter's VMAs
     pads: list = field(default_factory=list)
+    seen: set = field(default_factory=set)      # (start, end) of every VMA at the last observation
 
 
 def _prot(p: str) -> int:
@@ -207,7 +208,10 @@ class Manager:
                     problems.append(f"{what} {LOST_PAGES} (Rss {fp[4]} -> {now_fp[4]} kB)")
                 else:
                     problems.append(f"{what} changed: {fp} -> {now_fp}")
-        known = set(proc.interp)
+        # A VMA "appears" when it was not there at the last observation: the experiment's own
+        # VMAs that no handle covers any more (the rest of a region after a partial mremap,
+        # the old range of MREMAP_DONTUNMAP) were there, and are not the interpreter's doing.
+        known = set(proc.interp) | proc.seen
         for (s, e), v in now.items():
             if (s, e) in known or any(a < e and s < b for a, b in affected):
                 continue
@@ -317,6 +321,8 @@ class Manager:
                 else "none seen in /proc/vmstat"))
             for name in processes:
                 self._record_interp(self.procs[name])
+        for name, view in processes.items():
+            self.procs[name].seen = {(v["start"], v["end"]) for v in view["vmas"]}
         rec = {
             "index": step.index, "do": step.do, "in": step.proc, "args": step.raw,
             "result": reply["result"], "faults": _faults(reply.get("faults")),

@@ -100,6 +100,7 @@ class Normaliser:
                "offset": v["offset"], "dev": v["dev"], "inode": ino, "path": self.name(v["path"])}
         if not interp:
             out["smaps_kb"] = v.get("smaps_kb", {})
+            out["vmflags"] = list(v.get("vmflags") or [])
         return out
 
     def line(self, v: dict) -> str:

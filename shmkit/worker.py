@@ -293,7 +293,10 @@ class Worker:
 
     def op_file(self, args):
         path, size = args["path"], args["size"]
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:        # EMFILE under RLIMIT_NOFILE, ENOSPC, ...
+            raise StepFailed(_errno_result(exc))
         try:
             # Every fill writes its bytes (zeros too: a sparse file would leave nothing
             # in the page cache, so cache="warm" would mean nothing).
@@ -303,11 +306,18 @@ class Worker:
             done = 0
             byte = 0 if fill == "zero" else args.get("value", 0x5A)
             block = bytes([byte]) * chunk
+            failed = None
             while done < size:
                 n = min(chunk, size - done)
-                os.write(fd, rng.randbytes(n) if fill == "random" else block[:n])
-                done += n
-            os.fsync(fd)
+                try:
+                    # past RLIMIT_FSIZE write() is short, then EFBIG (SIGXFSZ: ignored by Python)
+                    done += os.write(fd, rng.randbytes(n) if fill == "random" else block[:n])
+                except OSError as exc:
+                    failed = exc
+                    break
+            os.fsync(fd)              # what was written is on disk, as after a full file
+            if failed is not None:
+                raise StepFailed(_errno_result(failed))
             if args.get("cache") == "cold":
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
@@ -324,7 +334,10 @@ class Worker:
         return "ok", None, None, [], None
 
     def op_evict(self, args):
-        fd = os.open(args["path"], os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fd = os.open(args["path"], os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StepFailed(_errno_result(exc))
         try:
             os.fsync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -338,7 +351,10 @@ class Worker:
         if source is not None:
             kind, ref = source
             if kind == "file":
-                fd, close_after = os.open(ref, os.O_RDWR | os.O_CLOEXEC), True
+                try:
+                    fd, close_after = os.open(ref, os.O_RDWR | os.O_CLOEXEC), True
+                except OSError as exc:    # EMFILE under RLIMIT_NOFILE
+                    raise StepFailed(_errno_result(exc))
             else:
                 fd = self.fd_of(ref)
         try:
@@ -394,8 +410,7 @@ class Worker:
         affected = [(addr, addr + _page_up(length))]
         if result != "ok":
             return result, faults, None, affected, None
-        if args.get("pages") is None:
-            r.addr, r.length = res, args["length"]
+        r.addr, r.length = res, args["length"]     # the handle follows the moved range (DESIGN.md)
         affected.append((res, res + _page_up(args["length"])))
         return "ok", faults, {"addr": res}, affected, None
 

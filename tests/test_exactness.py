@@ -126,3 +126,24 @@ def test_pages_taken_from_a_file_vma_are_told_apart_from_the_interpreters_own_fa
     fresh = ("r-xp", 4096, 43, "/venv/ext.so", 20, 0, 20)               # written moments ago
     assert manager._only_lost_pages(fresh, fresh[:6] + (0,))            # the flusher cleaned it
     assert not manager._only_lost_pages(fresh[:6] + (0,), fresh)        # dirtied: ours
+
+
+def test_a_vma_appears_only_when_it_was_not_there_at_the_last_observation():
+    """The perturbation check on canned views: a VMA outside every region, the step's range and
+    the interpreter is the interpreter's doing when it is new (flagged), but not when it was
+    already there at the last observation (the rest of a region after a partial mremap, the old
+    range of MREMAP_DONTUNMAP: experiment VMAs that no handle covers any more)."""
+    from shmkit.manager import Manager, Proc
+
+    def vma(s, e):
+        return {"start": s, "end": e, "perms": "rw-p", "offset": 0, "inode": 0, "path": "",
+                "smaps_kb": {}}
+
+    proc = Proc("main", 1, None, None)
+    view = {"vmas": [vma(0x1000, 0x3000), vma(0x8000, 0x9000)]}
+    flagged = Manager.perturbation(None, proc, view, [], "touch")
+    assert len(flagged) == 2 and all("appeared outside the step" in p for p in flagged)
+    proc.seen = {(0x1000, 0x3000)}
+    flagged = Manager.perturbation(None, proc, view, [], "touch")
+    assert flagged == ["VMA 8000-9000 [anon] appeared outside the step"]
+    assert Manager.perturbation(None, proc, view, [(0x8000, 0x9000)], "touch") == []

@@ -131,3 +131,50 @@ advice = "pageout"
     from shmkit.compare import differences
     live, pred = _live_and_model(text, profile, "pageout-swap.toml")
     assert not differences(live, pred)
+
+
+@linux
+@pytest.mark.live
+@pytest.mark.xfail(strict=True, reason=by_id("shmem-collapse").reason)
+def test_shmem_collapse(profile):
+    text = """
+about = "MADV_COLLAPSE of a 2 MiB block of shared anonymous memory with 4 pages written"
+[[step]]
+do = "mmap"
+as = "buf"
+length = "2 MiB"
+prot = "rw"
+flags = ["shared", "anonymous"]
+[[step]]
+do = "touch"
+region = "buf"
+pages = "0..4"
+access = "write"
+[[step]]
+do = "madvise"
+region = "buf"
+advice = "collapse"
+"""
+    from shmkit.compare import differences
+    live, pred = _live_and_model(text, profile, "shmem-collapse.toml")
+    assert not differences(live, pred)
+
+
+@linux
+@pytest.mark.live
+@pytest.mark.xfail(strict=True, reason=by_id("hugetlb-mapping").reason)
+def test_hugetlb_mapping(profile):
+    """MAP_NORESERVE skips the reservation, so the mapping succeeds even with an empty pool."""
+    text = """
+about = "a MAP_HUGETLB | MAP_NORESERVE mapping of 2 MiB"
+[[step]]
+do = "mmap"
+as = "huge"
+length = "2 MiB"
+prot = "rw"
+flags = ["private", "anonymous", "hugetlb", "noreserve"]
+"""
+    from shmkit.compare import differences
+    live, pred = _live_and_model(text, profile, "hugetlb-noreserve.toml")
+    assert live["steps"][0]["result"] == "ok", live["steps"][0]["result"]
+    assert not differences(live, pred)

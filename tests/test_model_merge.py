@@ -947,7 +947,8 @@ def test_mremap_faulted_pieces_need_pgoff_in_line(order):
 
 def test_mremap_faulted_to_unfaulted_prev():
     """selftests/mm/merge.c mremap_faulted_to_unfaulted_prev: a faulted VMA moved back with
-    MREMAP_DONTUNMAP next to an unfaulted one merges; the source keeps its anon_vma."""
+    MREMAP_DONTUNMAP next to an unfaulted one merges; the source, moved whole, loses its
+    anon_vma (mm/mremap.c dontunmap_complete -> mm/rmap.c unlink_anon_vmas sets it NULL)."""
     s = merge_fixture()
     s.mmap(4, 3)
     s.touch(4)
@@ -956,7 +957,7 @@ def test_mremap_faulted_to_unfaulted_prev():
     s.mmap(1, 3)
     s.mremap(20, 3, 3, "MAYMOVE", "FIXED", "DONTUNMAP", to=4)
     s.expect(1, span=(1, 7), anon=av, pgoff=1)
-    s.expect(20, span=(20, 23), anon=av)
+    s.expect(20, span=(20, 23), anon=None)
 
 
 def test_mremap_faulted_to_unfaulted_next():

@@ -69,7 +69,7 @@ def test_compare_two_hosts(tmp_path):
     b.write_text(json.dumps(doc))
     res = shmkit("validate", "--compare", str(a), str(b))
     assert res.returncode == 0, res.stderr
-    assert "mmap-private-anon.toml" in res.stdout and "175/175" in res.stdout.replace(" ", "")
+    assert "mmap-private-anon.toml" in res.stdout and "199/199" in res.stdout.replace(" ", "")
     assert "release" in res.stdout and "6.99.0-other" in res.stdout
 
 
