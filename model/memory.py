@@ -606,7 +606,14 @@ class Memory:
         """mm/gup.c __mm_populate() -> populate_vma_page_range(): fault in every page, with a
         write fault where the mapping is private and writable (to break COW); PROT_NONE and
         VM_LOCKONFAULT VMAs are skipped. A fault that fails (SIGBUS past EOF) ends that VMA;
-        its address goes to `stopped` when given (mlock reports it: sys_mlock)."""
+        its address goes to `stopped` when given (mlock reports it: sys_mlock).
+
+        A fault that has to read the page counts as minor here: filemap_fault drops the mmap
+        lock for the I/O and returns VM_FAULT_RETRY (not counted, mm_account_fault); __mm_populate
+        calls populate_vma_page_range() -> __get_user_pages() again for the same address after
+        retaking the lock, a fresh fault without FAULT_FLAG_TRIED that finds the page cached.
+        (MADV_POPULATE_* goes through __get_user_pages_locked(), whose retry carries
+        FAULT_FLAG_TRIED: major there.) Measured: mlock and MAP_POPULATE of a cold file, 0 major."""
         from model.flags import VM_LOCKONFAULT
         minor = major = 0
         for vma in sorted(mm.overlapping(start, end), key=lambda v: v.start):
@@ -631,10 +638,7 @@ class Memory:
                     if stopped is not None:
                         stopped.append(vma.start + (j << PAGE_SHIFT))
                     break          # GUP stops at SIGBUS (populate is best effort)
-                if how == "major":
-                    major += 1
-                else:
-                    minor += 1
+                minor += 1        # "major" included: see the docstring
             # follow_page_pte() with FOLL_TOUCH marks every page it returns accessed
             for j in range(a, b):
                 self.touch_folio(vma, j)
