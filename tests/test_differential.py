@@ -30,7 +30,11 @@ _saved: list[Path] = []
 _profile: dict = {}
 
 PROTS = ["rw", "r", "none"]
-ADVICE = ["dontneed", "willneed", "random", "sequential", "normal", "cold", "pageout"]
+ADVICE = ["dontneed", "willneed", "random", "sequential", "normal", "cold", "pageout", "free", "remove",
+          "dontfork", "dofork", "wipeonfork", "keeponfork", "dontdump", "dodump", "nohugepage",
+          "populate_read", "populate_write"]
+MSYNC = [["sync"], ["async"], ["invalidate"], ["sync", "invalidate"]]
+MREMAP = [[], ["maymove"], ["maymove", "dontunmap"]]
 
 
 def profile() -> dict:
@@ -227,6 +231,35 @@ class Differential(RuleBasedStateMachine):
         h, proc = self._region_in(data)
         self._do("madvise", in_=proc, region=h, pages=self._pages(data, self.regions[h]["pages"]),
                  advice=advice)
+
+    @precondition(lambda self: self.regions)
+    @rule(data=st.data(), flags=st.sampled_from(MSYNC))
+    def msync(self, data, flags):
+        h, proc = self._region_in(data)
+        self._do("msync", in_=proc, region=h, pages=self._pages(data, self.regions[h]["pages"]), flags=flags)
+
+    @precondition(lambda self: self.regions)
+    @rule(data=st.data(), onfault=st.booleans(), unlock=st.booleans())
+    def mlock(self, data, onfault, unlock):
+        h, proc = self._region_in(data)
+        pages = self._pages(data, self.regions[h]["pages"])
+        if unlock:
+            self._do("munlock", in_=proc, region=h, pages=pages)
+        else:
+            self._do("mlock", in_=proc, region=h, pages=pages, onfault=onfault)
+
+    @precondition(lambda self: any(r["kind"] == "mmap" and len(r["procs"]) == 1 for r in self.regions.values()))
+    @rule(data=st.data(), pages=st.integers(1, 8), flags=st.sampled_from(MREMAP))
+    def mremap(self, data, pages, flags):
+        # only a region one process knows: the spec follows its new length in that process
+        h, proc = self._region_in(data, lambda r: r["kind"] == "mmap" and len(r["procs"]) == 1)
+        old = self.regions[h]["pages"]
+        if "dontunmap" in flags:
+            pages = old            # MREMAP_DONTUNMAP needs old_len == new_len, else EINVAL
+        live = self._do("mremap", in_=proc, region=h, length=f"{pages} pages", flags=flags)
+        # the spec takes the new length whatever the result; after a failure draw only pages
+        # both it and the kernel have
+        self.regions[h]["pages"] = pages if live["result"] == "ok" else min(old, pages)
 
     # ----- processes -----------------------------------------------------------------------
     @precondition(lambda self: len(self.procs) < 2)
