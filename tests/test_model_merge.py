@@ -178,6 +178,9 @@ class Scene:
                     addr=None if to is None else ("abs", BASE + to * PAGE))
         out = self._step("mremap", args, f"mremap [{page:#x}, {page + old:#x}) to {new} pages "
                          f"{'|'.join(flags) or '(in place)'}" + ("" if to is None else f" at {to:#x}"))
+        # a region handle follows what mremap moved; "w" stays the window the pages count in
+        w = self.k.procs[self.proc].regions["w"]
+        w.addr, w.length = BASE, self.width * PAGE
         return (out["value"]["addr"] - BASE) // PAGE
 
     def fork(self, child: str = "kid") -> Scene:
