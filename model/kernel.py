@@ -171,7 +171,11 @@ class Kernel:
             from model.mm import legacy_base
             above = [v["start"] for v in p["vmas"] if v["start"] >= legacy_base()]
             base = min(above) if above else legacy_base()
-        return AddressSpace(vmas, topdown, base, self.mmap_min_addr, self.max_map_count)
+        mm = AddressSpace(vmas, topdown, base, self.mmap_min_addr, self.max_map_count)
+        gap = self.profile.get("stack_guard_gap_pages")
+        if isinstance(gap, int):
+            mm.stack_guard_gap = gap << PAGE_SHIFT
+        return mm
 
     def new_ino(self) -> int:
         return next(self._ino)
@@ -1689,6 +1693,7 @@ class Kernel:
                     copied += 1
             vmas.append(c)
         child_mm = AddressSpace(vmas, mm.topdown, mm.mmap_base, mm.mmap_min_addr, mm.max_map_count)
+        child_mm.stack_guard_gap = mm.stack_guard_gap
         # copy_page_range() runs only for the VMAs vma_needs_copy() picks (an anon_vma): the
         # child gets a PTE table only where such a VMA had one; under the others (shared
         # mappings, untouched private file mappings) its first fault finds pmd_none.

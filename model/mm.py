@@ -77,6 +77,9 @@ class AddressSpace:
         self.mmap_base = mmap_base
         self.mmap_min_addr = mmap_min_addr
         self.max_map_count = max_map_count
+        # mm/mmap.c stack_guard_gap: 256 pages unless the kernel command line says
+        # "stack_guard_gap=" (the profile's stack_guard_gap_pages; Kernel sets it)
+        self.stack_guard_gap = STACK_GUARD_GAP
         self.locked_vm = 0   # pages in VM_LOCKED VMAs (mm->locked_vm)
         # of those, pages no VMA holds locked any more: mremap MREMAP_DONTUNMAP clears VM_LOCKED
         # on the old VMA and leaves locked_vm as it was (mm/mremap.c dontunmap_complete)
@@ -148,7 +151,7 @@ class AddressSpace:
         for v in self.vmas:
             start = v.start
             if v.opaque is not None and v.opaque.get("path") == "[stack]" or v.flags & VM_GROWSDOWN:
-                start = max(0, start - STACK_GUARD_GAP)
+                start = max(0, start - self.stack_guard_gap)
             if start > prev_end:
                 yield prev_end, start
             prev_end = max(prev_end, v.end)
@@ -256,7 +259,7 @@ class AddressSpace:
     def _in_stack_gap(self, end: int) -> bool:
         for v in self.vmas:
             if (v.flags & VM_GROWSDOWN or v.opaque is not None and v.opaque.get("path") == "[stack]") \
-                    and v.start - STACK_GUARD_GAP < end <= v.start:
+                    and v.start - self.stack_guard_gap < end <= v.start:
                 return True
         return False
 

@@ -338,3 +338,20 @@ def test_seeded_mmap_base_matches_the_formula():
     k = make_kernel(vmas)
     assert k.procs["main"].mm.mmap_base == top
     assert mmap(k, 4 * PAGE) == top - 0x34000 - 4 * PAGE, maps(k)
+
+
+@pytest.mark.parametrize("gap_pages", [None, 1, 16])
+def test_stack_guard_gap_below_a_growsdown_vma_follows_the_command_line(gap_pages):
+    """mm/mmap.c stack_guard_gap: 256 pages, or "stack_guard_gap=N" on the kernel command line
+    (the profile's stack_guard_gap_pages). The next top-down mapping keeps that gap below a
+    VM_GROWSDOWN VMA (vm_start_gap). The 256-page default is checked live by
+    experiments/mmap-flags-growsdown.toml; other values need another boot, so model only."""
+    snap = {"processes": {"main": {"pid": 1000, "vmas": default_vmas()}},
+            "setup": {"layout": "topdown"}, "privileged": True}
+    prof = {"sysctl": {"max_map_count": 1 << 20, "mmap_min_addr": 4096, "overcommit_memory": 1},
+            "stack_guard_gap_pages": gap_pages}
+    k = Kernel(prof, snap)
+    low = mmap(k, PAGE, flags=ANON + ("GROWSDOWN",))
+    below = mmap(k, PAGE)
+    gap = STACK_GUARD_GAP if gap_pages is None else gap_pages * PAGE
+    assert below == low - gap - PAGE, maps(k)
