@@ -87,3 +87,63 @@ def test_validate_refuses_bad_input_before_running_anything(tmp_path):
     res = shmkit("validate", str(bad), state=tmp_path)
     assert res.returncode == 2 and res.stderr.startswith(f"{bad}: step 1 (do=mmapp)")
     assert "Traceback" not in res.stderr
+
+
+NOEXEC_EXPERIMENT = """
+about = "a file on a noexec mount: PROT_EXEC is EPERM in mmap, EACCES in mprotect"
+[[step]]
+do = "file"
+name = "f"
+size = "1 page"
+[[step]]
+do = "mmap"
+as = "x"
+file = "f"
+length = "1 page"
+prot = "rx"
+flags = ["private"]
+[[step]]
+do = "mmap"
+as = "r"
+file = "f"
+length = "1 page"
+prot = "r"
+flags = ["private"]
+[[step]]
+do = "mprotect"
+region = "r"
+prot = "rx"
+"""
+
+
+@pytest.mark.live
+@pytest.mark.skipif(sys.platform.startswith("linux") and os.geteuid() != 0,
+                    reason="mounting a tmpfs needs root")
+def test_a_noexec_temp_dir_is_in_the_model(tmp_path, monkeypatch):
+    """The model's path_noexec() rule (mm/mmap.c do_mmap clears VM_MAYEXEC on a noexec mount:
+    PROT_EXEC is EPERM; mm/mprotect.c then refuses adding it, EACCES) reads the mount options
+    of the temp dir from the profile. No mount here is noexec, so the test makes one: a private
+    tmpfs (2 GiB: the preflight keeps a 1 GiB reserve; tmpfs allocates nothing up front) as
+    TMPDIR, where the run's disk files go."""
+    import subprocess
+
+    probed = _probed(tmp_path)
+    mnt = tmp_path / "noexec"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "noexec,size=2g", "tmpfs", str(mnt)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        exp = tmp_path / "noexec.toml"
+        exp.write_text(NOEXEC_EXPERIMENT)
+        out = tmp_path / "v.json"
+        monkeypatch.setenv("TMPDIR", str(mnt))
+        res = shmkit("validate", str(exp), "--json", str(out), "--probed", probed, state=tmp_path)
+        assert res.returncode == 0, res.stdout + res.stderr
+        r = json.loads(out.read_text())["experiments"][0]
+        assert [s["result"] for s in r["live"]["steps"]] == ["ok", {"errno": "EPERM"}, "ok",
+                                                              {"errno": "EACCES"}]
+        assert r["comparison"]["differences"] == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
