@@ -264,6 +264,16 @@ def _plot_lines(ax, table, keys, metric, styles=None):
                 color=st.get("color"), label=st.get("label", b0["label"]))
 
 
+def _log_size_axes(axs, sizes) -> None:
+    """Message sizes along x, a log y axis without minor ticks, a small legend."""
+    for ax in axs:
+        _axes_size(ax, sizes)
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_locator(matplotlib_ticker().NullLocator())
+        ax.set_xlabel("message size")
+        ax.legend(fontsize=6.5, ncol=2)
+
+
 def _axes_size(ax, sizes=None):
     ax.set_xscale("log", base=2)
     ticks = [64 * 4 ** k for k in range(11)]
@@ -310,12 +320,7 @@ def plots(doc: dict, outdir: str) -> list[str]:
     _plot_lines(axs[1], table, [memk] + pick("throughput", var)
                 + pick("throughput", lambda b: b["transport"] == "pipe"), tput, roof)
     axs[1].set_title("Throughput: cold, in-place, synchronisation, one CPU")
-    for ax in axs:
-        _axes_size(ax, sizes)
-        ax.set_yscale("log")
-        ax.yaxis.set_minor_locator(matplotlib_ticker().NullLocator())
-        ax.set_xlabel("message size")
-        ax.legend(fontsize=6.5, ncol=2)
+    _log_size_axes(axs, sizes)
     axs[0].set_ylabel("GB/s (log)")
     fig.suptitle(_title(doc), fontsize=9)
     fig.tight_layout()
@@ -327,12 +332,7 @@ def plots(doc: dict, outdir: str) -> list[str]:
     axs[0].set_title("Round trip: transports (warm, copy-out, spin, two CPUs)")
     _plot_lines(axs[1], table, pick("latency", var) + pick("latency", lambda b: b["transport"] == "pipe"), lat)
     axs[1].set_title("Round trip: synchronisation, cold, one CPU")
-    for ax in axs:
-        _axes_size(ax, sizes)
-        ax.set_yscale("log")
-        ax.yaxis.set_minor_locator(matplotlib_ticker().NullLocator())
-        ax.set_xlabel("message size")
-        ax.legend(fontsize=6.5, ncol=2)
+    _log_size_axes(axs, sizes)
     axs[0].set_ylabel("microseconds per round trip (log)")
     fig.suptitle(_title(doc), fontsize=9)
     fig.tight_layout()
