@@ -13,18 +13,37 @@ from pathlib import Path
 
 from shmkit import __version__
 
-BUNDLED = Path(__file__).resolve().parent.parent / "experiments"
+def bundled_dir() -> Path:
+    """The bundled experiments: shmkit/experiments in a regular (wheel) install, where
+    pyproject.toml ships them as package data; the top-level experiments/ of a checkout
+    (an editable install)."""
+    here = Path(__file__).resolve().parent
+    for d in (here / "experiments", here.parent / "experiments"):
+        if d.is_dir():
+            return d
+    return here / "experiments"
 
 
-def _bundled_files() -> list[str]:
-    return sorted(str(p) for p in BUNDLED.glob("*.toml"))
+def experiment_files(paths: list[str]) -> list[str]:
+    """The experiment files named on the command line (a directory gives its *.toml), or the
+    bundled ones when none is named. Nothing to run is bad input (exit 2): a check that ran no
+    experiment cannot fail, so it must not pass."""
+    from shmkit.spec import SpecError
 
-
-def _expand(paths: list[str]) -> list[str]:
+    if not paths:
+        files = sorted(str(p) for p in bundled_dir().glob("*.toml"))
+        if not files:
+            raise SpecError(str(bundled_dir()), problem="no bundled experiment found (is shmkit installed whole?)",
+                            accepted="a directory holding experiment .toml files")
+        return files
     out: list[str] = []
-    for p in paths or []:
+    for p in paths:
         if os.path.isdir(p):
-            out.extend(sorted(str(x) for x in Path(p).glob("*.toml")))
+            found = sorted(str(x) for x in Path(p).glob("*.toml"))
+            if not found:
+                raise SpecError(p, problem="directory holds no experiment (*.toml)",
+                                accepted="experiment .toml files, or directories that hold some")
+            out.extend(found)
         else:
             out.append(p)
     return out
@@ -52,7 +71,7 @@ def cmd_run(args) -> int:
     from shmkit import manager, record, report
     from shmkit.profile import read_profile
 
-    files = _expand(args.files) or _bundled_files()
+    files = experiment_files(args.files)
     exps = load_all(files)
     results = []
     status = 0
@@ -82,7 +101,7 @@ def cmd_predict(args) -> int:
     from shmkit import record, report
     from shmkit.profile import read_profile
 
-    files = _expand(args.files) or _bundled_files()
+    files = experiment_files(args.files)
     exps = load_all(files)
     snaps = {}
     if args.snapshot:
@@ -171,7 +190,7 @@ def cmd_validate(args) -> int:
         for k, (a, b) in cmp["host"].items():
             out.print(f"host {k}: A {a!r}  B {b!r}", soft_wrap=True)
         return 0
-    files = _expand(args.files) or _bundled_files()
+    files = experiment_files(args.files)
     exps = load_all(files)
     profile, probed = load_or_probe(args.probed)
     results = []

@@ -66,6 +66,36 @@ def test_missing_file_is_a_clear_error(tmp_path):
     assert res.returncode == 2 and "no such file" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize("command", ["run", "predict", "validate"])
+def test_nothing_to_do_is_an_error(tmp_path, command):
+    """An empty directory (or one with no *.toml) is not 'all 0 experiments passed': exit 2, one
+    line naming the directory, and the bundled set is NOT run in its place."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no experiment here")
+    state = tmp_path / "state"
+    state.mkdir()
+    res = shmkit(command, str(empty), state=state, timeout=120)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{empty}: ") and "no experiment" in lines[0], res.stderr
+    assert "; accepted: " in lines[0] and "Traceback" not in res.stderr
+    assert res.stdout == "" and list(state.iterdir()) == []
+
+
+def test_bundled_experiments_are_found_where_the_install_puts_them():
+    """A checkout (editable install) finds experiments/ beside shmkit/; a wheel ships the same
+    files as shmkit/experiments (pyproject.toml package-dir). Both give the same set."""
+    from pathlib import Path
+
+    from shmkit.cli import bundled_dir, experiment_files
+
+    top = Path(__file__).resolve().parent.parent / "experiments"
+    assert bundled_dir() == top
+    files = experiment_files([])
+    assert len(files) >= 80 and files == sorted(str(p) for p in top.glob("*.toml"))
+
+
 def test_one_bad_file_among_good_ones_runs_nothing(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text(GOOD_HEAD + '[[step]]\ndo = "memfd"\nas = "m"\nname = "m"\n')
