@@ -22,6 +22,9 @@ VM_ACCOUNT, VM_NORESERVE = 0x100000, 0x200000
 VM_HUGETLB, VM_SYNC = 0x400000, 0x800000
 VM_WIPEONFORK, VM_DONTDUMP = 0x02000000, 0x04000000
 VM_HUGEPAGE, VM_NOHUGEPAGE, VM_MERGEABLE = 0x20000000, 0x40000000, 0x80000000
+# include/linux/mm.h: VM_SOFTDIRTY is 0x08000000 with CONFIG_MEM_SOFT_DIRTY, VM_NONE without
+# (the kernel profile's soft_dirty says which; Kernel.vm_softdirty holds the bit or 0).
+VM_SOFTDIRTY = 0x08000000
 VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
 VM_STACK_FLAGS = VM_GROWSDOWN        # VM_STACK on x86-64 (is_stack_mapping)
 # x86-64 protection keys live in VM_HIGH_ARCH_0.. (VM_PKEY_SHIFT = 32; no VmFlags mnemonic).
@@ -31,13 +34,13 @@ VM_PKEY_BIT0 = 1 << 32
 VM_PKEY_MASK = 0xF << 32
 
 # smaps "VmFlags" mnemonics (fs/proc/task_mmu.c show_smap_vma_flags: one per set bit, in bit
-# order; model.proc.vmflags renders them). "sd" (VM_SOFTDIRTY) exists only with
-# CONFIG_MEM_SOFT_DIRTY, which this kernel does not have.
+# order; model.proc.vmflags renders them). "sd" (VM_SOFTDIRTY) can be set only with
+# CONFIG_MEM_SOFT_DIRTY (Debian's kernels have it; this host's does not).
 VMFLAG_NAMES = {VM_READ: "rd", VM_WRITE: "wr", VM_EXEC: "ex", VM_SHARED: "sh", VM_MAYREAD: "mr",
                 VM_MAYWRITE: "mw", VM_MAYEXEC: "me", VM_MAYSHARE: "ms", VM_GROWSDOWN: "gd",
                 VM_LOCKED: "lo", VM_SEQ_READ: "sr", VM_RAND_READ: "rr", VM_DONTCOPY: "dc",
                 VM_DONTEXPAND: "de", VM_LOCKONFAULT: "lf", VM_ACCOUNT: "ac", VM_NORESERVE: "nr",
-                VM_WIPEONFORK: "wf", VM_DONTDUMP: "dd", VM_HUGEPAGE: "hg", VM_NOHUGEPAGE: "nh",
+                VM_WIPEONFORK: "wf", VM_DONTDUMP: "dd", VM_SOFTDIRTY: "sd", VM_HUGEPAGE: "hg", VM_NOHUGEPAGE: "nh",
                 VM_MERGEABLE: "mg", VM_HUGETLB: "ht", VM_SYNC: "sf"}
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 0x1, 0x2, 0x4

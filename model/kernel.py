@@ -31,7 +31,7 @@ from model.flags import (MAP, MAP_TYPE, PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIR
                          VM_MAYREAD, VM_MAYSHARE, VM_MAYWRITE, VM_NOHUGEPAGE, VM_NORESERVE,
                          VM_RAND_READ, VM_READ, VM_SEQ_READ, VM_SHARED, VM_WRITE, VM_EXEC,
                          calc_vm_prot_bits, map_flags, prot_of)
-from model.flags import (LEGACY_MAP_MASK, PROT_EXEC, PROT_WRITE, VM_ACCESS_FLAGS, VM_DONTEXPAND,
+from model.flags import (LEGACY_MAP_MASK, PROT_EXEC, PROT_WRITE, VM_ACCESS_FLAGS, VM_DONTEXPAND, VM_SOFTDIRTY,
                          VM_HUGETLB, VM_PKEY_BIT0, VM_PKEY_MASK, VM_SYNC, calc_vm_flag_bits)
 from model.flags import (PMD_SIZE, PTE_ZERO, VM_DONTDUMP, VM_DONTEXPAND, VM_MERGEABLE,  # madvise, fork
                          VM_WIPEONFORK)
@@ -109,6 +109,7 @@ class Kernel:
         self.shmmax = sysctl.get("shmmax") or (1 << 64) - (1 << 24) - 1
         self.shmall = sysctl.get("shmall") or (1 << 64) - (1 << 24) - 1
         self.shmmni = sysctl.get("shmmni") or 4096
+        self.vm_softdirty = VM_SOFTDIRTY if profile.get("soft_dirty") else 0
         self.thp_enabled = profile.get("thp_enabled") or "never"
         self.thp_use_zero_page = profile.get("thp_use_zero_page", 1)
         self.totalram_pages = (profile.get("mem_total_kb") or (1 << 40)) // 4
@@ -604,6 +605,9 @@ class Kernel:
         merged = mm.try_merge(vma)
         if merged is not vma or merged.end != addr + length or merged.start != addr:
             self.note("vma_merge_new_range: the new mapping merged with its neighbour")
+        # __mmap_complete() (6.1: the end of mmap_region()): "New (or expanded) vma always get
+        # soft dirty status", with CONFIG_MEM_SOFT_DIRTY; smaps then prints "sd"
+        merged.flags |= self.vm_softdirty
         if vm_flags & VM_LOCKED:
             mm.locked_vm += npages
         value = {"addr": addr}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 
-from model.flags import (PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, VM_DONTEXPAND, VM_GROWSDOWN,
+from model.flags import (PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, VM_DONTEXPAND, VM_SOFTDIRTY, VM_GROWSDOWN,
                          VM_LOCKED, VM_LOCKONFAULT, VM_SHARED, VM_STACK_FLAGS, VM_WRITE)
 from model.vma import Vma
 
@@ -295,7 +295,9 @@ class AddressSpace:
         pgoff continuity of can_vma_merge_after()."""
         if a.end != b.start or a.opaque is not None or b.opaque is not None:
             return False
-        if a.flags != b.flags or a.flags & VM_DONTEXPAND:   # VM_SPECIAL never merges
+        # is_mergeable_vma(): flags equal but for VM_SOFTDIRTY (VM_IGNORE_MERGE since 6.18);
+        # VM_SPECIAL never merges
+        if (a.flags ^ b.flags) & ~VM_SOFTDIRTY or a.flags & VM_DONTEXPAND:
             return False
         if a.file is not b.file:                            # the struct file, not the inode
             return False

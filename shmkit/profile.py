@@ -111,6 +111,9 @@ class KernelProfile:
     # "ospke" in /proc/cpuinfo: arch_pkeys_enabled(), so PROT_EXEC alone gets the execute-only
     # protection key (arch/x86/mm/pkeys.c execute_only_pkey)
     pkeys: bool | None = None
+    # CONFIG_MEM_SOFT_DIRTY: VM_SOFTDIRTY exists, every new VMA gets it (mmap_region) and smaps
+    # prints "sd". From the config when readable, else seen in this process's own smaps.
+    soft_dirty: bool | None = None
 
     # Convenience views of the sysctls most rules use.
     @property
@@ -278,8 +281,8 @@ def _release_tuple(release: str) -> tuple[int, ...]:
 class _Reader:
     """Reads files under the /proc and /sys roots, noting what could not be read."""
 
-    def __init__(self, procfs: str, sysfs: str):
-        self.procfs, self.sysfs = procfs, sysfs
+    def __init__(self, procfs: str, sysfs: str, boot: str = "/boot"):
+        self.procfs, self.sysfs, self.boot = procfs, sysfs, boot
         self.unreadable: list[str] = []
 
     def text(self, path: str, what: str) -> str | None:
@@ -349,14 +352,36 @@ def _read_thp_sizes(r: _Reader) -> tuple[ThpSize, ...]:
     return tuple(sorted(sizes, key=lambda t: t.size_kb))
 
 
-def _read_config(r: _Reader) -> dict[str, bool | str | int] | None:
+def _read_config(r: _Reader, release: str | None = None) -> dict[str, bool | str | int] | None:
+    """/proc/config.gz (CONFIG_IKCONFIG_PROC), else /boot/config-RELEASE as distributions
+    install it (Debian's kernels have no IKCONFIG); None when neither is there."""
     path = os.path.join(r.procfs, "config.gz")
     try:
         with gzip.open(path, "rb") as f:
             return parse_config(f.read())
     except (OSError, EOFError):
-        r.unreadable.append("config")
+        pass
+    if release:
+        try:
+            with open(os.path.join(r.boot, f"config-{release}"), "rb") as f:
+                return parse_config(f.read())
+        except OSError:
+            pass
+    r.unreadable.append("config")
+    return None
+
+
+def _read_soft_dirty(r: _Reader, config: dict | None) -> bool | None:
+    """CONFIG_MEM_SOFT_DIRTY. Without a readable config, this process's own smaps tell: with
+    the option every VMA is born VM_SOFTDIRTY (mm/vma.c __mmap_complete, 6.1 mm/mmap.c
+    mmap_region) and only a write of 4 to clear_refs clears it, which shmkit never does."""
+    if config is not None:
+        return config.get("MEM_SOFT_DIRTY") in (True, "m")
+    text = r.proc("self/smaps", "smaps")
+    if text is None:
         return None
+    flags = [line.split()[1:] for line in text.splitlines() if line.startswith("VmFlags:")]
+    return any("sd" in f for f in flags) if flags else None
 
 
 def _config_flags(config: dict | None) -> dict[str, bool | None]:
@@ -454,11 +479,11 @@ def _read_thp(r: _Reader) -> dict[str, Any]:
     }
 
 
-def read_profile(procfs: str = "/proc", sysfs: str = "/sys") -> KernelProfile:
+def read_profile(procfs: str = "/proc", sysfs: str = "/sys", boot: str = "/boot") -> KernelProfile:
     """Read the kernel profile of this host (and of this process: rlimits, mount namespace)."""
-    r = _Reader(procfs, sysfs)
+    r = _Reader(procfs, sysfs, boot)
     uts = os.uname()
-    config = _read_config(r)
+    config = _read_config(r, uts.release)
     cmdline = r.proc("cmdline", "cmdline")
     dev_shm, tmpdir, tmp_mount = _read_mounts(r)
     meminfo = _read_meminfo(r)
@@ -476,5 +501,6 @@ def read_profile(procfs: str = "/proc", sysfs: str = "/sys") -> KernelProfile:
         cmdline=cmdline.strip("\0\n ") if cmdline is not None else None,
         mem_total_kb=meminfo.get("MemTotal"), swap_total_kb=meminfo.get("SwapTotal"),
         hugetlb=_read_hugetlb(r, meminfo), pkeys=_read_pkeys(r),
+        soft_dirty=_read_soft_dirty(r, config),
         unreadable=tuple(r.unreadable),
     )

@@ -13,6 +13,7 @@ import resource
 import tempfile
 
 import pytest
+from pathlib import Path
 
 from shmkit import profile
 from shmkit.procfs import read_smaps
@@ -217,13 +218,34 @@ def test_read_profile_says_what_it_could_not_read(tmp_path):
     os.unlink(os.path.join(proc, "sys/vm/overcommit_kbytes"))
     with open(os.path.join(proc, "sys/kernel/shmmni"), "w") as f:
         f.write("not a number\n")
-    p = read_profile(proc, sys_)
+    p = read_profile(proc, sys_, boot=str(tmp_path / "boot"))
     assert p.config is None and p.config_flags == {name: None for name in REQUIRED_CONFIG}
     assert p.thp_enabled is None and p.thp_sizes == () and p.fault_around_bytes is None
     assert p.sysctl["overcommit_kbytes"] is None and p.sysctl["shmmni"] is None
+    assert p.soft_dirty is None
     assert set(p.unreadable) == {"config", "thp_enabled", "thp_defrag", "thp_shmem_enabled",
                                  "thp_use_zero_page", "hpage_pmd_size", "fault_around_bytes",
-                                 "overcommit_kbytes", "shmmni"}
+                                 "overcommit_kbytes", "shmmni", "smaps"}
+
+
+def test_config_from_boot_when_proc_has_none(tmp_path):
+    """Debian's kernels have no /proc/config.gz; their config is /boot/config-RELEASE."""
+    proc, sys_ = _fake_tree(tmp_path, with_config=False)
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    (boot / f"config-{os.uname().release}").write_text(CONFIG_TEXT + "CONFIG_MEM_SOFT_DIRTY=y\n")
+    p = read_profile(proc, sys_, boot=str(boot))
+    assert p.config["ZRAM"] == "m" and p.soft_dirty is True and "config" not in p.unreadable
+
+
+@pytest.mark.parametrize("vmflags, expected", [("rd wr mr mw me ac sd", True), ("rd wr mr mw me ac", False)])
+def test_soft_dirty_seen_in_smaps_without_a_config(tmp_path, vmflags, expected):
+    """With CONFIG_MEM_SOFT_DIRTY every VMA is born VM_SOFTDIRTY, so the process's own smaps
+    show "sd" (seen in a Debian 6.1 guest); without it no VMA can show it (this host)."""
+    proc, sys_ = _fake_tree(tmp_path, with_config=False)
+    (Path(proc) / "self" / "smaps").write_text("55d0-55d1 r--p 00000000 00:00 0\nRss: 4 kB\n"
+                                         f"VmFlags: {vmflags} \n")
+    assert read_profile(proc, sys_, boot=str(tmp_path / "boot")).soft_dirty is expected
 
 
 def test_read_profile_without_mountinfo(tmp_path):
@@ -357,3 +379,11 @@ def test_live_profile_to_dict_is_json_and_round_trips(live):
     assert back["page_size"] == live.page_size
     assert back["config_flags"] == live.config_flags
     assert KernelProfile.from_dict(back) == live
+
+
+def test_soft_dirty_agrees_with_what_smaps_shows(live):
+    """The config's CONFIG_MEM_SOFT_DIRTY against the kernel's own output: every VMA of a
+    process is born VM_SOFTDIRTY with it, and none can show "sd" without it."""
+    with open("/proc/self/smaps") as f:
+        shown = any("sd" in line.split()[1:] for line in f if line.startswith("VmFlags:"))
+    assert live.soft_dirty is shown

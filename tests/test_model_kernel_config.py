@@ -1,0 +1,58 @@
+"""Model rules keyed on the kernel's configuration (the profile), never on the host's name.
+
+CONFIG_MEM_SOFT_DIRTY (Debian's 6.1 and 6.12 kernels have it, this host's 6.18 does not):
+every VMA that mmap_region() makes or expands gets VM_SOFTDIRTY, smaps prints "sd", and
+is_mergeable_vma() ignores the bit (VM_IGNORE_MERGE since 6.18). Checked live in a Debian
+6.1.0-50 guest (virtme-ng): a fresh anonymous mapping showed ["rd","wr","mr","mw","me","ac","sd"].
+On this host tests/test_profile.py checks the profile's soft_dirty against /proc/self/smaps.
+"""
+from __future__ import annotations
+
+import pytest
+
+from model.flags import PAGE_SIZE
+from model.kernel import Kernel
+from model.proc import vmflags
+from model.synthetic import profile, snapshot
+
+BASE = 0x7E0000000000
+
+
+def _kernel(soft_dirty: bool) -> Kernel:
+    return Kernel({**profile(), "soft_dirty": soft_dirty}, snapshot())
+
+
+def _mmap(k: Kernel, n: int, page: int, pages: int, prot: str = "rw", shared: bool = False) -> dict:
+    flags = ("SHARED" if shared else "PRIVATE", "ANONYMOUS", "FIXED")
+    return k.step({"index": n, "do": "mmap", "in": "main",
+                   "args": {"as": f"m{n}", "length": pages * PAGE_SIZE, "prot": prot, "flags": flags,
+                            "addr": ("abs", BASE + page * PAGE_SIZE)}})
+
+
+def _ours(k: Kernel):
+    return [v for v in k.procs["main"].mm.vmas if v.opaque is None]
+
+
+@pytest.mark.parametrize("soft_dirty", [True, False])
+def test_new_vmas_are_soft_dirty_only_with_the_config(soft_dirty):
+    k = _kernel(soft_dirty)
+    assert _mmap(k, 1, 0, 4)["result"] == "ok"
+    (v,) = _ours(k)
+    assert ("sd" in vmflags(v)) is soft_dirty
+    assert vmflags(v)[-1] == ("sd" if soft_dirty else "ac")   # bit 27, after ac (bit 20)
+    assert k.check() == []
+
+
+def test_soft_dirty_does_not_stop_a_merge():
+    """Two adjacent private anonymous mappings merge into one VMA, "sd" and all."""
+    k = _kernel(True)
+    _mmap(k, 1, 0, 4)
+    _mmap(k, 2, 4, 4)
+    (v,) = _ours(k)
+    assert v.end - v.start == 8 * PAGE_SIZE and "sd" in vmflags(v)
+    # mprotect splits and re-merges keep the bit on every piece
+    out = k.step({"index": 3, "do": "mprotect", "in": "main",
+                  "args": {"region": "m1", "pages": (1, 2), "prot": "r"}})
+    assert out["result"] == "ok" and len(_ours(k)) == 3
+    assert all("sd" in vmflags(x) for x in _ours(k))
+    assert k.check() == []
