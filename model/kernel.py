@@ -111,6 +111,8 @@ class Kernel:
         self.shmmni = sysctl.get("shmmni") or 4096
         self.vm_softdirty = VM_SOFTDIRTY if profile.get("soft_dirty") else 0
         self.thp_enabled = profile.get("thp_enabled") or "never"
+        # do_huge_zero_wp_pmd() exists from 6.13 on (an unknown release counts as new)
+        self.huge_zero_wp_thp = tuple(profile.get("release_tuple") or (99,)) >= (6, 13)
         self.thp_use_zero_page = profile.get("thp_use_zero_page", 1)
         self.totalram_pages = (profile.get("mem_total_kb") or (1 << 40)) // 4
         self.total_swap_pages = (profile.get("swap_total_kb") or 0) // 4

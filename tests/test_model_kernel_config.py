@@ -56,3 +56,21 @@ def test_soft_dirty_does_not_stop_a_merge():
     assert out["result"] == "ok" and len(_ours(k)) == 3
     assert all("sd" in vmflags(x) for x in _ours(k))
     assert k.check() == []
+
+
+@pytest.mark.parametrize("release, faults", [((6, 1, 176), 513), ((6, 12, 118), 513), ((6, 13, 0), 2),
+                                             ((6, 18, 0), 2)])
+def test_write_to_the_huge_zero_page_by_kernel_version(release, faults):
+    """thp-madvise-hugepage.toml step 4 (a 4 MiB write after a read mapped the huge zero page in
+    the first 2 MiB): from 6.13 do_huge_zero_wp_pmd() maps a THP in one fault; before, the PMD
+    is split into zero-page PTEs and each page is copied on its own fault (512 + 1 for the
+    second block's THP). Measured: 513 on Debian 6.1.0-50 and 6.12.118 guests, 2 here (6.18)."""
+    k = Kernel({**profile(), "release_tuple": release, "thp_enabled": "madvise"}, snapshot())
+    _mmap(k, 1, 0, 1024)       # BASE is 2 MiB aligned: two whole PMD blocks
+    steps = [("madvise", {"region": "m1", "advice": "hugepage"}),
+             ("touch", {"region": "m1", "pages": (0, 1), "access": "read"}),
+             ("touch", {"region": "m1", "pages": (0, 1024), "access": "write", "value": 3})]
+    outs = [k.step({"index": n, "do": do, "in": "main", "args": args}) for n, (do, args) in enumerate(steps, 2)]
+    assert [o["result"] for o in outs] == ["ok"] * 3
+    assert outs[1]["faults"]["minor"] == 1 and outs[2]["faults"]["minor"] == faults
+    assert k.check() == []
