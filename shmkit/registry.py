@@ -284,7 +284,7 @@ class Run:
             pw = pwd.getpwnam(self.user)
             uid, gid = pw.pw_uid, pw.pw_gid
         self.note({"kind": "run", "run": self.run_id, "owner": os.getpid(),
-                   "owner_start": process_start(os.getpid()), "dir": str(self.dir), "uid": os.geteuid(),
+                   "owner_start": process_start(os.getpid()), "dir": str(self.dir),
                    "user_uid": uid})
         try:
             self.dir.mkdir(mode=0o700)

@@ -497,3 +497,86 @@ def test_a_killed_run_is_still_cleaned_and_its_worker_killed(tmp_path):
         if registry.process_start(worker["pid"]) == worker["start"]:
             os.kill(worker["pid"], signal.SIGKILL)
         shmkit("clean", state=state)
+
+
+# ----- shmkit bench: its lock file in /run/lock and its run directory in $TMPDIR --------------------
+@needs_root
+@needs_nobody
+@pytest.mark.parametrize("how", ["symlink", "owned-by-nobody", "world-writable", "fifo"])
+def test_bench_lock_file_planted_by_nobody_is_refused(shared, victims, how):
+    """/run/lock is world-writable and this host has fs.protected_symlinks = 0: a lock file
+    planted as a link to root's file would be truncated by root's `shmkit bench`."""
+    from shmkit.bench.cli import BadInput
+    from shmkit.bench.runner import open_own_file
+
+    lock = shared / "shmkit-bench.lock"
+
+    def plant():
+        if how == "symlink":
+            lock.symlink_to(victims.file)
+        elif how == "fifo":
+            os.mkfifo(lock, 0o666)
+        else:
+            lock.write_text("")
+            lock.chmod(0o666 if how == "world-writable" else 0o644)
+
+    as_nobody(plant)
+    if how == "world-writable":
+        os.chown(lock, 0, 0)   # root's, but anyone may write it
+    with pytest.raises(BadInput) as e:
+        open_own_file(str(lock), "lock file")
+    assert str(lock) in str(e.value) and "accepted:" in str(e.value) and "\n" not in str(e.value)
+    assert victims.file.read_text() == "root's data\n"
+
+
+@needs_root
+def test_bench_lock_file_of_our_own_is_used(tmp_path):
+    from shmkit.bench.runner import open_own_file
+
+    fd = open_own_file(str(tmp_path / "lock"), "lock file")
+    try:
+        assert oct(os.fstat(fd).st_mode & 0o7777) == oct(0o644 & ~_umask())
+    finally:
+        os.close(fd)
+    os.close(open_own_file(str(tmp_path / "lock"), "lock file"))   # and again, existing
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+@needs_root
+@needs_nobody
+def test_bench_run_dir_planted_by_nobody_steers_nothing(shared, monkeypatch):
+    """nobody creates $TMPDIR/shmkit-bench-<dead pid>/pids naming root's process: the sweep of
+    stale benchmarks must not remove that process's private SysV segment, and a benchmark whose
+    own pid's directory was planted refuses to start."""
+    import sysv_ipc
+
+    from shmkit.bench import cleanup
+    from shmkit.bench.cli import BadInput
+
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    seg = sysv_ipc.SharedMemory(sysv_ipc.IPC_PRIVATE, sysv_ipc.IPC_CREX, mode=0o600, size=4096)
+    try:
+        d = cleanup.rundir(dead.pid)
+
+        def plant():
+            os.mkdir(d, 0o755)
+            with open(os.path.join(d, "pids"), "w") as f:
+                f.write(f"{os.getppid()}\n")   # the test process: the segment's creator
+
+        as_nobody(plant)
+        assert not cleanup.trusted_dir(d)
+        cleanup.sweep(dead.pid, keep_dir=False)
+        cleanup.sweep_stale()
+        assert any(s["shmid"] == seg.id for s in cleanup.sysv_segments()), "root's segment was removed"
+        assert os.path.exists(os.path.join(d, "pids"))
+        with pytest.raises(BadInput, match="not this user's own directory"):
+            cleanup.make_rundir(d)
+    finally:
+        seg.remove()
