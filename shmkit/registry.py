@@ -167,9 +167,19 @@ def process_start(pid: int, procfs: str = "/proc") -> int | None:
     return int(fields[19])
 
 
-def alive(pid: int, start: int | None) -> bool:
-    now = process_start(pid)
-    return now is not None and (start is None or now == start)
+def alive(pid: int, start: int | None, procfs: str = "/proc") -> bool:
+    """The process with this pid and start time still runs. A zombie (state Z or X in
+    /proc/PID/stat) does not: it has exited and only waits for its parent to reap it, as a
+    SIGKILLed owner does until its own parent calls wait()."""
+    try:
+        with open(f"{procfs}/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    fields = data[data.rindex(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X"):
+        return False
+    return start is None or int(fields[19]) == start
 
 
 WORKER_MODULE = "shmkit.worker"   # shmkit.manager starts workers as: python -m shmkit.worker FD CONFIG

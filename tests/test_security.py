@@ -404,6 +404,24 @@ def test_default_registry_is_not_in_tmpdir(monkeypatch, tmp_path):
     assert registry.registry_path() == tmp_path / "x"
 
 
+def test_a_killed_owner_not_yet_reaped_is_gone():
+    """A SIGKILLed run's owner stays a zombie until its parent waits for it; clean must not
+    keep the run for that (it did, and the run's objects stayed)."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        start = registry.process_start(pid)
+        deadline = time.monotonic() + 60
+        while registry.alive(pid, start) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert registry.process_start(pid) == start, "the zombie's /proc entry is still there"
+        assert not registry.alive(pid, start)
+    finally:
+        os.waitpid(pid, 0)
+    assert not registry.alive(pid, start)
+
+
 def _fake_proc(root: Path, pid: int, start: int, uids: tuple[int, int], argv: list[str]) -> None:
     d = root / str(pid)
     d.mkdir(parents=True)
