@@ -439,10 +439,13 @@ def clean_run(entries: list[dict], own: bool = False, run_id: str | None = None)
                     pass
         if opened is not None:
             # fd-based rmtree: it refuses a symbolic link and does not follow links inside
+            # (rmtree reopens the name: it must still be the directory whose owner was checked)
             assert shutil.rmtree.avoids_symlink_attacks
             try:
-                shutil.rmtree(run_dir.name, dir_fd=opened[0])
-                removed.append(f"dir {run_dir}")
+                if os.path.samestat(os.fstat(opened[1]),
+                                    os.stat(run_dir.name, dir_fd=opened[0], follow_symlinks=False)):
+                    shutil.rmtree(run_dir.name, dir_fd=opened[0])
+                    removed.append(f"dir {run_dir}")
             except OSError:
                 pass
     finally:
