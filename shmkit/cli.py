@@ -311,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from shmkit.manager import HarnessError
+    from shmkit.registry import UnsafeState
     from shmkit.spec import SpecError
 
     args = build_parser().parse_args(argv)
@@ -323,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except HarnessError as e:
         print(f"shmkit: harness failure: {e}", file=sys.stderr)
+        return 2
+    except UnsafeState as e:
+        print(f"shmkit: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("shmkit: interrupted; everything this run created was removed", file=sys.stderr)

@@ -77,6 +77,7 @@ class Manager:
         config = {
             "name": "main", "manager": os.getpid(), "aslr": setup.aslr, "layout": setup.layout,
             "rlimits": [list(r) for r in setup.rlimits], "user": setup.user, "cwd": str(self.run.dir),
+            "run": self.run.run_id,   # on the command line: `shmkit clean` proves a pid is this run's worker
         }
         env = dict(os.environ, PYTHONMALLOC="malloc", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
         env.pop("PYTHONTRACEMALLOC", None)

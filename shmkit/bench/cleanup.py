@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 
 PREFIX = "shmkit-bench-"
@@ -23,6 +24,29 @@ def prefix(pid: int) -> str:
 
 def rundir(pid: int) -> str:
     return os.path.join(tempfile.gettempdir(), f"{PREFIX}{pid}")
+
+
+def trusted_dir(d: str) -> bool:
+    """A run directory in $TMPDIR is believed (its `pids` file, its entries) only if it is
+    ours: a directory, not a symbolic link, owned by the effective uid, no group/other write.
+    Anyone can create $TMPDIR/shmkit-bench-<pid> first (CWE-377)."""
+    try:
+        st = os.lstat(d)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def make_rundir(d: str) -> None:
+    """mkdir 0700; an existing one is kept only if it is ours (a leftover of a killed run
+    whose pid this one reuses), otherwise one line, exit 2 (BadInput)."""
+    try:
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        if not trusted_dir(d):
+            from shmkit.bench.cli import BadInput
+            raise BadInput(f"shmkit bench: {d}: exists and is not this user's own directory (or is a "
+                           "symbolic link); refusing to use it; accepted: remove it, or set TMPDIR") from None
 
 
 def alive(pid: int) -> bool:
@@ -83,11 +107,12 @@ def sweep(pid: int, pids: set[int] | None = None, keep_dir: bool = True) -> list
             except OSError:
                 pass
     d = rundir(pid)
-    pids = set(pids or ()) | _pids(d)
+    trusted = trusted_dir(d)      # someone else's directory of that name says nothing
+    pids = set(pids or ()) | (_pids(d) if trusted else set())
     for seg in sysv_segments():
         if seg["cpid"] in pids and seg["key"] == 0 and _rmid(seg["shmid"]):
             removed.append(f"SysV shmid {seg['shmid']} (creator {seg['cpid']})")
-    if os.path.isdir(d):
+    if trusted:
         for n in os.listdir(d):
             if n.startswith(mark):
                 try:

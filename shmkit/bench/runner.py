@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -59,6 +60,34 @@ def lock_path() -> str:
     return os.path.join(base, "shmkit-bench.lock")
 
 
+def open_own_file(path: str, what: str) -> int:
+    """Opens (creating it 0644 if absent) a file in a directory anyone can write, such as
+    /run/lock, only if it is ours: O_NOFOLLOW (a planted symbolic link to /etc/shadow would
+    otherwise be truncated by root: fs.protected_symlinks may be 0), O_NONBLOCK (a planted
+    FIFO would block the open), then fstat: a regular file owned by the effective uid that no
+    group or other user can write. Otherwise one line naming the file, exit 2 (BadInput)."""
+    from shmkit.bench.cli import BadInput
+
+    accepted = (f"accepted: a regular file owned by uid {os.geteuid()} that no group or other "
+                "user can write (remove it)")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise BadInput(f"shmkit bench: {path}: cannot open the {what} safely ({e.strerror}); {accepted}") from None
+    st = os.fstat(fd)
+    why = None
+    if not stat.S_ISREG(st.st_mode):
+        why = "is not a regular file"
+    elif st.st_uid != os.geteuid():
+        why = f"is owned by uid {st.st_uid}, not by uid {os.geteuid()} (you)"
+    elif st.st_mode & 0o022:
+        why = f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    if why:
+        os.close(fd)
+        raise BadInput(f"shmkit bench: {path}: the {what} {why}; refusing to use it; {accepted}")
+    return fd
+
+
 class Lock:
     """A blocking flock: a second benchmark (another process) waits until the first ends."""
 
@@ -67,7 +96,7 @@ class Lock:
         self.fd = None
 
     def __enter__(self):
-        self.fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.fd = open_own_file(lock_path(), "lock file")
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -320,7 +349,7 @@ class Orchestrator:
                "command": s.command, "quick": s.quick, "settings": s.as_dict(),
                "metadata": metadata(s.cpus), "benchmarks": [], "status": "ok"}
         t0 = time.perf_counter()
-        os.makedirs(self.dir, exist_ok=True)
+        cleanup.make_rundir(self.dir)
         stale = cleanup.sweep_stale()
         if stale:
             self.say(f"removed {len(stale)} object(s) left by a killed benchmark")
