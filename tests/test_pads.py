@@ -250,3 +250,19 @@ def test_the_worker_unmaps_nothing_but_its_own_pads():
     finally:
         m.shutdown()
         m.run.cleanup()
+
+
+@pytest.mark.live
+@linux_only
+def test_in_the_legacy_layout_the_pad_below_the_first_mapping_yields(run):
+    """Bottom-up (ADDR_COMPAT_LAYOUT) the pad lies below the experiment's first mapping: a
+    MAP_FIXED_NOREPLACE just below it gets exactly the address asked for."""
+    b = ExperimentBuilder(about="t", layout="legacy")
+    b.mmap(as_="buf", length="4 pages", prot="r", flags=["private", "anonymous"])
+    b.mmap(as_="below", addr="buf-2 pages", length="2 pages", prot="rw",
+           flags=["private", "anonymous", "fixed_noreplace"])
+    rec = run(b)
+    buf = step(rec, 1)["value"]["addr"]
+    assert buf == rec["pads"]["main"]["edge"]
+    assert step(rec, 2)["value"]["addr"] == buf - 2 * PAGE
+    assert step(rec, 2)["yielded"] == [[buf - 2 * PAGE, buf]]
