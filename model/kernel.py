@@ -24,7 +24,7 @@ import itertools
 from array import array
 from collections import Counter
 
-from model import ipc
+from model import ipc, pads
 from model.flags import (MAP, MAP_TYPE, PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE,
                          PTE_KIND, PTE_NONE, PTE_WRITE, PTE_YOUNG, VM_ACCOUNT, VM_DONTCOPY,
                          VM_GROWSDOWN, VM_HUGEPAGE, VM_LOCKED, VM_LOCKONFAULT, VM_MAYEXEC,
@@ -188,10 +188,16 @@ class Kernel:
 
     # ----- the step interface -----------------------------------------------------------------
     def step(self, step: dict) -> dict:
-        """Apply one step (index, do, in, args); returns result, faults, value, trace."""
+        """Apply one step (index, do, in, args); returns result, faults, value, yielded (the
+        pad pieces the harness unmapped before the step, model.pads), trace."""
         self.trace = Counter()
         proc = self.procs[step["in"]]
         handler = getattr(self, "sys_" + step["do"])
+        # the harness's pads in the way of an address the step asks for go first (model.pads)
+        yielded = pads.yield_for(self, proc, step["do"], step["args"])
+        if yielded:
+            self.note(f"shmkit unmapped {len(yielded)} piece(s) of its padding first: the step "
+                      "finds the address space as it would be without padding (model.pads)")
         faults = value = None
         try:
             out = handler(proc, step["args"])
@@ -201,7 +207,7 @@ class Kernel:
         except StepError as e:
             result, faults = e.result, e.faults
             value = getattr(e, "value", None)
-        return {"result": result, "faults": faults, "value": value,
+        return {"result": result, "faults": faults, "value": value, "yielded": yielded,
                 "trace": [f"{n} × {t}" if n > 1 else t for t, n in self.trace.items()]}
 
     # ----- helpers ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+from model import pads as padding
 from shmkit import libc, procfs, protocol
 from shmkit.observe import PAGE, process_view, residency, system_view, zero_page_pfn
 from shmkit.registry import Run, process_start
@@ -333,7 +334,36 @@ class Manager:
         }
         if "status" in reply:
             rec["exit_status"] = reply["status"]
+        if reply.get("yielded"):
+            rec["yielded"] = reply["yielded"]
         return rec
+
+    def pads_in_the_way(self, proc: Proc, step) -> list[list[int]]:
+        """The pieces of the worker's pads inside the address range the step asks for
+        (model.pads, the same rule the model applies), from the worker's maps as they are now."""
+        def region_addr(handle):
+            r = proc.regions.get(handle)
+            return None if r is None else r[0]
+
+        def segment_size(handle):
+            shmid = self.segments.get(handle)
+            return next((s.size for s in procfs.read_sysvipc_shm() if s.shmid == shmid), None)
+
+        target = padding.target_range(step.do, step.arg, region_addr, segment_size)
+        if target is None:
+            return []
+        _, vmas = procfs.read_maps(proc.pid)
+        return [[a, b] for a, b in padding.pieces_in_the_way(((v.start, v.end, v.path) for v in vmas), target)]
+
+    def _expect_yield(self, proc: Proc, pieces) -> None:
+        """The pads the worker unmapped before the step are explained by the step: what is left
+        of each must stay as it was (the upper part's offset grows by the distance cut off), and
+        the range itself is the step's to fill."""
+        for (s, e), fp in list(proc.interp.items()):
+            if any(a < e and s < b for a, b in pieces):
+                del proc.interp[(s, e)]
+                for a, b, offset in padding.what_is_left(s, e, fp[1], pieces):
+                    proc.interp[(a, b)] = (fp[0], offset) + fp[2:]
 
     def names(self) -> dict:
         """The real name of every handle (the record's "names"), for the normal form."""
@@ -349,10 +379,18 @@ class Manager:
         if step.do == "fork":
             child_sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             fds = [theirs.fileno()]
-        protocol.send(proc.sock, {"cmd": "step", "op": step.do, "args": args}, fds)
+        msg = {"cmd": "step", "op": step.do, "args": args}
+        in_the_way = self.pads_in_the_way(proc, step)
+        if in_the_way:
+            msg["yield"] = in_the_way
+        protocol.send(proc.sock, msg, fds)
         if child_sock is not None:
             theirs.close()
         reply = self._recv(proc, self.timeout, step.index)
+        if "error" in reply:
+            raise HarnessError(f"step {step.index} (do={step.do}): the worker refused: {reply['error']}")
+        if reply.get("yielded"):
+            self._expect_yield(proc, reply["yielded"])
         proc.regions = reply.get("regions", proc.regions)
         if step.do == "shmget" and reply["result"] == "ok":
             self.segments[step.get("as")] = reply["value"]["shmid"]

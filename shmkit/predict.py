@@ -131,12 +131,15 @@ def model_step(k: Kernel, names: _Names, step) -> tuple[dict, dict]:
     if step.do == "shmget" and out["result"] == "ok":
         names.names["shmids"][str(out["value"]["shmid"])] = step.get("as")
     view = k.observe()
-    return {
+    rec = {
         "index": step.index, "do": step.do, "in": step.proc, "args": step.raw,
         "result": out["result"], "faults": out["faults"], "value": out["value"], "note": None,
         "processes": view["processes"], "dev_shm": view["dev_shm"], "sysv": view["sysv"],
         "perturbed": None, "trace": out["trace"], "check": k.check(),
-    }, out
+    }
+    if out["yielded"]:
+        rec["yielded"] = [list(p) for p in out["yielded"]]
+    return rec, out
 
 
 def predict(exp, profile: dict, snapshot: dict, pads: dict, run=None, on_step=None) -> dict:

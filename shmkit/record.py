@@ -9,7 +9,9 @@ of one experiment, or a run and a prediction, can be compared field by field:
 - an address in the experiment's part of the address space becomes
   ``$edge±0x...``, relative to the 2 MiB boundary that the worker padded its
   free area to (see shmkit.worker); an address inside the interpreter's own
-  VMAs (those present before the first step) becomes ``$interp``;
+  VMAs (those present before the first step) becomes ``$interp``, except in the
+  pieces of the harness's pads that a step's process yielded to it (the
+  step's ``yielded``, model.pads): those are the experiment's from that step on;
 - run-unique names become their handles: ``<disk:NAME>``, ``<tmpfs:NAME>``,
   ``/dev/shm/<shm:NAME>``, ``/memfd:<memfd:NAME>``, ``/SYSV<key:HANDLE>``;
 - inode numbers of the run's objects and of internal shm files, shmids and pids
@@ -50,6 +52,7 @@ class Normaliser:
         initial = rec.get("initial", {}).get("processes", {})
         main = initial.get("main", {})
         self.interp = [(v["start"], v["end"]) for v in main.get("vmas", [])]
+        self.yielded: dict[str, list] = {}   # process -> pad pieces it yielded so far
         self.pids = {}
         prefix = rec.get("prefix", "")
         names = rec.get("names", {})
@@ -91,8 +94,17 @@ class Normaliser:
         return (vma["dev"] == "00:01" or p.startswith("/dev/zero") or p.startswith("/SYSV")
                 or p.startswith("/memfd:") or self.prefix in p or "<" in self.name(p))
 
-    def vma(self, v: dict) -> dict:
-        interp = any(s <= v["start"] and v["end"] <= e for s, e in self.interp)
+    def enter(self, step: dict) -> None:
+        """Before the processes of a step are normalised, in step order: the pad pieces its
+        process yielded before the call, and a forked child's share of its parent's."""
+        proc = step["in"]
+        if step.get("yielded"):
+            self.yielded.setdefault(proc, []).extend(tuple(p) for p in step["yielded"])
+        if step["do"] == "fork" and step["result"] == "ok":
+            self.yielded[step["args"]["child"]] = list(self.yielded.get(proc, []))
+
+    def vma(self, v: dict, proc: str | None = None) -> dict:
+        interp = self.is_interp(v, proc)
         start = "$interp" if interp else self.addr(v["start"])
         end = "$interp" if interp else self.addr(v["end"])
         ino = self.sym.inode(v["dev"], v["inode"]) if v["inode"] and self._internal(v) else v["inode"]
@@ -103,24 +115,26 @@ class Normaliser:
             out["vmflags"] = list(v.get("vmflags") or [])
         return out
 
-    def line(self, v: dict) -> str:
-        n = self.vma(v)
+    def line(self, v: dict, proc: str | None = None) -> str:
+        n = self.vma(v, proc)
         return f"{n['start']}-{n['end']} {n['perms']} {n['offset']:08x} {n['dev']} {n['inode']} {n['path']}".rstrip()
 
-    def is_interp(self, v: dict) -> bool:
-        return any(s <= v["start"] and v["end"] <= e for s, e in self.interp)
+    def is_interp(self, v: dict, proc: str | None = None) -> bool:
+        mine = self.yielded.get(proc, ())
+        return any(s <= v["start"] and v["end"] <= e for s, e in self.interp) \
+            and not any(a < v["end"] and v["start"] < b for a, b in mine)
 
-    def process(self, p: dict) -> dict:
+    def process(self, p: dict, proc: str | None = None) -> dict:
         """The experiment's part of a process's maps, in address order. The
         interpreter's own VMAs are left out of the normal form: their order and
         number vary from run to run under ASLR (2 MiB-aligned libraries leave
         gaps that later small mappings fill differently, and adjacent anonymous
         pieces merge or not); any change to them during a step is reported as a
         perturbation instead (shmkit.manager)."""
-        mine = [v for v in p["vmas"] if not self.is_interp(v)]
+        mine = [v for v in p["vmas"] if not self.is_interp(v, proc)]
         return {
-            "maps": [self.line(v) for v in mine],
-            "vmas": [self.vma(v) for v in mine],
+            "maps": [self.line(v, proc) for v in mine],
+            "vmas": [self.vma(v, proc) for v in mine],
             "regions": {h: {**{k: r[k] for k in r if k not in ("addr",)}, "addr": self.addr(r["addr"])}
                         for h, r in sorted(p.get("regions", {}).items())},
         }
@@ -162,13 +176,14 @@ class Normaliser:
                "initial": {n: self.process(p)["maps"] for n, p in sorted(
                    rec.get("initial", {}).get("processes", {}).items())}, "steps": []}
         for s in rec["steps"]:
+            self.enter(s)
             for name, p in s["processes"].items():
                 procs[p["pid"]] = name
             out["steps"].append({
                 "index": s["index"], "do": s["do"], "in": s["in"], "result": s["result"],
                 "faults": s["faults"], "value": self.value(s.get("value")),
                 "perturbed": bool(s.get("perturbed")),
-                "processes": {n: self.process(p) for n, p in sorted(s["processes"].items())},
+                "processes": {n: self.process(p, n) for n, p in sorted(s["processes"].items())},
                 **self.system(s, procs),
             })
         return out

@@ -41,6 +41,10 @@ def render(rec: dict, color: bool = False) -> str:
     for s in rec["steps"]:
         head = f"step {s['index']:>2} [{s['in']}] {s['do']} {_args(s['args'])}"
         lines.append(head)
+        n.enter(s)
+        if s.get("yielded"):
+            lines.append("         first, shmkit unmapped its padding in the way (model.pads): "
+                         + ", ".join(f"{n.addr(a)}-{n.addr(b)}" for a, b in s["yielded"]))
         lines.append(f"         -> {_result(s['result'])}; {_faults(s['faults'])}")
         if s.get("value"):
             v = n.value(s["value"])
@@ -51,7 +55,7 @@ def render(rec: dict, color: bool = False) -> str:
             lines.append("         PERTURBED (the interpreter changed memory the step cannot explain):")
             lines += [f"           {p}" for p in s["perturbed"]]
         for name, p in sorted(s["processes"].items()):
-            np_ = n.process(p)
+            np_ = n.process(p, name)
             now = set(np_["maps"])
             if name not in prev:  # a new child: show what differs from its parent
                 lines.append(f"         {name}: new process, a fork of {s['in']}")

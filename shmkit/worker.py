@@ -18,10 +18,12 @@ README "Exact observations"):
   writable memory (never the experiment's) so that the copy-on-write faults
   of the interpreter are taken during the fork step, not during later steps;
 - the address space below the interpreter's libraries is padded to a 2 MiB
-  boundary with PROT_NONE mappings of an empty memfd named "shmkit-pad", and
-  the holes between its libraries are filled likewise, so that experiment
-  mappings land at the same offsets from that boundary under ASLR (fault-around
-  windows and THP blocks depend on the address).
+  boundary at least 2 MiB away with PROT_NONE mappings of an empty memfd named
+  "shmkit-pad", and the holes between its libraries are filled likewise, so
+  that experiment mappings land at the same offsets from that boundary under
+  ASLR (fault-around windows and THP blocks depend on the address); before a
+  step that asks for an address, the manager names the pad pieces in its way
+  and the worker unmaps them (model.pads: the pads yield).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import signal
 import socket
 import sys
 
+from model.pads import PAD_ALIGN, PAD_NAME, PAD_ROOM, subtract
 from shmkit import libc, protocol
 from shmkit import _access  # the C loops; imported before the first observation
 
@@ -41,8 +44,6 @@ import sysv_ipc  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HEAP_RESERVE = 24 << 20
-PAD_ALIGN = 2 << 20
-PAD_NAME = "shmkit-pad"
 
 RLIMITS = {
     "as": resource.RLIMIT_AS, "data": resource.RLIMIT_DATA, "memlock": resource.RLIMIT_MEMLOCK,
@@ -114,6 +115,7 @@ class Worker:
         self.keep: dict[str, object] = {}
         self.children: dict[str, int] = {}
         self.interp: list[tuple[int, int]] = []
+        self.pads: list[tuple[int, int]] = []      # what is left of the pads this worker mapped
         self.readbuf = bytearray(1 << 16)
 
     # ----- address-space control ---------------------------------------------------
@@ -139,23 +141,37 @@ class Worker:
                 and vmas[hi + 1].path != "[stack]":
             hi += 1
         holes = [(vmas[i].end, vmas[i + 1].start) for i in range(lo, hi) if vmas[i + 1].start > vmas[i].end]
+        # at least PAD_ROOM of pad between the edge and the libraries: an experiment may ask for
+        # addresses just beyond its first mapping (the pads yield them, model.pads), and they
+        # must never be a library's, whatever ASLR picked
         if self.config.get("layout") == "legacy":
             top = vmas[hi].end
-            edge = (top + PAD_ALIGN - 1) // PAD_ALIGN * PAD_ALIGN
-            if edge > top:
-                holes.append((top, edge))
+            edge = (top + PAD_ROOM + PAD_ALIGN - 1) // PAD_ALIGN * PAD_ALIGN
+            holes.append((top, edge))
         else:
             bottom = vmas[lo].start
-            edge = bottom // PAD_ALIGN * PAD_ALIGN
-            if edge < bottom:
-                holes.append((edge, bottom))
+            edge = (bottom - PAD_ROOM) // PAD_ALIGN * PAD_ALIGN
+            holes.append((edge, bottom))
         fd = os.memfd_create(PAD_NAME, os.MFD_CLOEXEC)
         try:
             for start, end in holes:
                 libc.mmap(start, end - start, 0, libc.MAP["PRIVATE"] | libc.MAP["FIXED_NOREPLACE"], fd, 0)
         finally:
             os.close(fd)
+        self.pads = list(holes)
         return {"holes": holes, "edge": edge, "layout": self.config.get("layout", "topdown")}
+
+    def yield_pads(self, pieces: list) -> str | None:
+        """Unmap the pieces of pads the manager found in the way of the next step (model.pads);
+        an error text, and nothing unmapped, if one is not inside this worker's own pads."""
+        pieces = [(int(a), int(b)) for a, b in pieces]
+        for a, b in pieces:
+            if subtract([(a, b)], self.pads):
+                return f"{a:#x}-{b:#x} is not a part of this worker's pads"
+        for a, b in pieces:
+            libc.munmap(a, b - a)
+        self.pads = subtract(self.pads, pieces)
+        return None
 
     def record_interpreter(self) -> None:
         """The interpreter's own mappings, as they are before the first step."""
@@ -191,7 +207,13 @@ class Worker:
                 os._exit(0)  # the manager is gone: nothing more to do here
             cmd = msg["cmd"]
             if cmd == "step":
+                refused = self.yield_pads(msg["yield"]) if msg.get("yield") else None
+                if refused:
+                    protocol.send(self.sock, {"error": refused})
+                    continue
                 reply = self.step(msg["op"], msg["args"], fds)
+                if reply is not None and msg.get("yield"):
+                    reply["yielded"] = msg["yield"]
                 if reply is None:  # this is the new child after a fork
                     continue
                 protocol.send(self.sock, reply)
