@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from shmkit import libc, procfs, protocol
 from shmkit.observe import PAGE, process_view, residency, system_view, zero_page_pfn
 from shmkit.registry import Run, process_start
+from model.pages import pages_of
 
 PR_SET_CHILD_SUBREAPER = 36
 READY_TIMEOUT = 60.0
@@ -177,7 +178,7 @@ class Manager:
             for handle, (addr, length, mapped, kind) in proc.regions.items():
                 if handle.startswith("_"):
                     continue
-                npages = (length + PAGE - 1) // PAGE
+                npages = pages_of(length, PAGE)
                 # an unmapped region's range may hold another mapping now: no residency
                 res = residency(proc.pid, addr, npages, self.zero_pfn) if mapped and npages < (1 << 22) else None
                 regions[handle] = {"addr": addr, "length": length, "mapped": mapped, "kind": kind,
