@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from shmkit import libc, procfs, protocol
 from shmkit.observe import PAGE, process_view, residency, system_view, zero_page_pfn
 from shmkit.registry import Run, process_start
-from model.pages import pages_of
+from model.pages import page_align, pages_of
 
 PR_SET_CHILD_SUBREAPER = 36
 READY_TIMEOUT = 60.0
@@ -164,7 +164,7 @@ class Manager:
         """Fingerprints of the VMAs that are not the experiment's (the interpreter's,
         the pads): any later change to them that a step cannot explain is a perturbation."""
         view = process_view(proc.pid)
-        exp = [(a, a + max(n, 1)) for a, n, _m, _k in proc.regions.values()]
+        exp = [(a, a + page_align(max(n, 1), PAGE)) for a, n, _m, _k in proc.regions.values()]
         proc.interp = {(v["start"], v["end"]): _fingerprint(v) for v in view["vmas"]
                        if not any(s < v["end"] and v["start"] < e for s, e in exp)}
 

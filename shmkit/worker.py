@@ -168,7 +168,7 @@ class Worker:
         writable private pages (breaking copy-on-write sharing), read the others
         (fork does not copy the page tables of file VMAs without an anon_vma, so
         the child would fault on the interpreter's code pages later)."""
-        exp = sorted((r.addr, r.addr + r.length) for r in self.regions.values() if r.mapped)
+        exp = sorted((r.addr, r.addr + _page_up(r.length)) for r in self.regions.values() if r.mapped)
         done = 0
         for v in self.own_maps():
             if v.perms[0] != "r" or v.path in ("[vvar]", "[vvar_vclock]", "[vsyscall]"):
