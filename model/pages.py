@@ -21,9 +21,14 @@ from __future__ import annotations
 from model.flags import PAGE_SIZE
 
 
+ULONG_MASK = (1 << 64) - 1
+
+
 def page_align(n: int, page_size: int = PAGE_SIZE) -> int:
-    """include/linux/mm.h PAGE_ALIGN(): n rounded up to a whole page."""
-    return (n + page_size - 1) & ~(page_size - 1)
+    """include/linux/mm.h PAGE_ALIGN(): n rounded up to a whole page, in an unsigned long: a
+    length within a page of 2^64 wraps to 0 (do_mmap refuses it with ENOMEM, mremap's
+    check_mremap_params with EINVAL; measured: whole-pages-mremap.toml)."""
+    return ((n + page_size - 1) & ~(page_size - 1)) & ULONG_MASK
 
 
 def pages_of(length: int, page_size: int = PAGE_SIZE) -> int:

@@ -236,6 +236,10 @@ def test_mremap_to_a_non_multiple_length_maps_whole_pages(live):
     assert_mapped_pages(rec, 8, "buf", whole(27), grew=whole(27) - whole(5000))
     s = at(rec, 9, "touch", "buf")
     assert (s["result"], s["faults"], region(s, "buf")["present"]) == ("ok", faults(0), 1)
+    # PAGE_ALIGN in an unsigned long: 2^64 - 1 rounds up to 0
+    assert (2**64 - 1 + PAGE - 1) // PAGE * PAGE % 2**64 == 0
+    assert at(rec, 10, "mremap", "buf")["result"] == {"errno": "EINVAL"}    # check_mremap_params
+    assert at(rec, 11, "mmap")["result"] == {"errno": "ENOMEM"}             # do_mmap: if (!len)
 
 
 def test_every_whole_pages_experiment_is_checked_here():
