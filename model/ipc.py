@@ -13,6 +13,7 @@ import itertools
 
 from model.flags import PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, MAP
 from model.objects import SHMEM, Inode
+from model.pages import page_align, pages_of
 from model.vma import OpenFile
 
 SHM_DEST, SHM_LOCKED = 0o1000, 0o2000
@@ -83,8 +84,8 @@ class SysV:
                 raise self._err("ENOENT")
             if size < SHMMIN or size > self.k.shmmax:
                 raise self._err("EINVAL")
-            numpages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
-            tot = sum((s.size + PAGE_SIZE - 1) >> PAGE_SHIFT for s in self.segments.values())
+            numpages = pages_of(size)        # newseg(): the segment keeps size; pages rounded up
+            tot = sum(pages_of(s.size) for s in self.segments.values())
             if tot + numpages < tot or tot + numpages > self.k.shmall:
                 raise self._err("ENOSPC")
             if len(self.segments) >= self.k.shmmni:
@@ -153,7 +154,7 @@ class SysV:
             from model.kernel import errno
             raise errno("EINVAL", f0)
         file = vma.file
-        end = r.addr + ((file.inode.size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+        end = r.addr + page_align(file.inode.size)
         for v in sorted(mm.overlapping(r.addr, end), key=lambda v: v.start):
             if v.file is file:
                 self.k.unmap_vmas(proc, v.start, v.end)
@@ -205,7 +206,7 @@ class SysV:
                 self.k.note("SHM_UNLOCK: SHM_LOCKED cleared, the pages uncharged (user_shm_unlock)")
             return None
         if seg.lock_uid is None:
-            pages = (seg.inode.size + PAGE_SIZE - 1) >> PAGE_SHIFT
+            pages = pages_of(seg.inode.size)
             total = self.shm_locked.get(proc.uid, 0) + pages
             if not lock_cap and limit is not None and total > limit >> PAGE_SHIFT:
                 raise self._err("ENOMEM")
@@ -218,7 +219,7 @@ class SysV:
     def _shm_unlock(self, seg: Segment) -> None:
         """shmem_lock(file, 0, ucounts) -> user_shm_unlock()."""
         if seg.lock_uid is not None:
-            pages = (seg.inode.size + PAGE_SIZE - 1) >> PAGE_SHIFT
+            pages = pages_of(seg.inode.size)
             self.shm_locked[seg.lock_uid] -= pages
             seg.lock_uid = None
 

@@ -36,7 +36,8 @@ from model.flags import (LEGACY_MAP_MASK, PROT_EXEC, PROT_WRITE, VM_ACCESS_FLAGS
 from model.flags import (PMD_SIZE, PTE_ZERO, VM_DONTDUMP, VM_DONTEXPAND, VM_MERGEABLE,  # madvise, fork
                          VM_WIPEONFORK)
 from model.memory import Fault, Memory
-from model.mm import TASK_SIZE, AddressSpace, page_align
+from model.mm import TASK_SIZE, AddressSpace
+from model.pages import page_align, pages_of, span
 from model.objects import DISK, SHMEM, TMPFS, AnonPages, Inode
 from model.proc import maps_line, residency, vma_record
 from model.vma import AnonVma, OpenFile, Vma
@@ -229,11 +230,7 @@ class Kernel:
 
     def span(self, proc: Process, args: dict) -> tuple[Region, int, int]:
         r = self.region(proc, args["region"])
-        pages = args.get("pages")
-        if pages is None:
-            return r, r.addr, r.length
-        a, b = pages
-        return r, r.addr + a * PAGE_SIZE, (b - a) * PAGE_SIZE
+        return (r, *span(r.addr, r.length, args.get("pages")))
 
     def resolve_addr(self, proc: Process, addr) -> int:
         if addr is None:
@@ -1512,7 +1509,7 @@ class Kernel:
         write = (args.get("access") or "read") == "write"
         value = args.get("value")
         value = 1 if value is None else value
-        n = length // PAGE_SIZE
+        n = pages_of(length)           # whole pages: the kernel mapped PAGE_ALIGN(length)
         done, minor, major, fault = self.mem.access(proc.mm, addr, n, write, value & 0xFF)
         if fault is not None:
             self.note(f"{fault.signal}: {fault.why}")
@@ -1522,7 +1519,7 @@ class Kernel:
 
     def sys_read(self, proc: Process, args: dict):
         r, addr, length = self.span(proc, args)
-        n = length // PAGE_SIZE
+        n = pages_of(length)           # whole pages: the kernel mapped PAGE_ALIGN(length)
         vals = bytearray()
         done, minor, major, fault = self.mem.access(proc.mm, addr, n, False, 0, vals)
         runs = _runs(vals)
@@ -1584,7 +1581,7 @@ class Kernel:
         """do_truncate -> shmem_setattr / truncate_pagecache: pages past the new end are
         unmapped from every process and freed."""
         if size < ino.size:
-            first = (size + PAGE_SIZE - 1) // PAGE_SIZE
+            first = pages_of(size)       # a partial last page stays (truncate_inode_partial_folio)
             self.punch_hole(ino, first, ino.npages)
         ino.resize(size)
 
@@ -1741,7 +1738,7 @@ class Kernel:
             vmas = sorted(p.mm.vmas, key=lambda v: v.start)
             regions = {}
             for h, r in p.regions.items():
-                npages = (r.length + PAGE_SIZE - 1) // PAGE_SIZE
+                npages = pages_of(r.length)
                 res = residency(p.mm, r.addr, npages, self.anon) if r.mapped and npages < (1 << 22) else {}
                 regions[h] = {"addr": r.addr, "length": r.length, "mapped": r.mapped, "kind": r.kind, **res}
             procs[name] = {"pid": p.pid, "maps": [maps_line(v) for v in vmas],

@@ -18,14 +18,11 @@ import bisect
 
 from model.flags import (PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, VM_DONTEXPAND, VM_SOFTDIRTY, VM_GROWSDOWN,
                          VM_LOCKED, VM_LOCKONFAULT, VM_SHARED, VM_STACK_FLAGS, VM_WRITE)
+from model.pages import page_align
 from model.vma import Vma
 
 TASK_SIZE = (1 << 47) - PAGE_SIZE     # x86-64, 4-level page tables: TASK_SIZE_MAX
 STACK_GUARD_GAP = 256 << PAGE_SHIFT    # mm/mmap.c stack_guard_gap (256 pages)
-
-
-def page_align(n: int) -> int:
-    return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
 def mmap_base_formula(stack_rlimit: int, rnd: int = 0, stack_rnd: int = 0) -> int:

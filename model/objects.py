@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from array import array
 
-from model.flags import PAGE_SIZE
+from model.pages import pages_of
 
 DISK, TMPFS, SHMEM = "disk", "tmpfs", "shmem"   # shmem: the kernel-internal shm mount (00:01)
 
@@ -48,7 +48,7 @@ class Inode:
     @property
     def npages(self) -> int:
         """Pages the file's size covers (a partial last page counts)."""
-        return (self.size + PAGE_SIZE - 1) // PAGE_SIZE
+        return pages_of(self.size)
 
     def _grow(self, n: int) -> None:
         if n > len(self.cached):

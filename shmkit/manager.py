@@ -19,6 +19,7 @@ from model import pads as padding
 from shmkit import libc, procfs, protocol
 from shmkit.observe import PAGE, process_view, residency, system_view, zero_page_pfn
 from shmkit.registry import Run, process_start
+from model.pages import page_align, pages_of
 
 PR_SET_CHILD_SUBREAPER = 36
 READY_TIMEOUT = 60.0
@@ -165,7 +166,7 @@ class Manager:
         """Fingerprints of the VMAs that are not the experiment's (the interpreter's,
         the pads): any later change to them that a step cannot explain is a perturbation."""
         view = process_view(proc.pid)
-        exp = [(a, a + max(n, 1)) for a, n, _m, _k in proc.regions.values()]
+        exp = [(a, a + page_align(max(n, 1), PAGE)) for a, n, _m, _k in proc.regions.values()]
         proc.interp = {(v["start"], v["end"]): _fingerprint(v) for v in view["vmas"]
                        if not any(s < v["end"] and v["start"] < e for s, e in exp)}
 
@@ -179,7 +180,7 @@ class Manager:
             for handle, (addr, length, mapped, kind) in proc.regions.items():
                 if handle.startswith("_"):
                     continue
-                npages = (length + PAGE - 1) // PAGE
+                npages = pages_of(length, PAGE)
                 # an unmapped region's range may hold another mapping now: no residency
                 res = residency(proc.pid, addr, npages, self.zero_pfn) if mapped and npages < (1 << 22) else None
                 regions[handle] = {"addr": addr, "length": length, "mapped": mapped, "kind": kind,

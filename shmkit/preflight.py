@@ -12,6 +12,7 @@ import os
 import resource
 import tempfile
 
+from model.pages import pages_of
 from shmkit.procfs import read_meminfo, read_sysvipc_shm
 from shmkit.spec import SpecError
 
@@ -40,7 +41,7 @@ def check(exp) -> None:
     shmall = _read_int("/proc/sys/kernel/shmall")
     shmmni = _read_int("/proc/sys/kernel/shmmni")
     segments = read_sysvipc_shm()
-    sysv_used = sum((s.size + page - 1) // page for s in segments)
+    sysv_used = sum(pages_of(s.size, page) for s in segments)
 
     def fail(step, field, problem, accepted):
         raise SpecError(exp.path, step.index, step.do, field, problem, accepted)
@@ -74,7 +75,7 @@ def check(exp) -> None:
         elif step.do == "shmget" and g("create"):
             size = g("size")
             if size <= shmmax:
-                sysv_pages += (size + page - 1) // page
+                sysv_pages += pages_of(size, page)      # ipc/shm.c newseg(): numpages
                 sysv_count += 1
                 if sysv_pages + sysv_used > shmall:
                     fail(step, "size", f"{sysv_pages} pages in all exceed what SHMALL leaves "

@@ -2,7 +2,12 @@
 the kernel shows, as changes from the previous step (full maps are in --json)."""
 from __future__ import annotations
 
+import os
+
+from model.pages import pages_of
 from shmkit.record import Normaliser
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _result(r) -> str:
@@ -64,7 +69,7 @@ def render(rec: dict, color: bool = False) -> str:
             added = [line for line in np_["maps"] if line not in before]
             removed = [line for line in sorted(before) if line not in now]
             regs = ", ".join(
-                (f"{h} {r.get('present', '?')}/{(r['length'] + 4095) // 4096} present"
+                (f"{h} {r.get('present', '?')}/{pages_of(r['length'], PAGE)} present"
                  + (f" ({r['zero']} zero page)" if r.get("zero") else "")) if r["mapped"] else f"{h} unmapped"
                 for h, r in np_["regions"].items())
             if added or removed or regs:

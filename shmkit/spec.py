@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from model.pages import pages_of
+
 __all__ = [
     "FORMAT",
     "OPERATIONS",
@@ -798,8 +800,9 @@ class _State:
 
 
 def _pages_of(size: int | None, page_size: int) -> int | None:
-    """Pages of a region of `size` bytes, None when unknown (a zero length fails: EINVAL)."""
-    return None if not size else math.ceil(size / page_size)
+    """Pages of a region of `size` bytes (whole pages, as the kernel maps them: model/pages.py),
+    None when unknown: a zero length, or one whose PAGE_ALIGN wraps to 0 (the call fails)."""
+    return (pages_of(size, page_size) or None) if size else None
 
 
 class _StepCtx:

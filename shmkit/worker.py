@@ -38,6 +38,7 @@ import sys
 from model.pads import PAD_ALIGN, PAD_NAME, PAD_ROOM, subtract
 from shmkit import libc, protocol
 from shmkit import _access  # the C loops; imported before the first observation
+from model.pages import page_align, pages_of, span  # the model's rule, shared (model/pages.py)
 
 import posix_ipc  # noqa: E402  (imported now so that their .so mappings exist from the start)
 import sysv_ipc  # noqa: E402
@@ -183,7 +184,7 @@ class Worker:
         writable private pages (breaking copy-on-write sharing), read the others
         (fork does not copy the page tables of file VMAs without an anon_vma, so
         the child would fault on the interpreter's code pages later)."""
-        exp = sorted((r.addr, r.addr + r.length) for r in self.regions.values() if r.mapped)
+        exp = sorted((r.addr, r.addr + _page_up(r.length)) for r in self.regions.values() if r.mapped)
         done = 0
         for v in self.own_maps():
             if v.perms[0] != "r" or v.path in ("[vvar]", "[vvar_vclock]", "[vsyscall]"):
@@ -265,11 +266,7 @@ class Worker:
 
     def span(self, args: dict) -> tuple[Region, int, int]:
         r = self.region(args["region"])
-        pages = args.get("pages")
-        if pages is None:
-            return r, r.addr, r.length
-        a, b = pages
-        return r, r.addr + a * PAGE, (b - a) * PAGE
+        return (r, *span(r.addr, r.length, args.get("pages"), PAGE))
 
     def fd_of(self, handle: str) -> int:
         fd = self.fds.get(handle)
@@ -440,22 +437,22 @@ class Worker:
         r, addr, length = self.span(args)
         write = args.get("access") == "write"
         done, signo, minf, majf, fault_addr = _access.touch(
-            addr, length // PAGE, PAGE, write, args.get("value", 1))
+            addr, pages_of(length, PAGE), PAGE, write, args.get("value", 1))
         # "page": the page of the region (not of the touched range) whose access faulted
         first = (addr - r.addr) // PAGE
         result = "ok" if not signo else {"signal": signal.Signals(signo).name, "page": first + done}
-        return result, [minf, majf], None, [(addr, addr + length)], None
+        return result, [minf, majf], None, [(addr, addr + _page_up(length))], None
 
     def op_read(self, args):
         r, addr, length = self.span(args)
-        n = length // PAGE
+        n = pages_of(length, PAGE)
         if len(self.readbuf) < n:
             self.readbuf = bytearray(n)
         done, signo, minf, majf, fault_addr = _access.read(addr, n, PAGE, self.readbuf)
         values = _runs(self.readbuf[:done])
         result = "ok" if not signo else {"signal": signal.Signals(signo).name,
                                          "page": (addr - r.addr) // PAGE + done}
-        return result, [minf, majf], {"bytes": values}, [(addr, addr + length)], None
+        return result, [minf, majf], {"bytes": values}, [(addr, addr + _page_up(length))], None
 
     def op_shm_open(self, args):
         flags = 0
@@ -588,7 +585,7 @@ class Worker:
 
 
 def _page_up(n: int) -> int:
-    return (n + PAGE - 1) // PAGE * PAGE
+    return page_align(n, PAGE)
 
 
 def _runs(data) -> list[list[int]]:

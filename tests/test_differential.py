@@ -35,6 +35,11 @@ ADVICE = ["dontneed", "willneed", "random", "sequential", "normal", "cold", "pag
           "populate_read", "populate_write"]
 MSYNC = [["sync"], ["async"], ["invalidate"], ["sync", "invalidate"]]
 MREMAP = [[], ["maymove"], ["maymove", "dontunmap"]]
+PAGE = os.sysconf("SC_PAGE_SIZE")
+# bytes short of a whole number of pages: lengths and sizes are drawn in bytes, so that regions,
+# files and objects of sub-page and non-multiple sizes come up (a region's pages are still
+# whole: PAGE_ALIGN(length), model/pages.py)
+SHORT = st.one_of(st.just(0), st.integers(1, PAGE - 1))
 
 
 def profile() -> dict:
@@ -66,10 +71,10 @@ class Differential(RuleBasedStateMachine):
         from shmkit.session import Session
         self.s = Session(profile())
         self.n = 0
-        self.regions: dict[str, dict] = {}   # handle -> pages, procs, kind
-        self.files: dict[str, int] = {}      # file handle -> pages
-        self.fds: dict[str, dict] = {}       # fd handle -> pages, procs
-        self.segs: dict[str, int] = {}       # SysV handle -> pages
+        self.regions: dict[str, dict] = {}   # handle -> pages (whole), length (bytes), procs, kind
+        self.files: dict[str, int] = {}      # file handle -> size in bytes
+        self.fds: dict[str, dict] = {}       # fd handle -> size (bytes), procs
+        self.segs: dict[str, int] = {}       # SysV handle -> size in bytes
         self.posix: list[str] = []           # POSIX names created
         self.procs = ["main"]
         self.last = None
@@ -94,6 +99,12 @@ class Differential(RuleBasedStateMachine):
         proc = data.draw(st.sampled_from(sorted(set(self.regions[h]["procs"]) & set(self.procs))))
         return h, proc
 
+    @staticmethod
+    def _bytes(data, pages: int) -> int:
+        """A length of `pages` whole pages: pages * PAGE, or up to one byte more than
+        (pages - 1) * PAGE."""
+        return pages * PAGE - data.draw(SHORT)
+
     def _pages(self, data, n: int):
         if data.draw(st.booleans()):
             return None
@@ -108,45 +119,49 @@ class Differential(RuleBasedStateMachine):
         proc = data.draw(st.sampled_from(self.procs))
         h = self._name("a")
         flags = ["shared" if shared else "private", "anonymous"] + (["populate"] if populate else [])
-        live = self._do("mmap", in_=proc, as_=h, length=f"{pages} pages", prot=prot, flags=flags)
+        length = self._bytes(data, pages)
+        live = self._do("mmap", in_=proc, as_=h, length=length, prot=prot, flags=flags)
         if live["result"] == "ok":
-            self.regions[h] = {"pages": pages, "procs": [proc], "kind": "mmap"}
+            self.regions[h] = {"pages": pages, "length": length, "procs": [proc], "kind": "mmap"}
 
     @precondition(lambda self: len(self.files) < 3)
-    @rule(pages=st.integers(1, 6), on=st.sampled_from(["disk", "tmpfs"]), cold=st.booleans(),
+    @rule(pages=st.integers(1, 6), short=SHORT, on=st.sampled_from(["disk", "tmpfs"]), cold=st.booleans(),
           fill=st.sampled_from(["zero", "random", "byte"]))
-    def file(self, pages, on, cold, fill):
+    def file(self, pages, short, on, cold, fill):
         h = self._name("f")
-        self._do("file", name=h, size=f"{pages} pages", on=on, fill=fill,
+        size = pages * PAGE - short
+        self._do("file", name=h, size=size, on=on, fill=fill,
                  cache="cold" if cold and on == "disk" else "warm")
-        self.files[h] = pages
+        self.files[h] = size
 
     @precondition(lambda self: self.files)
     @rule(data=st.data(), shared=st.booleans(), prot=st.sampled_from(["r", "rw"]))
     def mmap_file(self, data, shared, prot):
         f = data.draw(st.sampled_from(sorted(self.files)))
-        size = self.files[f]
+        size = -(-self.files[f] // PAGE)                    # the file's pages, the last maybe partial
         off = data.draw(st.integers(0, size - 1))
         pages = data.draw(st.integers(1, size - off + 1))     # may reach past the end of file
         proc = data.draw(st.sampled_from(self.procs))
         h = self._name("m")
-        live = self._do("mmap", in_=proc, as_=h, file=f, length=f"{pages} pages", prot=prot,
+        length = self._bytes(data, pages)
+        live = self._do("mmap", in_=proc, as_=h, file=f, length=length, prot=prot,
                         flags=["shared" if shared else "private"], offset=f"{off} pages")
         if live["result"] == "ok":
-            self.regions[h] = {"pages": pages, "procs": [proc], "kind": "mmap"}
+            self.regions[h] = {"pages": pages, "length": length, "procs": [proc], "kind": "mmap"}
 
     @precondition(lambda self: len(self.fds) < 3)
     @rule(data=st.data(), pages=st.integers(1, 4), memfd=st.booleans())
     def shmem_object(self, data, pages, memfd):
         proc = data.draw(st.sampled_from(self.procs))
         h = self._name("o")
+        size = self._bytes(data, pages)
         if memfd:
-            live = self._do("memfd", in_=proc, as_=h, name=h, size=f"{pages} pages")
+            live = self._do("memfd", in_=proc, as_=h, name=h, size=size)
         else:
-            live = self._do("shm_open", in_=proc, as_=h, name=h, create=True, excl=True, size=f"{pages} pages")
+            live = self._do("shm_open", in_=proc, as_=h, name=h, create=True, excl=True, size=size)
             self.posix.append(h)
         if live["result"] == "ok":
-            self.fds[h] = {"pages": pages, "procs": [proc], "memfd": memfd}
+            self.fds[h] = {"size": size, "procs": [proc], "memfd": memfd}
 
     @precondition(lambda self: self.fds)
     @rule(data=st.data(), prot=st.sampled_from(["r", "rw"]), shared=st.booleans())
@@ -158,10 +173,13 @@ class Differential(RuleBasedStateMachine):
         proc = data.draw(st.sampled_from(sorted(set(fd["procs"]) & set(self.procs))))
         h = self._name("m")
         kind = "memfd" if fd["memfd"] else "shm"
-        live = self._do("mmap", in_=proc, as_=h, length=f"{fd['pages']} pages", prot=prot,
+        # the object's pages, or one more (wholly past its end: SIGBUS)
+        pages = -(-fd["size"] // PAGE) + data.draw(st.integers(0, 1))
+        length = self._bytes(data, pages)
+        live = self._do("mmap", in_=proc, as_=h, length=length, prot=prot,
                         flags=["shared" if shared else "private"], **{kind: o})
         if live["result"] == "ok":
-            self.regions[h] = {"pages": fd["pages"], "procs": [proc], "kind": "mmap"}
+            self.regions[h] = {"pages": pages, "length": length, "procs": [proc], "kind": "mmap"}
 
     @precondition(lambda self: self.posix)
     @rule(data=st.data())
@@ -170,12 +188,13 @@ class Differential(RuleBasedStateMachine):
         self._do("shm_unlink", in_=data.draw(st.sampled_from(self.procs)), name=name)
 
     @precondition(lambda self: len(self.segs) < 2)
-    @rule(pages=st.integers(1, 4))
-    def shmget(self, pages):
+    @rule(pages=st.integers(1, 4), short=SHORT)
+    def shmget(self, pages, short):
         h = self._name("s")
-        live = self._do("shmget", as_=h, size=f"{pages} pages", create=True)
+        size = pages * PAGE - short          # the segment keeps this size; an attach maps whole pages
+        live = self._do("shmget", as_=h, size=size, create=True)
         if live["result"] == "ok":
-            self.segs[h] = pages
+            self.segs[h] = size
 
     @precondition(lambda self: self.segs)
     @rule(data=st.data(), readonly=st.booleans())
@@ -185,7 +204,8 @@ class Differential(RuleBasedStateMachine):
         h = self._name("t")
         live = self._do("shmat", in_=proc, as_=h, segment=seg, readonly=readonly)
         if live["result"] == "ok":
-            self.regions[h] = {"pages": self.segs[seg], "procs": [proc], "kind": "shmat"}
+            self.regions[h] = {"pages": -(-self.segs[seg] // PAGE), "length": self.segs[seg],
+                               "procs": [proc], "kind": "shmat"}
 
     @precondition(lambda self: any(r["kind"] == "shmat" for r in self.regions.values()))
     @rule(data=st.data())
@@ -254,12 +274,16 @@ class Differential(RuleBasedStateMachine):
         # only a region one process knows: the spec follows its new length in that process
         h, proc = self._region_in(data, lambda r: r["kind"] == "mmap" and len(r["procs"]) == 1)
         old = self.regions[h]["pages"]
+        length = self._bytes(data, pages)
         if "dontunmap" in flags:
-            pages = old            # MREMAP_DONTUNMAP needs old_len == new_len, else EINVAL
-        live = self._do("mremap", in_=proc, region=h, length=f"{pages} pages", flags=flags)
+            # MREMAP_DONTUNMAP needs old_len == new_len (before PAGE_ALIGN), else EINVAL
+            pages, length = old, self.regions[h]["length"]
+        live = self._do("mremap", in_=proc, region=h, length=length, flags=flags)
         # the spec takes the new length whatever the result; after a failure draw only pages
         # both it and the kernel have
         self.regions[h]["pages"] = pages if live["result"] == "ok" else min(old, pages)
+        if live["result"] == "ok":
+            self.regions[h]["length"] = length      # the handle's length (a failed call keeps it)
 
     # ----- processes -----------------------------------------------------------------------
     @precondition(lambda self: len(self.procs) < 2)
