@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import io
 import os
+import re
 import time
 
 from shmkit import record
@@ -31,12 +32,22 @@ def _e(x) -> str:
 
 
 def _svg(fig) -> str:
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    """The figure as inline SVG, small: text as <text> (not glyph outlines), no metadata,
+    coordinates to 0.1 pt, no layout whitespace. A plot is then a few kB, not 30."""
     import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    with plt.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg"):]
+    text = re.sub(r"<metadata>.*?</metadata>", "", text[text.index("<svg"):], flags=re.S)
+    text = re.sub(r'="([^"]*)"', lambda m: '="' + _ROUND.sub(r"\1", " ".join(m.group(1).split())) + '"', text)
+    text = re.sub(r'<g id="[^"]*">', "<g>", text)     # matplotlib's artist names; nothing refers to them
+    return re.sub(r">\s+<", "><", text)
+
+
+_ROUND = re.compile(r"(\d\.\d)\d+")
 
 
 def _plots(nl: dict, nm: dict | None) -> str:
@@ -65,13 +76,16 @@ def _plots(nl: dict, nm: dict | None) -> str:
         p = s["processes"].get(s["in"]) or next(iter(s["processes"].values()), None)
         if not p:
             continue
+        bars: dict[str, list] = {"#88ccee": [], "#cc6677": []}
         for v in p["vmas"]:
             a, b = _off(v["start"]), _off(v["end"])
             if a is None or b is None:
                 continue
-            color = {"r": "#88ccee", "w": "#cc6677"}["w" if "w" in v["perms"] else "r"]
-            ax.broken_barh([(a / 4096, (b - a) / 4096)], (s["index"] - 0.4, 0.8), facecolors=color,
-                           edgecolors="#333", linewidth=0.4)
+            bars["#cc6677" if "w" in v["perms"] else "#88ccee"].append((a / 4096, (b - a) / 4096))
+        for color, spans in bars.items():
+            if spans:   # one collection per step and colour: the SVG stays small
+                ax.broken_barh(spans, (s["index"] - 0.4, 0.8), facecolors=color,
+                               edgecolors="#333", linewidth=0.4)
     ax.set_xlabel("pages from $edge")
     ax.set_ylabel("step")
     ax.set_title("VMAs of the acting process (red: writable)", fontsize=10)
@@ -98,6 +112,35 @@ def _faults(f) -> str:
     return "not measured" if f is None else f"{f['minor']} minor, {f['major']} major"
 
 
+def _interp(rec: dict) -> str:
+    """The interpreter's own VMAs, which the comparison leaves out: how many, and the maps lines
+    of them that steps added or removed (collapsed; every field is in the JSON record)."""
+    ranges = record.InterpRanges(record.interp_ranges(rec))
+
+    def lines(p: dict) -> list[str]:
+        mine = {id(v) for v in ranges.split(p.get("vmas", []))[0]}
+        return [line for line, v in zip(p.get("maps", []), p.get("vmas", [])) if id(v) in mine]
+
+    procs = rec.get("initial", {}).get("processes", {})
+    prev = {n: set(lines(p)) for n, p in procs.items()}
+    out = []
+    for s in rec.get("steps", []):
+        for name, p in s.get("processes", {}).items():
+            now = lines(p)
+            before = prev.get(name, prev.get(s.get("in"), set()))
+            diff = [f"+ {x}" for x in now if x not in before] + [f"- {x}" for x in sorted(before - set(now))]
+            if diff:
+                out.append(f"step {s['index']} [{name}]" + ("" if name in prev else " (new process)") + ":")
+                out += [f"  {d}" for d in diff]
+            prev[name] = set(now)
+    head = (f"The interpreter's own VMAs ({len(procs.get('main', {}).get('vmas', []))} in main before "
+            "step 1) are not compared and not in the maps below (README, \"Exact observations\")")
+    if not out:
+        return f'<p class="why">{_e(head)}; no step added or removed one.</p>'
+    return (f'<details class="why"><summary>{_e(head)}; steps that added or removed one: '
+            f'{sum(1 for x in out if not x.startswith(" "))}</summary><pre>{_e(chr(10).join(out))}</pre></details>')
+
+
 def _experiment(r: dict) -> str:
     stem = os.path.splitext(os.path.basename(r["path"]))[0]
     c = r["comparison"]
@@ -110,6 +153,7 @@ def _experiment(r: dict) -> str:
         return "\n".join(parts)
     nl, nm = record.normalise(r["live"]), record.normalise(r["predicted"])
     parts.append(_plots(nl, nm))
+    parts.append(_interp(r["live"]))
     by_step: dict = {}
     for d in c["differences"]:
         by_step.setdefault(d["step"], []).append(d)
