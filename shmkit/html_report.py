@@ -2,14 +2,13 @@
 a summary (match rate, the host's kernel profile, which values were read and which probed),
 then per experiment and step the observed and predicted maps side by side with differences
 highlighted, fault counts observed/predicted, the model's explanation, and two small plots
-(faults per step; the experiment's part of the address space after each step), drawn by
-matplotlib as inline SVG."""
+(faults per step; the experiment's part of the address space after each step), drawn as
+small inline SVG."""
 from __future__ import annotations
 
 import html
-import io
+import math
 import os
-import re
 import time
 
 from shmkit import record
@@ -31,67 +30,115 @@ def _e(x) -> str:
     return html.escape(str(x))
 
 
-def _svg(fig) -> str:
-    """The figure as inline SVG, small: text as <text> (not glyph outlines), no metadata,
-    coordinates to 0.1 pt, no layout whitespace. A plot is then a few kB, not 30."""
-    import matplotlib.pyplot as plt
-
-    buf = io.StringIO()
-    with plt.rc_context({"svg.fonttype": "none"}):
-        fig.savefig(buf, format="svg", bbox_inches="tight")
-    plt.close(fig)
-    text = buf.getvalue()
-    text = re.sub(r"<metadata>.*?</metadata>", "", text[text.index("<svg"):], flags=re.S)
-    text = re.sub(r'="([^"]*)"', lambda m: '="' + _ROUND.sub(r"\1", " ".join(m.group(1).split())) + '"', text)
-    text = re.sub(r'<g id="[^"]*">', "<g>", text)     # matplotlib's artist names; nothing refers to them
-    return re.sub(r">\s+<", "><", text)
+# Both plots are drawn here as a few SVG elements (bars are <rect>s, labels <text>s): a plot
+# is 1-4 kB, where matplotlib's SVG of the same plot was 30 kB (glyph outlines, one <path>
+# and clip path per bar) and took a second to draw.
+W, H = 380, 170
+LEFT, RIGHT, TOP, BOTTOM = 46, 12, 22, 32
+COLORS = {"observed": "#4477aa", "predicted": "#ee8866", "r": "#88ccee", "w": "#cc6677"}
 
 
-_ROUND = re.compile(r"(\d\.\d)\d+")
+def _n(x: float) -> str:
+    return f"{x:.1f}".rstrip("0").rstrip(".")
+
+
+def _ticks(lo: float, hi: float, most: int = 5) -> list[float]:
+    """Whole tick values covering [lo, hi], 1, 2 or 5 times a power of ten apart (both plots
+    count whole things: faults, pages)."""
+    raw = max(hi - lo, 1) / most
+    mag = 10 ** math.floor(math.log10(raw))
+    step = max(1, next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw))
+    first = math.floor(lo / step) * step
+    out = []
+    t = first
+    while t <= hi + step * 1e-9 and len(out) < 4 * most:
+        out.append(round(t, 10))
+        t += step
+    if out[-1] < hi:
+        out.append(round(out[-1] + step, 10))
+    return out
+
+
+def _frame(title: str, xlabel: str, ylabel: str, body: list[str], title_x: float | None = None) -> str:
+    x0, y1 = LEFT, H - BOTTOM
+    where = f'x="{W / 2}" text-anchor="middle"' if title_x is None else f'x="{title_x}"'
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
+            f'font-family="sans-serif" font-size="10" role="img"><title>{_e(title)}</title>'
+            f'<text {where} y="13" font-size="11">{_e(title)}</text>'
+            + "".join(body)
+            + f'<path d="M{x0} {TOP}V{y1}H{W - RIGHT}" fill="none" stroke="#333" stroke-width="0.8"/>'
+            f'<text x="{(x0 + W - RIGHT) / 2}" y="{H - 4}" text-anchor="middle">{_e(xlabel)}</text>'
+            f'<text transform="translate(11 {(TOP + y1) / 2})rotate(-90)" text-anchor="middle">{_e(ylabel)}</text>'
+            "</svg>")
+
+
+def _faults_svg(idx: list[int], obs: list[int], pre: list[int]) -> str:
+    ticks = _ticks(0, max(obs + pre + [1]))
+    top, plot_w, plot_h = ticks[-1], W - LEFT - RIGHT, H - TOP - BOTTOM
+    y = lambda v: H - BOTTOM - v / top * plot_h   # noqa: E731
+    body = []
+    for t in ticks:
+        body.append(f'<path d="M{LEFT} {_n(y(t))}H{W - RIGHT}" stroke="#ddd" stroke-width="0.5"/>'
+                    f'<text x="{LEFT - 4}" y="{_n(y(t) + 3.5)}" text-anchor="end">{_n(t)}</text>')
+    gw = plot_w / max(len(idx), 1)
+    every = max(1, math.ceil(len(idx) / 20))
+    for i, step in enumerate(idx):
+        x = LEFT + i * gw
+        for k, (label, vals) in enumerate((("observed", obs), ("predicted", pre))):
+            if i < len(vals) and vals[i]:
+                body.append(f'<rect x="{_n(x + gw * (0.1 + 0.4 * k))}" y="{_n(y(vals[i]))}" width="{_n(gw * 0.4)}" '
+                            f'height="{_n(H - BOTTOM - y(vals[i]))}" fill="{COLORS[label]}"/>')
+        if i % every == 0:
+            body.append(f'<text x="{_n(x + gw / 2)}" y="{H - BOTTOM + 12}" text-anchor="middle">{step}</text>')
+    for k, label in enumerate(("observed", "predicted") if pre else ("observed",)):
+        lx = W - RIGHT - 130 + 66 * k       # the legend beside the title, clear of the bars
+        body.append(f'<rect x="{lx}" y="5" width="8" height="8" fill="{COLORS[label]}"/>'
+                    f'<text x="{lx + 11}" y="12.5" font-size="9">{label}</text>')
+    return _frame("faults per step (minor + major)", "step", "faults", body, title_x=LEFT)
+
+
+def _layout_svg(rows: list[tuple[int, list[tuple[float, float, bool]]]]) -> str:
+    """rows: (step, [(first page, pages, writable), ...]) of the acting process after each step."""
+    spans = [(a, a + n) for _, vs in rows for a, n, _w in vs]
+    body = []
+    plot_w, plot_h = W - LEFT - RIGHT, H - TOP - BOTTOM
+    if not spans:
+        body.append(f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle">no VMA of the experiment</text>')
+        return _frame("VMAs of the acting process (red: writable)", "pages from $edge", "step", body)
+    ticks = _ticks(min(a for a, _ in spans), max(b for _, b in spans))
+    lo, hi = ticks[0], ticks[-1]
+    x = lambda p: LEFT + (p - lo) / ((hi - lo) or 1) * plot_w   # noqa: E731
+    for t in ticks:
+        body.append(f'<text x="{_n(x(t))}" y="{H - BOTTOM + 12}" text-anchor="middle">{_n(t)}</text>')
+    rh = plot_h / max(len(rows), 1)
+    every = max(1, math.ceil(len(rows) / 12))
+    for i, (step, vs) in enumerate(rows):
+        ry = TOP + i * rh
+        if i % every == 0:
+            body.append(f'<text x="{LEFT - 4}" y="{_n(ry + rh / 2 + 3.5)}" text-anchor="end">{step}</text>')
+        for a, n, writable in vs:
+            body.append(f'<rect x="{_n(x(a))}" y="{_n(ry + rh * 0.1)}" width="{_n(max(x(a + n) - x(a), 0.5))}" '
+                        f'height="{_n(rh * 0.8)}" fill="{COLORS["w" if writable else "r"]}" '
+                        'stroke="#333" stroke-width="0.4"/>')
+    return _frame("VMAs of the acting process (red: writable)", "pages from $edge", "step", body)
 
 
 def _plots(nl: dict, nm: dict | None) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = nl["steps"]
     idx = [s["index"] for s in steps]
     obs = [(s["faults"] or {}).get("minor", 0) + (s["faults"] or {}).get("major", 0) for s in steps]
     pre = [((p["faults"] or {}).get("minor", 0) + (p["faults"] or {}).get("major", 0)) for p in (nm or {"steps": []})["steps"]]
-    fig, ax = plt.subplots(figsize=(5.2, 2.2))
-    w = 0.4
-    ax.bar([i - w / 2 for i in idx], obs, w, label="observed", color="#4477aa")
-    if pre:
-        ax.bar([i + w / 2 for i in idx], pre, w, label="predicted", color="#ee8866")
-    ax.set_xlabel("step")
-    ax.set_ylabel("faults")
-    ax.set_xticks(idx)
-    ax.set_title("faults per step (minor + major)", fontsize=10)
-    ax.legend(fontsize=8)
-    out = _svg(fig)
     # address-space layout of the acting process after each step (offsets from $edge)
-    fig, ax = plt.subplots(figsize=(5.2, 2.2))
+    rows = []
     for s in steps:
         p = s["processes"].get(s["in"]) or next(iter(s["processes"].values()), None)
-        if not p:
-            continue
-        bars: dict[str, list] = {"#88ccee": [], "#cc6677": []}
-        for v in p["vmas"]:
+        vs = []
+        for v in (p or {}).get("vmas", []):
             a, b = _off(v["start"]), _off(v["end"])
-            if a is None or b is None:
-                continue
-            bars["#cc6677" if "w" in v["perms"] else "#88ccee"].append((a / 4096, (b - a) / 4096))
-        for color, spans in bars.items():
-            if spans:   # one collection per step and colour: the SVG stays small
-                ax.broken_barh(spans, (s["index"] - 0.4, 0.8), facecolors=color,
-                               edgecolors="#333", linewidth=0.4)
-    ax.set_xlabel("pages from $edge")
-    ax.set_ylabel("step")
-    ax.set_title("VMAs of the acting process (red: writable)", fontsize=10)
-    ax.invert_yaxis()
-    out += _svg(fig)
-    return f'<div class="plots">{out}</div>'
+            if a is not None and b is not None:
+                vs.append((a / 4096, (b - a) / 4096, "w" in v["perms"]))
+        rows.append((s["index"], vs))
+    return f'<div class="plots">{_faults_svg(idx, obs, pre)}{_layout_svg(rows)}</div>'
 
 
 def _off(sym: str):
