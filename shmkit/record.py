@@ -466,13 +466,19 @@ def expand(rec: dict, live: dict | None = None) -> dict:
 
 def compact_document(doc: dict) -> dict:
     """A document (run, predict, validate) with every record compacted, as format 2."""
+    def safe(rec: dict, live: dict | None = None) -> dict:
+        try:
+            return compact(rec, live)
+        except (KeyError, TypeError, ValueError):   # not the shape compact() knows: kept in full
+            return rec
+
     exps = []
     for e in doc.get("experiments", []):
         if "steps" in e:
-            e = compact(e)
+            e = safe(e)
         elif isinstance(e.get("live"), dict):
-            e = {**e, "live": compact(e["live"]),
-                 **({"predicted": compact(e["predicted"], e["live"])} if e.get("predicted") else {})}
+            e = {**e, "live": safe(e["live"]),
+                 **({"predicted": safe(e["predicted"], e["live"])} if e.get("predicted") else {})}
         exps.append(e)
     return {**doc, "format": FORMAT, "experiments": exps}
 
