@@ -94,7 +94,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import json
     import time
 
     from shmkit import predict as pred
@@ -106,8 +105,7 @@ def cmd_predict(args) -> int:
     snaps = {}
     if args.snapshot:
         try:
-            with open(args.snapshot) as f:
-                doc = json.load(f)
+            doc = record.read_json(args.snapshot)
             snaps = {os.path.abspath(e["path"]): e for e in doc["experiments"]}
             host = doc["host"]
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -150,8 +148,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    import json
-
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -167,8 +163,7 @@ def cmd_validate(args) -> int:
         docs = []
         for path in args.compare:
             try:
-                with open(path) as f:
-                    doc = json.load(f)
+                doc = record.read_json(path)
                 if doc.get("kind") != "validate":
                     raise ValueError(f"kind is {doc.get('kind')!r}")
                 docs.append(doc)

@@ -2,12 +2,12 @@
 a summary (match rate, the host's kernel profile, which values were read and which probed),
 then per experiment and step the observed and predicted maps side by side with differences
 highlighted, fault counts observed/predicted, the model's explanation, and two small plots
-(faults per step; the experiment's part of the address space after each step), drawn by
-matplotlib as inline SVG."""
+(faults per step; the experiment's part of the address space after each step), drawn as
+small inline SVG."""
 from __future__ import annotations
 
 import html
-import io
+import math
 import os
 import time
 
@@ -30,54 +30,115 @@ def _e(x) -> str:
     return html.escape(str(x))
 
 
-def _svg(fig) -> str:
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-    text = buf.getvalue()
-    return text[text.index("<svg"):]
+# Both plots are drawn here as a few SVG elements (bars are <rect>s, labels <text>s): a plot
+# is 1-4 kB, where matplotlib's SVG of the same plot was 30 kB (glyph outlines, one <path>
+# and clip path per bar) and took a second to draw.
+W, H = 380, 170
+LEFT, RIGHT, TOP, BOTTOM = 46, 12, 22, 32
+COLORS = {"observed": "#4477aa", "predicted": "#ee8866", "r": "#88ccee", "w": "#cc6677"}
+
+
+def _n(x: float) -> str:
+    return f"{x:.1f}".rstrip("0").rstrip(".")
+
+
+def _ticks(lo: float, hi: float, most: int = 5) -> list[float]:
+    """Whole tick values covering [lo, hi], 1, 2 or 5 times a power of ten apart (both plots
+    count whole things: faults, pages)."""
+    raw = max(hi - lo, 1) / most
+    mag = 10 ** math.floor(math.log10(raw))
+    step = max(1, next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw))
+    first = math.floor(lo / step) * step
+    out = []
+    t = first
+    while t <= hi + step * 1e-9 and len(out) < 4 * most:
+        out.append(round(t, 10))
+        t += step
+    if out[-1] < hi:
+        out.append(round(out[-1] + step, 10))
+    return out
+
+
+def _frame(title: str, xlabel: str, ylabel: str, body: list[str], title_x: float | None = None) -> str:
+    x0, y1 = LEFT, H - BOTTOM
+    where = f'x="{W / 2}" text-anchor="middle"' if title_x is None else f'x="{title_x}"'
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
+            f'font-family="sans-serif" font-size="10" role="img"><title>{_e(title)}</title>'
+            f'<text {where} y="13" font-size="11">{_e(title)}</text>'
+            + "".join(body)
+            + f'<path d="M{x0} {TOP}V{y1}H{W - RIGHT}" fill="none" stroke="#333" stroke-width="0.8"/>'
+            f'<text x="{(x0 + W - RIGHT) / 2}" y="{H - 4}" text-anchor="middle">{_e(xlabel)}</text>'
+            f'<text transform="translate(11 {(TOP + y1) / 2})rotate(-90)" text-anchor="middle">{_e(ylabel)}</text>'
+            "</svg>")
+
+
+def _faults_svg(idx: list[int], obs: list[int], pre: list[int]) -> str:
+    ticks = _ticks(0, max(obs + pre + [1]))
+    top, plot_w, plot_h = ticks[-1], W - LEFT - RIGHT, H - TOP - BOTTOM
+    y = lambda v: H - BOTTOM - v / top * plot_h   # noqa: E731
+    body = []
+    for t in ticks:
+        body.append(f'<path d="M{LEFT} {_n(y(t))}H{W - RIGHT}" stroke="#ddd" stroke-width="0.5"/>'
+                    f'<text x="{LEFT - 4}" y="{_n(y(t) + 3.5)}" text-anchor="end">{_n(t)}</text>')
+    gw = plot_w / max(len(idx), 1)
+    every = max(1, math.ceil(len(idx) / 20))
+    for i, step in enumerate(idx):
+        x = LEFT + i * gw
+        for k, (label, vals) in enumerate((("observed", obs), ("predicted", pre))):
+            if i < len(vals) and vals[i]:
+                body.append(f'<rect x="{_n(x + gw * (0.1 + 0.4 * k))}" y="{_n(y(vals[i]))}" width="{_n(gw * 0.4)}" '
+                            f'height="{_n(H - BOTTOM - y(vals[i]))}" fill="{COLORS[label]}"/>')
+        if i % every == 0:
+            body.append(f'<text x="{_n(x + gw / 2)}" y="{H - BOTTOM + 12}" text-anchor="middle">{step}</text>')
+    for k, label in enumerate(("observed", "predicted") if pre else ("observed",)):
+        lx = W - RIGHT - 130 + 66 * k       # the legend beside the title, clear of the bars
+        body.append(f'<rect x="{lx}" y="5" width="8" height="8" fill="{COLORS[label]}"/>'
+                    f'<text x="{lx + 11}" y="12.5" font-size="9">{label}</text>')
+    return _frame("faults per step (minor + major)", "step", "faults", body, title_x=LEFT)
+
+
+def _layout_svg(rows: list[tuple[int, list[tuple[float, float, bool]]]]) -> str:
+    """rows: (step, [(first page, pages, writable), ...]) of the acting process after each step."""
+    spans = [(a, a + n) for _, vs in rows for a, n, _w in vs]
+    body = []
+    plot_w, plot_h = W - LEFT - RIGHT, H - TOP - BOTTOM
+    if not spans:
+        body.append(f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle">no VMA of the experiment</text>')
+        return _frame("VMAs of the acting process (red: writable)", "pages from $edge", "step", body)
+    ticks = _ticks(min(a for a, _ in spans), max(b for _, b in spans))
+    lo, hi = ticks[0], ticks[-1]
+    x = lambda p: LEFT + (p - lo) / ((hi - lo) or 1) * plot_w   # noqa: E731
+    for t in ticks:
+        body.append(f'<text x="{_n(x(t))}" y="{H - BOTTOM + 12}" text-anchor="middle">{_n(t)}</text>')
+    rh = plot_h / max(len(rows), 1)
+    every = max(1, math.ceil(len(rows) / 12))
+    for i, (step, vs) in enumerate(rows):
+        ry = TOP + i * rh
+        if i % every == 0:
+            body.append(f'<text x="{LEFT - 4}" y="{_n(ry + rh / 2 + 3.5)}" text-anchor="end">{step}</text>')
+        for a, n, writable in vs:
+            body.append(f'<rect x="{_n(x(a))}" y="{_n(ry + rh * 0.1)}" width="{_n(max(x(a + n) - x(a), 0.5))}" '
+                        f'height="{_n(rh * 0.8)}" fill="{COLORS["w" if writable else "r"]}" '
+                        'stroke="#333" stroke-width="0.4"/>')
+    return _frame("VMAs of the acting process (red: writable)", "pages from $edge", "step", body)
 
 
 def _plots(nl: dict, nm: dict | None) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = nl["steps"]
     idx = [s["index"] for s in steps]
     obs = [(s["faults"] or {}).get("minor", 0) + (s["faults"] or {}).get("major", 0) for s in steps]
     pre = [((p["faults"] or {}).get("minor", 0) + (p["faults"] or {}).get("major", 0)) for p in (nm or {"steps": []})["steps"]]
-    fig, ax = plt.subplots(figsize=(5.2, 2.2))
-    w = 0.4
-    ax.bar([i - w / 2 for i in idx], obs, w, label="observed", color="#4477aa")
-    if pre:
-        ax.bar([i + w / 2 for i in idx], pre, w, label="predicted", color="#ee8866")
-    ax.set_xlabel("step")
-    ax.set_ylabel("faults")
-    ax.set_xticks(idx)
-    ax.set_title("faults per step (minor + major)", fontsize=10)
-    ax.legend(fontsize=8)
-    out = _svg(fig)
     # address-space layout of the acting process after each step (offsets from $edge)
-    fig, ax = plt.subplots(figsize=(5.2, 2.2))
+    rows = []
     for s in steps:
         p = s["processes"].get(s["in"]) or next(iter(s["processes"].values()), None)
-        if not p:
-            continue
-        for v in p["vmas"]:
+        vs = []
+        for v in (p or {}).get("vmas", []):
             a, b = _off(v["start"]), _off(v["end"])
-            if a is None or b is None:
-                continue
-            color = {"r": "#88ccee", "w": "#cc6677"}["w" if "w" in v["perms"] else "r"]
-            ax.broken_barh([(a / 4096, (b - a) / 4096)], (s["index"] - 0.4, 0.8), facecolors=color,
-                           edgecolors="#333", linewidth=0.4)
-    ax.set_xlabel("pages from $edge")
-    ax.set_ylabel("step")
-    ax.set_title("VMAs of the acting process (red: writable)", fontsize=10)
-    ax.invert_yaxis()
-    out += _svg(fig)
-    return f'<div class="plots">{out}</div>'
+            if a is not None and b is not None:
+                vs.append((a / 4096, (b - a) / 4096, "w" in v["perms"]))
+        rows.append((s["index"], vs))
+    return f'<div class="plots">{_faults_svg(idx, obs, pre)}{_layout_svg(rows)}</div>'
 
 
 def _off(sym: str):
@@ -98,6 +159,35 @@ def _faults(f) -> str:
     return "not measured" if f is None else f"{f['minor']} minor, {f['major']} major"
 
 
+def _interp(rec: dict) -> str:
+    """The interpreter's own VMAs, which the comparison leaves out: how many, and the maps lines
+    of them that steps added or removed (collapsed; every field is in the JSON record)."""
+    ranges = record.InterpRanges(record.interp_ranges(rec))
+
+    def lines(p: dict) -> list[str]:
+        mine = {id(v) for v in ranges.split(p.get("vmas", []))[0]}
+        return [line for line, v in zip(p.get("maps", []), p.get("vmas", [])) if id(v) in mine]
+
+    procs = rec.get("initial", {}).get("processes", {})
+    prev = {n: set(lines(p)) for n, p in procs.items()}
+    out = []
+    for s in rec.get("steps", []):
+        for name, p in s.get("processes", {}).items():
+            now = lines(p)
+            before = prev.get(name, prev.get(s.get("in"), set()))
+            diff = [f"+ {x}" for x in now if x not in before] + [f"- {x}" for x in sorted(before - set(now))]
+            if diff:
+                out.append(f"step {s['index']} [{name}]" + ("" if name in prev else " (new process)") + ":")
+                out += [f"  {d}" for d in diff]
+            prev[name] = set(now)
+    head = (f"The interpreter's own VMAs ({len(procs.get('main', {}).get('vmas', []))} in main before "
+            "step 1) are not compared and not in the maps below (README, \"Exact observations\")")
+    if not out:
+        return f'<p class="why">{_e(head)}; no step added or removed one.</p>'
+    return (f'<details class="why"><summary>{_e(head)}; steps that added or removed one: '
+            f'{sum(1 for x in out if not x.startswith(" "))}</summary><pre>{_e(chr(10).join(out))}</pre></details>')
+
+
 def _experiment(r: dict) -> str:
     stem = os.path.splitext(os.path.basename(r["path"]))[0]
     c = r["comparison"]
@@ -110,6 +200,7 @@ def _experiment(r: dict) -> str:
         return "\n".join(parts)
     nl, nm = record.normalise(r["live"]), record.normalise(r["predicted"])
     parts.append(_plots(nl, nm))
+    parts.append(_interp(r["live"]))
     by_step: dict = {}
     for d in c["differences"]:
         by_step.setdefault(d["step"], []).append(d)

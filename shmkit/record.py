@@ -1,5 +1,5 @@
-"""The observation record (JSON, "format": 1; schema in docs/record.md) and its
-normal form.
+"""The observation record (JSON, "format": 2; schema in docs/record.md), its normal form,
+and its compact JSON form.
 
 A raw record holds what the kernel showed: real addresses, run-unique names,
 inode numbers, shmids, pids. The normal form replaces every value that a run
@@ -16,14 +16,21 @@ of one experiment, or a run and a prediction, can be compared field by field:
   ``/dev/shm/<shm:NAME>``, ``/memfd:<memfd:NAME>``, ``/SYSV<key:HANDLE>``;
 - inode numbers of the run's objects and of internal shm files, shmids and pids
   become ``#N``, ``@N`` and process names, numbered by first appearance.
+
+In memory a record always holds every process's full view (`maps` and `vmas`) at every
+step. On disk (format 2) the interpreter's VMAs, which hardly change, are written once per
+process and then as changes (`compact`, `expand`; docs/record.md "Compact processes").
 """
 from __future__ import annotations
 
+import bisect
+import functools
 import json
 import re
 from typing import Any
 
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)   # format 1 records hold every view in full: expanding them is a no-op
 
 
 class Symbols:
@@ -43,15 +50,20 @@ class Symbols:
         return self.shmids[shmid]
 
 
+def interp_ranges(rec: dict) -> list[tuple[int, int]]:
+    """The interpreter's own VMAs: those of `main` before the first step. A VMA inside one of
+    them is the interpreter's at every step, in every process (a fork copies them)."""
+    main = rec.get("initial", {}).get("processes", {}).get("main", {})
+    return [(v["start"], v["end"]) for v in main.get("vmas", [])]
+
+
 class Normaliser:
     def __init__(self, rec: dict):
         self.rec = rec
         self.sym = Symbols()
         pads = rec.get("pads", {}).get("main") or {}
         self.edge = pads.get("edge") if isinstance(pads, dict) else None
-        initial = rec.get("initial", {}).get("processes", {})
-        main = initial.get("main", {})
-        self.interp = [(v["start"], v["end"]) for v in main.get("vmas", [])]
+        self.interp = interp_ranges(rec)
         self.yielded: dict[str, list] = {}   # process -> pad pieces it yielded so far
         self.pids = {}
         prefix = rec.get("prefix", "")
@@ -199,9 +211,10 @@ def document(kind: str, experiments: list[dict], host: dict, version: str) -> di
 
 
 def write_json(doc: dict, path: str) -> None:
+    """The document as JSON, its records compacted (`compact_document`)."""
+    text = dumps(compact_document(doc))
     with open(path, "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=False, default=_default)
-        f.write("\n")
+        f.write(text)
 
 
 def _default(o):
@@ -210,3 +223,364 @@ def _default(o):
     if isinstance(o, (set, frozenset)):
         return sorted(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# The compact JSON form (format 2; docs/record.md "Compact processes")
+#
+# A record in memory holds every process's full view at every step. Written out, the
+# interpreter's VMAs (those inside `interp_ranges`: about 180 per process, and the same at
+# nearly every step) are stored once per process and then only as changes; the experiment's
+# own VMAs stay in full at every step; `maps` lines are rebuilt from the VMAs
+# (procfs.render_maps_line), and a line that would not be rebuilt byte for byte is stored
+# verbatim. compact() checks that expand() gives back exactly what it was given, process by
+# process and record by record, and keeps in full whatever would not: nothing is lost.
+# --------------------------------------------------------------------------------------------
+
+class RecordError(ValueError):
+    """A JSON document that this shmkit cannot read as a record."""
+
+
+def _key(v: dict) -> tuple[int, int]:
+    return (v["start"], v["end"])
+
+
+def _copy_vma(v: dict) -> dict:
+    c = dict(v)
+    for k in ("smaps_kb", "vmflags"):
+        x = c.get(k)
+        if isinstance(x, (dict, list)):
+            c[k] = x.copy()
+    return c
+
+
+class InterpRanges:
+    """interp_ranges, sorted for lookup. They do not overlap (they were VMAs of one process)."""
+
+    def __init__(self, ranges: list[tuple[int, int]]):
+        self.ranges = sorted(ranges)
+        self.starts = [s for s, _ in self.ranges]
+
+    def split(self, vmas: list[dict]) -> tuple[list, list]:
+        """(the interpreter's VMAs, the experiment's), as Normaliser.is_interp tells them apart."""
+        interp, own = [], []
+        for v in vmas:
+            i = bisect.bisect_right(self.starts, v["start"]) - 1
+            inside = i >= 0 and v["end"] <= self.ranges[i][1]
+            (interp if inside else own).append(v)
+        return interp, own
+
+
+def _changes(old: dict, new: dict) -> dict | None:
+    """The fields of `new` that differ from `old` (smaps_kb: only the counters that differ);
+    None when the change is not a field update (a field or counter came or went)."""
+    if old.keys() != new.keys():
+        return None
+    out = {}
+    for k, x in new.items():
+        if old[k] == x:
+            continue
+        if k == "smaps_kb" and isinstance(x, dict) and isinstance(old[k], dict):
+            if old[k].keys() != x.keys():
+                return None
+            out[k] = {c: n for c, n in x.items() if old[k][c] != n}
+        else:
+            out[k] = x
+    return out
+
+
+def _delta(base: list[dict], now: list[dict]) -> dict:
+    """`now` as changes to `base`: VMAs gone (`drop`: [start, end]), changed in place
+    (`set`: [start, end, {field: value}]) and new (`add`: full VMAs)."""
+    old = {_key(v): v for v in base}
+    keys = {_key(v) for v in now}
+    drop = [list(k) for k in old if k not in keys]
+    sets, add = [], []
+    for v in now:
+        o = old.get(_key(v))
+        ch = None if o is None else _changes(o, v)
+        if ch is None:
+            if o is not None:
+                drop.append(list(_key(v)))
+            add.append(v)
+        elif ch:
+            sets.append([v["start"], v["end"], ch])
+    return {k: x for k, x in (("drop", drop), ("set", sets), ("add", add)) if x}
+
+
+def _apply(base: list[dict], delta: dict) -> list[dict]:
+    drop = {tuple(k) for k in delta.get("drop", [])}
+    sets = {(s, e): ch for s, e, ch in delta.get("set", [])}
+    out = []
+    for v in base:
+        k = _key(v)
+        if k in drop:
+            continue
+        v = _copy_vma(v)
+        for f, x in sets.get(k, {}).items():
+            if f == "smaps_kb" and isinstance(v.get(f), dict):
+                v[f].update(x)
+            else:
+                v[f] = x
+        out.append(v)
+    out += [_copy_vma(v) for v in delta.get("add", [])]
+    out.sort(key=lambda v: v["start"])
+    return out
+
+
+def _render(v: dict) -> str:
+    return _render_fields(v["start"], v["end"], v["perms"], v["offset"], v["dev"], v["inode"], v["path"])
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _render_fields(*fields) -> str:
+    """A maps line from a VMA's fields (the interpreter's VMAs come back at every step)."""
+    from shmkit.procfs import Vma, render_maps_line
+
+    return render_maps_line(Vma(*fields, line=""))
+
+
+def _full(p: dict) -> bool:
+    return "interp" not in p
+
+
+def _compact_process(p: dict, base: list[dict], frm: dict | None, interp: list, own: list) -> dict:
+    if not _full(p) or "maps" not in p or len(p["maps"]) != len(p["vmas"]):
+        return p
+    try:
+        verbatim = {str(i): line for i, (line, v) in enumerate(zip(p["maps"], p["vmas"]))
+                    if line != _render(v)}
+    except (KeyError, TypeError, ValueError):
+        return p
+    out = {}
+    for k, x in p.items():
+        if k == "vmas":
+            out["vmas"] = own
+            out["interp"] = {**({"from": frm} if frm else {}), **_delta(base, interp)}
+            if verbatim:
+                out["maps_verbatim"] = verbatim
+        elif k != "maps":
+            out[k] = x
+    # the lines are rebuilt from these VMAs, or stored verbatim: equal VMAs give equal maps
+    return out if _vmas(out, base) == p["vmas"] else p
+
+
+def _vmas(cp: dict, base: list[dict]) -> list[dict]:
+    return sorted(cp["vmas"] + _apply(base, cp["interp"]), key=lambda v: v["start"])
+
+
+def _expand_process(cp: dict, base: list[dict]) -> dict:
+    if _full(cp):
+        return cp
+    vmas = _vmas(cp, base)
+    verbatim = cp.get("maps_verbatim", {})
+    out = {}
+    for k, x in cp.items():
+        if k == "vmas":
+            out["maps"] = [verbatim[str(i)] if str(i) in verbatim else _render(v)
+                           for i, v in enumerate(vmas)]
+            out["vmas"] = vmas
+        elif k not in ("interp", "maps_verbatim"):
+            out[k] = x
+    return out
+
+
+def _views(rec: dict) -> list[tuple[int, dict, str | None]]:
+    """(reference, view, acting process) of the initial view (reference 0) and every step."""
+    out = [(0, rec["initial"], None)] if isinstance(rec.get("initial"), dict) else []
+    return out + [(s["index"], s, s.get("in")) for s in rec.get("steps", [])]
+
+
+
+
+def compact(rec: dict, live: dict | None = None) -> dict:
+    """One experiment's record (full, as in memory) in compact form. `live`: for the model's
+    record of a validate entry, the live record, whose initial view the model started from:
+    the model's initial processes are stored as changes to it."""
+    ranges = InterpRanges(interp_ranges(rec))
+    last: dict[str, int] = {}                       # process -> reference of its last view
+    interp: dict[tuple[int, str], list] = {}        # (reference, process) -> its interpreter VMAs
+    views = []
+    for ref, view, acting in _views(rec):
+        procs = view.get("processes")
+        if not isinstance(procs, dict):
+            views.append(view)
+            continue
+        parts = {n: ranges.split(p["vmas"]) if isinstance(p.get("vmas"), list) else None
+                 for n, p in procs.items()}
+        new = {}
+        for name, p in procs.items():
+            if parts[name] is None:
+                new[name] = p
+                continue
+            if name in last:
+                frm, base = {"step": last[name]}, interp[(last[name], name)]
+            elif ref == 0 and live and name in (live.get("initial") or {}).get("processes", {}):
+                frm, base = {"record": "live", "step": 0}, live["initial"]["processes"][name].get("vmas", [])
+            elif acting in procs and acting != name and acting in last and parts[acting] is not None:
+                frm, base = {"step": ref, "process": acting}, parts[acting][0]
+            else:
+                frm, base = None, []
+            new[name] = _compact_process(p, base, frm, *parts[name])
+        for name in procs:
+            interp[(ref, name)] = parts[name][0] if parts[name] is not None else []
+            last[name] = ref
+        views.append({**view, "processes": new})
+    if not views:
+        return rec
+    out = dict(rec)
+    if isinstance(rec.get("initial"), dict):
+        out["initial"], views = views[0], views[1:]
+    out["steps"] = views
+    try:
+        same = expand(out, live) == rec
+    except (KeyError, TypeError, ValueError):
+        same = False
+    return out if same else rec
+
+
+def expand(rec: dict, live: dict | None = None) -> dict:
+    """The full record (every process's `maps` and `vmas` at every step) from its compact form;
+    a full record is returned as it is. `live`: the expanded live record of the same validate
+    entry (the base of a model record's initial view)."""
+    if rec is None or not any(not _full(p) for _, v, _a in _views(rec)
+                              for p in (v.get("processes") or {}).values()):
+        return rec
+    done: dict[tuple[int, str], dict] = {}
+    raw = {(ref, n): p for ref, v, _a in _views(rec) for n, p in (v.get("processes") or {}).items()}
+    lives = (live or {}).get("initial", {}).get("processes", {})
+    ranges = InterpRanges([])
+
+    def view(ref: int, name: str, chain=()) -> dict:
+        if (ref, name) in done:
+            return done[(ref, name)]
+        if (ref, name) in chain:
+            raise RecordError(f"step {ref}: process {name}: its interpreter VMAs refer to themselves")
+        cp = raw[(ref, name)]
+        frm = cp.get("interp", {}).get("from") if not _full(cp) else None
+        if frm is None:
+            base = []
+        elif frm.get("record") == "live":
+            base = lives[name]["vmas"]       # every VMA: this record's ranges are not known yet
+        else:
+            base = ranges.split(view(frm["step"], frm.get("process", name), chain + ((ref, name),))["vmas"])[0]
+        done[(ref, name)] = _expand_process(cp, base)
+        return done[(ref, name)]
+
+    out = dict(rec)
+    if isinstance(rec.get("initial"), dict):
+        procs = rec["initial"].get("processes") or {}
+        if "main" in procs:
+            view(0, "main")
+        ranges = InterpRanges(interp_ranges({"initial": {"processes": {"main": done.get((0, "main"), {})}}}))
+        out["initial"] = {**rec["initial"], "processes": {n: view(0, n) for n in procs}}
+    out["steps"] = [{**s, "processes": {n: view(s["index"], n) for n in s["processes"]}}
+                    if isinstance(s.get("processes"), dict) else s for s in rec.get("steps", [])]
+    return out
+
+
+def compact_document(doc: dict) -> dict:
+    """A document (run, predict, validate) with every record compacted, as format 2."""
+    def safe(rec: dict, live: dict | None = None) -> dict:
+        try:
+            return compact(rec, live)
+        except (KeyError, TypeError, ValueError):   # not the shape compact() knows: kept in full
+            return rec
+
+    exps = []
+    for e in doc.get("experiments", []):
+        if "steps" in e:
+            e = safe(e)
+        elif isinstance(e.get("live"), dict):
+            e = {**e, "live": safe(e["live"]),
+                 **({"predicted": safe(e["predicted"], e["live"])} if e.get("predicted") else {})}
+        exps.append(e)
+    return {**doc, "format": FORMAT, "experiments": exps}
+
+
+def expand_document(doc: dict) -> dict:
+    exps = []
+    for e in doc.get("experiments") or []:
+        if not isinstance(e, dict):
+            raise RecordError("an experiment is not a JSON object")
+        if "steps" in e:
+            e = expand(e)
+        elif isinstance(e.get("live"), dict):
+            live = expand(e["live"])
+            e = {**e, "live": live,
+                 **({"predicted": expand(e["predicted"], live)} if e.get("predicted") else {})}
+        exps.append(e)
+    return {**doc, "experiments": exps}
+
+
+def loads(text: str) -> dict:
+    """A record document from its JSON text, every record expanded. RecordError (a
+    ValueError) when the text is not a record of a readable format."""
+    doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise RecordError("not a JSON object")
+    fmt = doc.get("format")
+    if fmt not in READABLE_FORMATS:
+        raise RecordError(f"record format {fmt!r} is not readable by this shmkit "
+                          f"(it reads formats {', '.join(map(str, READABLE_FORMATS))})")
+    try:
+        return expand_document(doc)
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise RecordError(f"a compact process refers to a view that is not there ({e!r})") from None
+
+
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return loads(f.read())
+
+
+def dumps(doc: dict) -> str:
+    """JSON text a person can read: an object on one line when it holds nothing nested deeper
+    than a flat dict or list (a VMA with its smaps counters, a region, a step's arguments), or
+    when it is short; anything else indented by one space per level."""
+    out: list[str] = []
+    _encode(doc, 0, out)
+    out.append("\n")
+    return "".join(out)
+
+
+def _plain(o):
+    if isinstance(o, tuple):
+        return list(o)
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    return o
+
+
+def _shallow(o, depth: int) -> bool:
+    o = _plain(o)
+    if isinstance(o, dict):
+        return depth > 0 and all(_shallow(x, depth - 1) for x in o.values())
+    if isinstance(o, list):
+        return depth > 0 and all(_shallow(x, depth - 1) for x in o)
+    return True
+
+
+def _encode(o, level: int, out: list[str]) -> None:
+    o = _plain(o)
+    if not isinstance(o, (dict, list)) or not o:
+        out.append(json.dumps(o, default=_default))
+        return
+    if _shallow(o, 3):
+        one = json.dumps(o, default=_default)
+        if len(one) <= 120 or (isinstance(o, dict) and _shallow(o, 2)):
+            out.append(one)
+            return
+    pad = "\n" + " " * (level + 1)
+    if isinstance(o, dict):
+        out.append("{")
+        for i, (k, x) in enumerate(o.items()):
+            out.append(("," if i else "") + pad + json.dumps(str(k)) + ": ")
+            _encode(x, level + 1, out)
+        out.append("\n" + " " * level + "}")
+    else:
+        out.append("[")
+        for i, x in enumerate(o):
+            out.append(("," if i else "") + pad)
+            _encode(x, level + 1, out)
+        out.append("\n" + " " * level + "]")

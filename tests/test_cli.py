@@ -116,7 +116,7 @@ def test_run_writes_the_json_record(tmp_path):
     res = shmkit("run", str(exp), "--json", str(out))
     assert res.returncode == 0, res.stderr
     doc = json.loads(out.read_text())
-    assert doc["format"] == 1 and doc["kind"] == "run"
+    assert doc["format"] == 2 and doc["kind"] == "run"
     assert doc["host"]["page_size"] == os.sysconf("SC_PAGE_SIZE")
     (e,) = doc["experiments"]
     assert e["steps"][1]["faults"] == {"minor": 2, "major": 0}
@@ -159,9 +159,9 @@ def test_predict_from_a_run_snapshot_agrees_with_the_run(tmp_path):
     res = shmkit("predict", str(exp), "--snapshot", str(run_json), "--json", str(pred_json))
     assert res.returncode == 0, res.stderr
     assert "why: 2 × do_anonymous_page" in res.stdout and "(predicted by the model)" in res.stdout
-    live = json.loads(run_json.read_text())["experiments"][0]
-    doc = json.loads(pred_json.read_text())
-    assert doc["format"] == 1 and doc["kind"] == "predict"
+    live = record.read_json(str(run_json))["experiments"][0]
+    doc = record.read_json(str(pred_json))
+    assert doc["format"] == 2 and doc["kind"] == "predict"
     pred = doc["experiments"][0]
     assert [s["faults"] for s in pred["steps"]] == [{"minor": 0, "major": 0}, {"minor": 2, "major": 0},
                                                    {"minor": 2, "major": 0}]

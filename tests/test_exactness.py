@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from shmkit import record
 from shmkit.record import normalise
 from shmkit.spec import ExperimentBuilder
 from tests.conftest import step
@@ -106,7 +107,7 @@ def test_observations_do_not_depend_on_parallel_runs(run):
         out = subprocess.run([sys.executable, "-m", "shmkit", "run", "--quiet", path, "--json", "/dev/stdout"],
                              capture_output=True, text=True, timeout=300)
         text = out.stdout[out.stdout.index("{"):out.stdout.rindex("}") + 1]
-        return json.dumps(normalise(json.loads(text)["experiments"][0]), sort_keys=True)
+        return json.dumps(normalise(record.loads(text)["experiments"][0]), sort_keys=True)
 
     alone = once()
     with ThreadPoolExecutor(4) as pool:

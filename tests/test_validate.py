@@ -34,7 +34,7 @@ def test_validate_matches_and_writes_the_record(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "2 of 2 experiment(s) match on every field" in res.stdout
     doc = json.loads(out.read_text())
-    assert doc["format"] == 1 and doc["kind"] == "validate"
+    assert doc["format"] == 2 and doc["kind"] == "validate"
     assert doc["summary"]["matching"] == 2 and doc["summary"]["match_rate"] == 1.0
     assert doc["probed"]["fault_around_pages"] == 16
     for r in doc["experiments"]:
