@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from shmkit import __version__
+from shmkit import __version__, interrupt
 
 BUNDLED = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -28,10 +28,6 @@ def _expand(paths: list[str]) -> list[str]:
         else:
             out.append(p)
     return out
-
-
-def _raise_on_term(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def load_all(files: list[str]):
@@ -291,12 +287,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The process's entry point. Ctrl-C, SIGTERM and SIGHUP stop the command, which removes what
+    it created and exits 128 + the signal's number; a signal ignored on entry stays ignored
+    (shmkit.interrupt). The handlers stay installed, disarmed, when this returns."""
+    interrupt.install()
+    try:
+        status = _dispatch(argv)
+        interrupt.disarm()              # decided: a later signal changes nothing
+        return status
+    except KeyboardInterrupt:
+        interrupt.disarm()              # only the first signal raises: nothing more comes
+    name = signal.Signals(interrupt.received() or signal.SIGINT).name
+    print(f"shmkit: interrupted ({name}); everything this run created was removed", file=sys.stderr)
+    return interrupt.exit_status(130)
+
+
+def _dispatch(argv: list[str] | None) -> int:
     from shmkit.manager import HarnessError
     from shmkit.spec import SpecError
 
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_term)
-    signal.signal(signal.SIGHUP, _raise_on_term)
     try:
         return args.func(args)
     except SpecError as e:
@@ -305,6 +315,3 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as e:
         print(f"shmkit: harness failure: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("shmkit: interrupted; everything this run created was removed", file=sys.stderr)
-        return 130
