@@ -1,7 +1,8 @@
 """shmkit command line (DESIGN.md "CLI contract").
 
 Exit status: 0 all went as planned; 1 a step stayed perturbed or a worker was
-lost; 2 bad input or a harness failure (one line on stderr, no traceback).
+lost; 2 bad input or a harness failure (one line on stderr, no traceback);
+128 + n stopped by signal n (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; shmkit.interrupt).
 """
 from __future__ import annotations
 

@@ -17,11 +17,14 @@ Ctrl-C, 143 SIGTERM, 129 SIGHUP; exit_status()).
   when SIGINT was not ignored. A background job of a script (`cmd &`: SIGINT and SIGQUIT ignored)
   is not stopped by the Ctrl-C meant for the foreground, and `nohup shmkit ...` survives its
   terminal closing; SIGTERM stops such a job.
-- **After disarm()** (the command has decided its exit status) the signals are blocked: one that
-  comes later stays pending and the process exits with the status it decided. A handler alone
-  would not do: the interpreter puts the default dispositions back while it finalizes, and a
-  SIGTERM then would end the process as killed by it. There is always a last instant after which
-  a signal cannot change what a process reports; this makes it one well-defined point.
+- **After disarm()** (the command has decided its exit status) the signals are ignored: one that
+  comes later changes nothing, and the process exits with the status it decided. A handler
+  alone would not do: the interpreter puts SIG_DFL back for every Python handler while it
+  finalizes (_PySignal_Fini), and a SIGTERM then ended the process as killed by it; blocking
+  them in the main thread would not do either, since a process-directed signal goes to any
+  thread that does not block it (rich's refresh thread in validate). There is always a last
+  instant after which a signal cannot change what a process reports; this makes it one
+  well-defined point.
 
 Signal handlers run in the main thread only (Python's rule), so the state here is the main
 thread's; `deferred()` from another thread would only delay that thread's own view of it.
@@ -66,11 +69,13 @@ def install() -> None:
 
 
 def disarm() -> None:
-    """The command's exit status is decided: from now on SIGNALS are blocked (see above). The
-    process's entry point calls this last; the signals stay blocked in the main thread."""
+    """The command's exit status is decided: from now on the signals handled here are ignored
+    (see above). The process's entry point calls this last, from the main thread."""
     global _raised
     _raised = True
-    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    for s in SIGNALS:
+        if signal.getsignal(s) is _handler:
+            signal.signal(s, signal.SIG_IGN)
 
 
 def received() -> int | None:
