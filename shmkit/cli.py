@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """The process's entry point. Ctrl-C, SIGTERM and SIGHUP stop the command, which removes what
     it created and exits 128 + the signal's number; a signal ignored on entry stays ignored
-    (shmkit.interrupt). The handlers stay installed, disarmed, when this returns."""
+    (shmkit.interrupt). When this returns, the three are ignored (interrupt.disarm)."""
     interrupt.install()
     try:
         status = _dispatch(argv)
