@@ -1,7 +1,8 @@
 """shmkit command line (DESIGN.md "CLI contract").
 
 Exit status: 0 all went as planned; 1 a step stayed perturbed or a worker was
-lost; 2 bad input or a harness failure (one line on stderr, no traceback).
+lost; 2 bad input or a harness failure (one line on stderr, no traceback);
+128 + n stopped by signal n (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; shmkit.interrupt).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from shmkit import __version__
+from shmkit import __version__, interrupt
 
 def bundled_dir() -> Path:
     """The bundled experiments: shmkit/experiments in a regular (wheel) install, where
@@ -47,10 +48,6 @@ def experiment_files(paths: list[str]) -> list[str]:
         else:
             out.append(p)
     return out
-
-
-def _raise_on_term(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def load_all(files: list[str]):
@@ -305,13 +302,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The process's entry point. Ctrl-C, SIGTERM and SIGHUP stop the command, which removes what
+    it created and exits 128 + the signal's number; a signal ignored on entry stays ignored
+    (shmkit.interrupt). When this returns, the three are ignored (interrupt.disarm)."""
+    interrupt.install()
+    try:
+        status = _dispatch(argv)
+        interrupt.disarm()              # decided: a later signal changes nothing
+        return status
+    except KeyboardInterrupt:
+        interrupt.disarm()              # only the first signal raises: nothing more comes
+    name = signal.Signals(interrupt.received() or signal.SIGINT).name
+    print(f"shmkit: interrupted ({name}); everything this run created was removed", file=sys.stderr)
+    return interrupt.exit_status(130)
+
+
+def _dispatch(argv: list[str] | None) -> int:
     from shmkit.manager import HarnessError
     from shmkit.registry import UnsafeState
     from shmkit.spec import SpecError
 
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_term)
-    signal.signal(signal.SIGHUP, _raise_on_term)
     try:
         return args.func(args)
     except SpecError as e:
@@ -323,6 +334,3 @@ def main(argv: list[str] | None = None) -> int:
     except UnsafeState as e:
         print(f"shmkit: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("shmkit: interrupted; everything this run created was removed", file=sys.stderr)
-        return 130

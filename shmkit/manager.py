@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 
 from model import pads as padding
-from shmkit import libc, procfs, protocol
+from shmkit import interrupt, libc, procfs, protocol
 from shmkit.observe import PAGE, process_view, residency, system_view, zero_page_pfn
 from shmkit.registry import Run, process_start
 from model.pages import page_align, pages_of
@@ -83,13 +83,14 @@ class Manager:
         }
         env = dict(os.environ, PYTHONMALLOC="malloc", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
         env.pop("PYTHONTRACEMALLOC", None)
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "shmkit.worker", str(theirs.fileno()), json.dumps(config)],
-            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, close_fds=True)
-        theirs.close()
-        self.run.note({"kind": "worker", "pid": popen.pid, "start": process_start(popen.pid), "name": "main"})
-        proc = Proc("main", popen.pid, ours, None, popen)
-        self.procs["main"] = proc
+        with interrupt.deferred():      # a worker that runs is a worker shutdown() knows
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "shmkit.worker", str(theirs.fileno()), json.dumps(config)],
+                pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, close_fds=True)
+            theirs.close()
+            proc = Proc("main", popen.pid, ours, None, popen)
+            self.procs["main"] = proc
+            self.run.note({"kind": "worker", "pid": popen.pid, "start": process_start(popen.pid), "name": "main"})
         ready = self._recv(proc, READY_TIMEOUT, None)
         if "ready" not in ready:
             raise HarnessError(f"worker did not start: {ready}")
@@ -141,6 +142,21 @@ class Manager:
             return {"signal": signal.Signals(os.WTERMSIG(status)).name}
         return {"exit": os.WEXITSTATUS(status)}
 
+    def open(self) -> None:
+        """Creates the run's directory and registry: both, or (on a signal) neither yet."""
+        with interrupt.deferred():
+            self.run.open()
+
+    def close(self) -> list[str]:
+        """Kills every worker and removes everything the run created, whole: a signal that
+        arrives meanwhile is raised after it (shmkit.interrupt). Returns what was removed."""
+        with interrupt.deferred():
+            try:
+                self.shutdown()
+            finally:
+                removed = self.run.cleanup()
+        return removed
+
     def shutdown(self) -> None:
         for proc in reversed(list(self.procs.values())):
             if proc.alive:
@@ -152,6 +168,7 @@ class Manager:
                 except subprocess.TimeoutExpired:
                     pass
             proc.sock.close()
+        self._reap_orphans()
         # orphans adopted by us as subreaper
         while True:
             try:
@@ -160,6 +177,25 @@ class Manager:
                 break
             if pid == 0:
                 break
+
+    def _reap_orphans(self) -> None:
+        """Kills and waits for every worker of this run that is now our child: the forked ones,
+        orphaned by the kill of their parent worker above and so ours as subreaper
+        (kernel/exit.c: forget_original_parent runs before the parent can be reaped), including
+        one that no Proc names (forked by a step whose reply a signal or a timeout cut off).
+        After this no worker of the run runs or holds a SysV attachment (a dying process holds
+        its attachments until exit_mm). A worker's command line carries the run's directory."""
+        mark = json.dumps(str(self.run.dir)).encode()
+        for _ in range(10):
+            strays = [pid for pid in _children(os.getpid()) if _is_worker_of(pid, mark)]
+            if not strays:
+                return
+            for pid in strays:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
 
     # ----- observation -------------------------------------------------------------------
     def _record_interp(self, proc: Proc) -> None:
@@ -464,12 +500,32 @@ def _fingerprint(v: dict) -> tuple:
             (k.get("Private_Dirty") or 0) + (k.get("Shared_Dirty") or 0))
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def _is_worker_of(pid: int, mark: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return b"shmkit.worker" in argv and any(mark in a for a in argv)
+
+
 def run_attempt(exp, step_timeout: float, zero_pfn) -> dict:
     m = Manager(exp, step_timeout, zero_pfn)
     record = {"path": exp.path, "about": exp.about, "setup": _setup_dict(exp.setup),
               "run_id": m.run.run_id, "prefix": m.run.prefix, "status": "ok", "steps": []}
-    m.run.open()
     try:
+        m.open()
         m.spawn_main()
         record["initial"] = {"processes": m.observe(), **m.system()}
         record["pads"] = {"main": m.procs["main"].pads}
@@ -481,8 +537,7 @@ def run_attempt(exp, step_timeout: float, zero_pfn) -> dict:
         record["status"] = "aborted"
         record["abort"] = {"process": lost.proc, "step": lost.step, **lost.how}
     finally:
-        m.shutdown()
-        record["cleaned"] = m.run.cleanup()
+        record["cleaned"] = m.close()
         record["names"] = m.names()
     return record
 

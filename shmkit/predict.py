@@ -170,12 +170,11 @@ def fresh_snapshot(exp, profile: dict):
     from shmkit import manager
 
     m = manager.Manager(exp)
-    m.run.open()
     try:
+        m.open()
         m.spawn_main()
         rec = {"setup": manager._setup_dict(exp.setup), "initial": {"processes": m.observe()}}
         pads = {"main": m.procs["main"].pads}
     finally:
-        m.shutdown()
-        m.run.cleanup()
+        m.close()
     return snapshot_from_record(rec, profile, str(m.run.dir.parent)), pads, m.run

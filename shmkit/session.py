@@ -25,10 +25,10 @@ class Session:
         from shmkit.observe import zero_page_pfn
 
         self.m = manager.Manager(probe, zero_pfn=zero_page_pfn())
-        self.m.run.open()
         manager.become_subreaper()
         self.live = self.pred = None
         try:
+            self.m.open()
             self.m.spawn_main()
             initial = {"processes": self.m.observe(), **self.m.system()}
             self.live = {"path": "<session>", "about": about, "setup": manager._setup_dict(probe.setup),
@@ -66,7 +66,4 @@ class Session:
         return self.builder.to_toml()
 
     def close(self) -> None:
-        try:
-            self.m.shutdown()
-        finally:
-            self.m.run.cleanup()
+        self.m.close()

@@ -18,8 +18,12 @@ def shmkit(*args: str, state: Path | None = None, **kw) -> subprocess.CompletedP
 
 
 def spawn(*args: str, state: Path) -> subprocess.Popen:
+    """shmkit as a terminal starts it: SIGINT, SIGTERM and SIGHUP at their default disposition,
+    whatever the test runner inherited (tests/interrupts.py: DEFAULT_SIGNALS)."""
+    from tests.interrupts import DEFAULT_SIGNALS
+
     env = dict(os.environ, SHMKIT_STATE=str(state))
-    return subprocess.Popen([sys.executable, "-m", "shmkit", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([*DEFAULT_SIGNALS, "--", sys.executable, "-m", "shmkit", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
 
 

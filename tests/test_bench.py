@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from shmkit.bench import cleanup, report, stats
 from shmkit.bench.cli import BadInput, parse_size
 from shmkit.bench.matrix import SHM, SIZES_FULL, Series, select, series_list, slots_for
 from shmkit.bench.runner import lock_path
+from tests.interrupts import Trial, check_stopped, children
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -219,21 +221,90 @@ def test_sigkilled_worker_pair_leaves_nothing(tmp_path):
     assert doc["cleanup"]["leftovers"] == []
 
 
-def test_interrupt_kills_the_pair_and_removes_everything(tmp_path):
-    p = bench("--quick", "--transports", "sysv,posix", "--pattern", "throughput", "--sizes", "1MiB",
-              "--min-time", "0.3", "--out", str(tmp_path))
-    workers = _wait_for(lambda: [c for c in _children(p.pid)], timeout=120)
-    assert workers
-    _wait_for(lambda: [n for n in os.listdir("/dev/shm") if n.startswith(cleanup.prefix(p.pid))], timeout=30)
-    peers = [c for w in workers for c in _children(w)]
-    p.send_signal(signal.SIGINT)
-    stdout, stderr = p.communicate(timeout=120)
-    assert p.returncode == 130, (stdout, stderr)
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and "interrupted" in lines[0]
-    assert ours(p.pid) == []
-    assert sysv_by(set(workers) | set(peers)) == []
-    assert not os.path.exists(tmp_path / "bench.json")
+SEED = int(os.environ.get("SHMKIT_INTERRUPT_SEED", "20261203"))
+# Five workers of a second or more each (memcpy, then posix and sysv, warm and cold): a signal
+# sent while one of the first three runs is sent well before the benchmark can end.
+LONG_BENCH = ["bench", "--quick", "--transports", "sysv,posix", "--pattern", "throughput", "--sizes", "1MiB",
+              "--min-time", "0.1", "--no-plots"]
+
+
+def _workers(t: Trial) -> list[int]:
+    return [c for c in children(t.pid) if "shmkit.bench.worker" in _cmd(c)]
+
+
+def _cmd(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _stop_bench(t: Trial, trial: dict) -> None:
+    """"start": a random moment of the first 0.8 s; "early": in the 0.4 s after the handlers were
+    installed (the lock, the metadata, the first spawn); "worker": up to 0.3 s after the k-th
+    worker appeared (its start, its peer's fork, the objects, a value); "objects": a few ms after
+    the first POSIX object of the run appeared; "twice": "worker", then a second signal into the
+    cleanup the first one started."""
+    kind, mark = trial["kind"], cleanup.prefix(t.pid)
+    if kind == "start":
+        t.sleep(trial["start"])
+    elif kind == "early":
+        assert t.wait_until(t.handlers_installed), "the benchmark ended before installing its handlers"
+        t.sleep(trial["start"] / 2)
+    elif kind == "objects":
+        assert t.wait_until(lambda: any(n.startswith(mark) for n in os.listdir("/dev/shm")), timeout=600), \
+            "no object of the run ever appeared in /dev/shm"
+        t.sleep(trial["delay"])
+    else:
+        seen: set[int] = set()
+
+        def kth() -> bool:
+            seen.update(_workers(t))
+            return len(seen) >= trial["k"]
+
+        assert t.wait_until(kth, timeout=600), f"the benchmark ended before its worker {trial['k']}"
+        t.sleep(trial["again"])
+    t.send(trial["sig"], trial["group"])
+    if kind == "twice":
+        t.sleep(trial["again"])
+        if t.running():
+            t.send(trial["second"], trial["group"])
+
+
+def test_a_signal_at_any_moment_of_a_benchmark_kills_the_pair_and_removes_everything(tmp_path):
+    """9 trials (SIGINT or SIGTERM, to the orchestrator or its process group, seeded): exit
+    128 + n, one line on stderr, no worker or peer left, nothing in /dev/shm, the SysV table or
+    the run directory, no bench.json (nor its temp file), every time; and the lock released."""
+    rng = random.Random(f"{SEED}:bench")
+    kinds = ["start"] + ["early"] * 2 + ["worker"] * 3 + ["objects"] + ["twice"] * 2
+    outcomes: dict[str, int] = {}
+    for i, kind in enumerate(kinds):
+        trial = {"kind": kind, "sig": rng.choice([signal.SIGINT, signal.SIGINT, signal.SIGTERM]),
+                 "group": rng.random() < 0.5, "k": rng.randint(1, 3), "delay": rng.uniform(0, 0.05),
+                 "start": rng.uniform(0, 0.8), "second": rng.choice([signal.SIGINT, signal.SIGTERM]),
+                 "again": rng.uniform(0, 0.3)}
+        out = tmp_path / f"out{i}"
+        t = Trial([*LONG_BENCH, "--out", str(out)], tmp_path / f"trial{i}")
+        what = f"trial {i} of seed {SEED}: {kind} {signal.Signals(trial['sig']).name}" + (
+            " to the group" if trial["group"] else "")
+        try:
+            _stop_bench(t, trial)
+            rc, stdout, stderr = t.finish(timeout=300)
+            how = check_stopped(t, rc, stderr)
+            if len(t.sent) > 1:
+                how += f" (a second signal {signal.Signals(t.sent[1][0]).name} before it ended)"
+            outcomes[how] = outcomes.get(how, 0) + 1
+            assert t.leftovers() == [], what
+            if how.startswith("stopped"):
+                lines = [ln for ln in stderr.strip().splitlines() if "waiting for another shmkit bench" not in ln]
+                assert len(lines) == 1, stderr
+            assert not out.exists() or sorted(os.listdir(out)) == [], sorted(os.listdir(out))
+        except BaseException as e:
+            t.kill()
+            raise AssertionError(f"{what}: {e}; left: {t.leftovers()}") from e
+    print(f"bench: {outcomes}")
+    assert sum(n for h, n in outcomes.items() if h.startswith("stopped")) >= 8, outcomes
     # the lock was released: it can be taken at once
     fd = os.open(lock_path(), os.O_RDWR)
     try:

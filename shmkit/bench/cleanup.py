@@ -59,6 +59,24 @@ def alive(pid: int) -> bool:
     return True
 
 
+def wait_dead(pids: set[int], timeout: float) -> None:
+    """Waits until none of `pids` runs: each is gone or a zombie (an orphaned peer is reaped by
+    init, whenever that comes; a zombie has released its memory and attachments)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                break
+            if stat[stat.rindex(b")") + 2:][:1] in (b"Z", b"X"):
+                break
+            time.sleep(0.002)
+
+
 def sysv_segments() -> list[dict]:
     out = []
     try:

@@ -2,7 +2,8 @@
 
 Exit status: 0 the run completed (goals are reported, not enforced); 1 a benchmark failed
 (a worker error or timeout, a message with a wrong stamp) or an object was left behind;
-2 bad input (one line on stderr); 130 interrupted (everything created was removed).
+2 bad input (one line on stderr); 128 + the signal's number when stopped by Ctrl-C (130), SIGTERM
+(143) or SIGHUP (129): everything created was removed.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import re
 import signal
 import sys
 
+from shmkit import interrupt
 from shmkit.bench.matrix import SIZES_FULL, SIZES_QUICK, TRANSPORTS, select, series_list
 
 
@@ -187,20 +189,31 @@ def _with_progress(st, say, total, Orchestrator):
 
 def _write_json(doc: dict, path: str) -> None:
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+    with interrupt.deferred():          # the whole file or none, and no .tmp left
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Ctrl-C, SIGTERM, SIGHUP: the pair is killed, everything removed, exit 128 + the signal's
+    number; a signal ignored on entry stays ignored (shmkit.interrupt)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupt)
+    interrupt.install()
+    try:
+        status = _dispatch(argv)
+        interrupt.disarm()              # decided: a later signal changes nothing
+        return status
+    except KeyboardInterrupt:
+        interrupt.disarm()              # only the first signal raises: nothing more comes
+    name = signal.Signals(interrupt.received() or signal.SIGINT).name
+    print(f"shmkit bench: interrupted ({name}); the workers were killed and everything they created "
+          "was removed", file=sys.stderr)
+    return interrupt.exit_status(130)
+
+
+def _dispatch(argv: list[str]) -> int:
     try:
         if argv and argv[0] == "compare":
             return cmd_compare(argv[1:])
@@ -210,10 +223,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as e:              # --help
         return e.code if isinstance(e.code, int) else 0
-    except KeyboardInterrupt:
-        print("shmkit bench: interrupted; the workers were killed and everything they created was removed",
-              file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

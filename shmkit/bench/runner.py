@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from shmkit import __version__
+from shmkit import __version__, interrupt
 from shmkit.bench import FORMAT, cleanup, stats
 from shmkit.bench.matrix import SHM, Series, slots_for
 
@@ -225,25 +225,29 @@ class Orchestrator:
     def spawn(self, job: dict) -> dict:
         env = dict(os.environ)
         env.setdefault("PYTHONHASHSEED", "0")
-        proc = subprocess.Popen([sys.executable, "-m", "shmkit.bench.worker"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                                env=env, text=True)
-        self.current = proc
-        self.pids.add(proc.pid)
-        with open(job["pidfile"], "a") as f:
-            f.write(f"{proc.pid}\n")
+        proc = None
         try:
+            with interrupt.deferred():      # a worker that runs is one the except below kills
+                proc = subprocess.Popen([sys.executable, "-m", "shmkit.bench.worker"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                        env=env, text=True)
+                self.current = proc
+                self.pids.add(proc.pid)
+                with open(job["pidfile"], "a") as f:
+                    f.write(f"{proc.pid}\n")
             out, err = proc.communicate(json.dumps(job), timeout=self.s.timeout)
         except subprocess.TimeoutExpired:
             self._kill(proc)
             return {"error": f"timed out after {self.s.timeout:.0f} s (the pair was killed)"}
         except BaseException:
-            self._kill(proc)
+            if proc is not None:
+                self._kill(proc)
             raise
         finally:
-            self.current = None
-            self.pids |= cleanup._pids(self.dir)
-            self.swept += cleanup.sweep(self.pid, self.pids)
+            with interrupt.deferred():
+                self.current = None
+                self.pids |= cleanup._pids(self.dir)
+                self.swept += cleanup.sweep(self.pid, self.pids)
         try:
             res = json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -252,16 +256,29 @@ class Orchestrator:
             res["error"] = f"worker exited with status {proc.returncode}"
         return res
 
-    @staticmethod
-    def _kill(proc) -> None:
+    def _kill(self, proc) -> None:
+        """Kills the pair (the worker's session: it and its peer) and waits until both are dead:
+        a dying process keeps its SysV attachments until it has exited (exit_mm), and the sweep
+        that follows must find the segments unattached."""
+        with interrupt.deferred():
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.communicate(timeout=10)
+            except Exception:
+                pass
+            cleanup.wait_dead(self._pair(proc.pid), timeout=10)
+
+    def _pair(self, pid: int) -> set[int]:
+        """The worker `pid` and the pids written to the run's pids file after it (its peer)."""
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.communicate(timeout=10)
-        except Exception:
-            pass
+            with open(os.path.join(self.dir, "pids")) as f:
+                pids = [int(x) for x in f.read().split()]
+        except (OSError, ValueError):
+            return {pid}
+        return {pid, *pids[pids.index(pid) + 1:]} if pid in pids else {pid}
 
     # ----- one benchmark ----------------------------------------------------------------------
     def benchmark(self, s: Series, size: int) -> dict:
@@ -371,7 +388,8 @@ class Orchestrator:
             doc["status"] = "interrupted"
             raise
         finally:
-            self.swept += cleanup.sweep(self.pid, self.pids, keep_dir=False)
+            with interrupt.deferred():      # a signal here must not cut the sweep short
+                self.swept += cleanup.sweep(self.pid, self.pids, keep_dir=False)
             doc["cleanup"] = {"swept": self.swept, "leftovers": cleanup.leftovers(self.pid, self.pids)}
             doc["seconds"] = time.perf_counter() - t0
             doc["metadata"]["loadavg_end"] = _read("/proc/loadavg")
