@@ -20,6 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from shmkit.damon import read_damon
+
 __all__ = [
     "KernelProfile", "ThpSize", "Mount", "REQUIRED_CONFIG",
     "parse_thp_mode", "parse_config", "parse_mountinfo", "find_mount", "mount_for_path",
@@ -111,6 +113,11 @@ class KernelProfile:
     # "ospke" in /proc/cpuinfo: arch_pkeys_enabled(), so PROT_EXEC alone gets the execute-only
     # protection key (arch/x86/mm/pkeys.c execute_only_pkey)
     pkeys: bool | None = None
+    # the host's DAMON (shmkit.damon.read_damon): each kdamond's state, operations (paddr,
+    # vaddr, fvaddr), targets and schemes, and the DAMON modules; None when the kernel has none.
+    # A running paddr context clears accessed bits that smaps Referenced shows
+    # (model/known_differences.py "damon-accessed-bits").
+    damon: dict[str, Any] | None = None
 
     # Convenience views of the sysctls most rules use.
     @property
@@ -476,5 +483,6 @@ def read_profile(procfs: str = "/proc", sysfs: str = "/sys") -> KernelProfile:
         cmdline=cmdline.strip("\0\n ") if cmdline is not None else None,
         mem_total_kb=meminfo.get("MemTotal"), swap_total_kb=meminfo.get("SwapTotal"),
         hugetlb=_read_hugetlb(r, meminfo), pkeys=_read_pkeys(r),
+        damon=read_damon(sysfs),
         unreadable=tuple(r.unreadable),
     )
