@@ -50,6 +50,16 @@ def experiment_files(paths: list[str]) -> list[str]:
     return out
 
 
+def _damon_pause(args):
+    """--pause-damon: DAMON off around the live runs, and back on after (shmkit.damon.Pause);
+    otherwise nothing."""
+    import contextlib
+
+    from shmkit import damon
+
+    return damon.Pause() if getattr(args, "pause_damon", False) else contextlib.nullcontext()
+
+
 def load_all(files: list[str]):
     """Parses and preflights every file before anything is created."""
     from shmkit import preflight, spec
@@ -72,19 +82,22 @@ def cmd_run(args) -> int:
     exps = load_all(files)
     results = []
     status = 0
-    for exp in exps:
-        rec = manager.run_experiment(exp, attempts=args.attempts, step_timeout=args.timeout)
-        results.append(rec)
-        if not args.quiet:
-            print(report.render(rec))
-            print()
-        if rec["status"] != "ok":
-            status = 1
+    with _damon_pause(args) as pause:
+        for exp in exps:
+            rec = manager.run_experiment(exp, attempts=args.attempts, step_timeout=args.timeout)
+            results.append(rec)
+            if not args.quiet:
+                print(report.render(rec))
+                print()
+            if rec["status"] != "ok":
+                status = 1
     ok = sum(1 for r in results if r["status"] == "ok")
     print(f"{ok} of {len(results)} experiment(s) ran with every step clean"
           + ("" if ok == len(results) else "; see PERTURBED/ABORTED above"))
     if args.json:
         doc = record.document("run", results, read_profile().to_dict(), __version__)
+        if pause is not None:
+            doc["damon_pause"] = pause.account()
         record.write_json(doc, args.json)
         print(f"record written to {args.json}")
     return status
@@ -186,8 +199,9 @@ def cmd_validate(args) -> int:
     exps = load_all(files)
     profile, probed = load_or_probe(args.probed)
     results = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as bar:
+    with _damon_pause(args) as pause, Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=err, transient=True) as bar:
         task = bar.add_task("validating", total=len(exps))
         for exp in exps:
             bar.update(task, description=f"validating {os.path.basename(exp.path)}")
@@ -207,9 +221,15 @@ def cmd_validate(args) -> int:
     rate = f"{100 * sm['match_rate']:.2f}%" if sm["match_rate"] is not None else "-"
     out.print(f"{sm['matching']} of {sm['experiments']} experiment(s) match on every field; "
               f"{sm['matched']}/{sm['fields']} fields ({rate})")
+    for n in sm["not_compared"]:
+        out.print(f"not compared: {n['field']} ({n['count']} fields in {n['experiments']} experiment(s)): "
+                  f"{n['why']} ({', '.join(n['cause'])}; known difference {n['known_difference']}; "
+                  "--pause-damon compares them)", soft_wrap=True, markup=False)
     doc = record.document("validate", results, profile, __version__)
     doc["summary"] = sm
     doc["probed"] = probed
+    if pause is not None:
+        doc["damon_pause"] = pause.account()
     if args.json:
         record.write_json(doc, args.json)
         out.print(f"record written to {args.json}")
@@ -268,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--attempts", type=int, default=3, help="runs of a perturbed experiment (default 3)")
     r.add_argument("--timeout", type=float, default=60.0, help="seconds a step may take (default 60)")
     r.add_argument("--quiet", action="store_true", help="only the summary line")
+    r.add_argument("--pause-damon", action="store_true",
+                   help="turn the host's DAMON off while the experiments run, and back on after")
     r.set_defaults(func=cmd_run)
     q = sub.add_parser("predict", help="predict every observation of experiments with the model")
     q.add_argument("files", nargs="*", help="experiment files or directories (default: the bundled ones)")
@@ -286,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probed kernel parameters (shmkit probe --out); default: the stored ones, probed now if absent")
     v.add_argument("--attempts", type=int, default=3, help="runs of a perturbed experiment (default 3)")
     v.add_argument("--timeout", type=float, default=60.0, help="seconds a step may take (default 60)")
+    v.add_argument("--pause-damon", action="store_true",
+                   help="turn the host's DAMON off while the experiments run, and back on after, "
+                        "so smaps Referenced is compared too (otherwise not compared where DAMON runs)")
     v.set_defaults(func=cmd_validate)
     pb = sub.add_parser("probe", help="measure the kernel parameters that cannot be read (fault-around, write-notify, ...)")
     pb.add_argument("--out", metavar="FILE", help="where to store them (default: the state directory)")
@@ -318,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(argv: list[str] | None) -> int:
+    from shmkit.damon import DamonError
     from shmkit.manager import HarnessError
     from shmkit.registry import UnsafeState
     from shmkit.spec import SpecError
@@ -332,5 +358,8 @@ def _dispatch(argv: list[str] | None) -> int:
         print(f"shmkit: harness failure: {e}", file=sys.stderr)
         return 2
     except UnsafeState as e:
+        print(f"shmkit: {e}", file=sys.stderr)
+        return 2
+    except DamonError as e:
         print(f"shmkit: {e}", file=sys.stderr)
         return 2

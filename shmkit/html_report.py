@@ -196,6 +196,7 @@ def _experiment(r: dict) -> str:
     parts = [f'<h2 id="exp-{_e(stem)}">{_e(stem)} — {status}</h2>', f"<p>{_e(r['about'])}</p>",
              f"<p>{c['matched']} of {c['fields']} fields match; live {c.get('live_seconds', 0):.2f} s, "
              f"model {1000 * c.get('model_seconds', 0):.1f} ms</p>"]
+    parts += [f'<p class="warn">{_not_compared(n)}</p>' for n in c.get("not_compared") or []]
     if not r.get("predicted"):
         return "\n".join(parts)
     nl, nm = record.normalise(r["live"]), record.normalise(r["predicted"])
@@ -227,6 +228,47 @@ def _experiment(r: dict) -> str:
     return "\n".join(parts)
 
 
+def _not_compared(n: dict) -> str:
+    where = f" in {n['experiments']} experiments" if "experiments" in n else ""
+    return (f"not compared: {_e(n['field'])} ({n['count']} fields{where}): {_e(n['why'])} "
+            f"({_e(', '.join(n.get('cause') or []))}; known difference "
+            f"<code>{_e(n['known_difference'])}</code>)")
+
+
+def _damon_rows(host: dict, pause: dict | None) -> str:
+    """The host's DAMON (profile key "damon"), one row per kdamond and module, and what
+    --pause-damon did."""
+    from shmkit.damon import clearers
+
+    state = host.get("damon")
+    if state is None and "damon" not in host:
+        return ""
+    rows = []
+    for k in (state or {}).get("kdamonds", []):
+        for i, c in enumerate(k.get("contexts", [])):
+            schemes = ", ".join(f"{s.get('action')}" + (f" (filters: {'; '.join(s['filters'])})" if s.get("filters") else "")
+                                for s in c.get("schemes", [])) or "none"
+            rows.append(f"<tr><td>DAMON kdamond {k['index']} context {i}</td><td>{_e(k.get('state'))}, "
+                        f"operations {_e(c.get('operations'))}, sampling {_e(c.get('sample_us'))} µs, "
+                        f"schemes: {_e(schemes)}</td><td>read</td></tr>")
+    for name, m in sorted((state or {}).get("modules", {}).items()):
+        rows.append(f"<tr><td>DAMON module {_e(name)}</td><td>{'on' if m.get('enabled') else 'off'}</td>"
+                    "<td>read</td></tr>")
+    if not rows:
+        rows.append(f"<tr><td>DAMON</td><td>{'no DAMON interface' if state is None else 'no kdamond'}</td>"
+                    "<td>read</td></tr>")
+    running = clearers(state)
+    rows.append("<tr><td>DAMON clears accessed bits</td><td>"
+                + (_e("yes: " + ", ".join(running)) if running else "no") + "</td><td>derived</td></tr>")
+    if pause is not None:
+        what = ", ".join(f"{p['what']} (turned back on: {'yes' if p.get('restored') else 'no'})"
+                         for p in pause.get("paused", [])) or "nothing was running"
+        notes = "; ".join(pause.get("notes") or [])
+        rows.append(f"<tr><td>DAMON during the runs</td><td>paused by --pause-damon: {_e(what)}"
+                    f"{_e('; ' + notes) if notes else ''}</td><td>shmkit</td></tr>")
+    return "".join(rows)
+
+
 def render_html(doc: dict) -> str:
     from shmkit.validate import summary
 
@@ -245,6 +287,7 @@ def render_html(doc: dict) -> str:
         from model.kernel import effective_mmap_min_addr
         read_rows += (f"<tr><td>mmap_min_addr in effect</td><td>{effective_mmap_min_addr(host)}</td>"
                       "<td>derived: max(vm.mmap_min_addr, CONFIG_LSM_MMAP_MIN_ADDR)</td></tr>")
+    read_rows += _damon_rows(host, doc.get("damon_pause"))
     if not probed_rows:
         probed_rows = '<tr><td colspan="3">no value probed (run <code>shmkit probe</code>)</td></tr>'
     index = "".join(
@@ -257,6 +300,7 @@ def render_html(doc: dict) -> str:
             f"<p><b>{sm['matching']} of {sm['experiments']}</b> experiments match on every field; "
             f"{sm['matched']} of {sm['fields']} fields ({rate}). Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
             f"by shmkit {_e(doc.get('shmkit'))}.</p>",
+            *(f'<p class="warn">{_not_compared(n)}</p>' for n in sm.get("not_compared") or []),
             "<h2>Host kernel profile</h2><table><tr><th>value</th><th>setting</th><th>source</th></tr>"
             f"{read_rows}{probed_rows}</table><p>Unreadable here (not guessed): {_e(unreadable)}</p>",
             "<h2>Experiments</h2><table><tr><th>experiment</th><th>steps</th><th>fields matched</th><th>result</th>"

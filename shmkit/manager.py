@@ -71,6 +71,7 @@ class Manager:
         self.zero_pfn = zero_pfn
         self.segments: dict[str, int] = {}  # handle -> shmid
         self.segment_size: dict[str, int] = {}
+        self.collapsed: int | None = None   # khugepaged's pages_collapsed at the last observation
 
     # ----- process management --------------------------------------------------------
     def spawn_main(self) -> Proc:
@@ -97,6 +98,7 @@ class Manager:
         proc.pads = ready.get("pads", [])
         _write_back_mapped_files(proc.pid)
         self._record_interp(proc)
+        self.collapsed = khugepaged_collapsed()
         return proc
 
     def _recv(self, proc: Proc, timeout: float, step: int | None):
@@ -353,6 +355,7 @@ class Manager:
         for name, view in processes.items():
             aff = reply.get("affected", []) if name == step.proc else []
             problems += [f"{name}: {p}" for p in self.perturbation(self.procs[name], view, aff, step.do)]
+        problems += self._khugepaged(processes)
         if problems:  # say what the kernel was doing meanwhile, if /proc/vmstat shows it
             moved = procfs.background_activity(vm_before, procfs.read_vmstat())
             problems.append("kernel background activity during the step: " + (
@@ -401,6 +404,26 @@ class Manager:
                 del proc.interp[(s, e)]
                 for a, b, offset in padding.what_is_left(s, e, fp[1], pieces):
                     proc.interp[(a, b)] = (fp[0], offset) + fp[2:]
+
+    def _khugepaged(self, processes: dict) -> list[str]:
+        """khugepaged collapses PTE-mapped ranges of VM_HUGEPAGE VMAs (or of any anonymous VMA
+        under THP "always") into new THPs on its own schedule (mm/khugepaged.c
+        khugepaged_scan_mm_slot -> collapse_huge_page, every scan_sleep_millisecs): a collapse
+        in a run's process changes its smaps (AnonHugePages, Rss, Pss), pagemap and later faults
+        between two steps, at a moment no model can know (measured: thp-fork-split's split
+        THP collapsed back in 2 of 30 runs run two at a time). The kernel counts every
+        khugepaged collapse on the host (khugepaged/pages_collapsed; MADV_COLLAPSE does not
+        count there): when it moved since the last observation and a process of the run has
+        memory khugepaged may collapse, the step is perturbed (and the experiment retried)."""
+        before, self.collapsed = self.collapsed, khugepaged_collapsed()
+        if before is None or self.collapsed is None or self.collapsed <= before:
+            return []
+        always = _thp_enabled() == "always"
+        if not any(always or "hg" in (v.get("vmflags") or []) for view in processes.values()
+                   for v in view["vmas"]):
+            return []
+        return [f"{KHUGEPAGED} {self.collapsed - before} huge page(s) on this host since the "
+                "last observation (khugepaged/pages_collapsed), and this run has memory it may collapse"]
 
     def names(self) -> dict:
         """The real name of every handle (the record's "names"), for the normal form."""
@@ -453,6 +476,26 @@ class Manager:
 
 
 LOST_PAGES = "lost pages or dirtiness the step did not touch"
+KHUGEPAGED = "khugepaged collapsed"
+_THP = "/sys/kernel/mm/transparent_hugepage"
+
+
+def khugepaged_collapsed() -> int | None:
+    """How many huge pages khugepaged has collapsed on this host since boot (None: unknown)."""
+    try:
+        with open(f"{_THP}/khugepaged/pages_collapsed") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _thp_enabled() -> str | None:
+    try:
+        with open(f"{_THP}/enabled") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return text[text.find("[") + 1:text.find("]")] if "[" in text else None
 
 
 def _only_lost_pages(before: tuple, after: tuple) -> bool:

@@ -20,6 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from shmkit.damon import read_damon
+
 __all__ = [
     "KernelProfile", "ThpSize", "Mount", "REQUIRED_CONFIG",
     "parse_thp_mode", "parse_config", "parse_mountinfo", "find_mount", "mount_for_path",
@@ -114,6 +116,11 @@ class KernelProfile:
     # CONFIG_MEM_SOFT_DIRTY: VM_SOFTDIRTY exists, every new VMA gets it (mmap_region) and smaps
     # prints "sd". From the config when readable, else seen in this process's own smaps.
     soft_dirty: bool | None = None
+    # the host's DAMON (shmkit.damon.read_damon): each kdamond's state, operations (paddr,
+    # vaddr, fvaddr), targets and schemes, and the DAMON modules; None when the kernel has none.
+    # A running paddr context clears accessed bits that smaps Referenced shows
+    # (model/known_differences.py "damon-accessed-bits").
+    damon: dict[str, Any] | None = None
 
     # Convenience views of the sysctls most rules use.
     @property
@@ -502,5 +509,6 @@ def read_profile(procfs: str = "/proc", sysfs: str = "/sys", boot: str = "/boot"
         mem_total_kb=meminfo.get("MemTotal"), swap_total_kb=meminfo.get("SwapTotal"),
         hugetlb=_read_hugetlb(r, meminfo), pkeys=_read_pkeys(r),
         soft_dirty=_read_soft_dirty(r, config),
+        damon=read_damon(sysfs),
         unreadable=tuple(r.unreadable),
     )

@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from shmkit import manager, record
-from shmkit.compare import count_fields, differences
+from shmkit import damon, manager, record
+from shmkit.compare import count_fields, count_not_compared, damon_not_compared, differences
 from shmkit.predict import predict, snapshot_from_record
 
 
@@ -16,20 +16,25 @@ def validate_experiment(exp, profile: dict, attempts: int = 3, step_timeout: flo
     """One experiment: {path, about, status, live, predicted, comparison}.
 
     status: "match" (every field equal), "mismatch", or "live-perturbed" / "live-aborted" when
-    the live run could not give a clean observation to compare with."""
+    the live run could not give a clean observation to compare with. Fields a running DAMON
+    context makes unpredictable (shmkit.damon) are not compared, and listed in
+    comparison["not_compared"] with their count and cause."""
     t0 = time.perf_counter()
-    live = manager.run_experiment(exp, attempts=attempts, step_timeout=step_timeout)
+    with damon.Watch() as watch:
+        live = manager.run_experiment(exp, attempts=attempts, step_timeout=step_timeout)
     t_live = time.perf_counter() - t0
+    skip = damon_not_compared(watch.clearers(run_pids(live)))
     out = {"path": exp.path, "about": exp.about, "live": live, "predicted": None,
            "comparison": {"live_seconds": t_live}}
     if live["status"] != "ok" or "initial" not in live:
         out["status"] = f"live-{live['status']}"
-        out["comparison"].update(fields=0, matched=0, differences=[], first=None, checks=[])
+        out["comparison"].update(fields=0, matched=0, differences=[], first=None, checks=[],
+                                 not_compared=[])
         return out
     pred = predict(exp, profile, snapshot_from_record(live, profile), live["pads"])
     nl, nm = record.normalise(live), record.normalise(pred)
-    diffs = differences(nl, nm)
-    fields = count_fields(nl)
+    diffs = differences(nl, nm, skip)
+    fields = count_fields(nl, skip)
     checks = [f"step {s['index']}: {c}" for s in pred["steps"] for c in s["check"]]
     out["predicted"] = pred
     out["status"] = "match" if not diffs and not checks else "mismatch"
@@ -37,8 +42,29 @@ def validate_experiment(exp, profile: dict, attempts: int = 3, step_timeout: flo
         fields=fields, matched=max(fields - len(diffs), 0),
         differences=[asdict(d) for d in diffs], first=str(diffs[0]) if diffs else None,
         checks=checks, model_seconds=pred["model_seconds"],
-        steps=len(exp.steps))
+        steps=len(exp.steps), not_compared=[n.account(count_not_compared(nl, n)) for n in skip])
     return out
+
+
+def run_pids(rec: dict) -> set[int]:
+    """Every pid a live record names (its processes at the start and after each step)."""
+    pids = {p["pid"] for p in rec.get("initial", {}).get("processes", {}).values()}
+    for s in rec.get("steps", []):
+        pids.update(p["pid"] for p in s.get("processes", {}).values())
+    return pids
+
+
+def not_compared_total(results: list[dict]) -> list[dict]:
+    """The not-compared accounts of every experiment, summed per field: {field, count,
+    experiments, why, known_difference, cause}."""
+    out: dict[str, dict] = {}
+    for r in results:
+        for n in r["comparison"].get("not_compared") or []:
+            t = out.setdefault(n["field"], {**n, "count": 0, "experiments": 0, "cause": []})
+            t["count"] += n["count"]
+            t["experiments"] += 1
+            t["cause"] += [c for c in n["cause"] if c not in t["cause"]]
+    return list(out.values())
 
 
 def summary(results: list[dict]) -> dict:
@@ -47,7 +73,8 @@ def summary(results: list[dict]) -> dict:
     return {"experiments": len(results),
             "matching": sum(1 for r in results if r["status"] == "match"),
             "fields": fields, "matched": matched,
-            "match_rate": (matched / fields) if fields else None}
+            "match_rate": (matched / fields) if fields else None,
+            "not_compared": not_compared_total(results)}
 
 
 def compare_hosts(a: dict, b: dict) -> dict:

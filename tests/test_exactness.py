@@ -148,3 +148,53 @@ def test_a_vma_appears_only_when_it_was_not_there_at_the_last_observation():
     flagged = Manager.perturbation(None, proc, view, [], "touch")
     assert flagged == ["VMA 8000-9000 [anon] appeared outside the step"]
     assert Manager.perturbation(None, proc, view, [(0x8000, 0x9000)], "touch") == []
+
+
+def _views(*flags):
+    return {"main": {"vmas": [{"vmflags": list(f)} for f in flags]}}
+
+
+@pytest.mark.parametrize("moved, thp, flags, perturbed", [
+    (1, "madvise", ("rd", "wr", "hg"), True),    # a MADV_HUGEPAGE VMA, and khugepaged collapsed
+    (0, "madvise", ("rd", "wr", "hg"), False),   # nothing collapsed
+    (1, "madvise", ("rd", "wr"), False),         # nothing here khugepaged may collapse
+    (2, "always", ("rd", "wr"), True),           # THP always: any anonymous VMA
+])
+def test_a_khugepaged_collapse_during_a_step_is_a_perturbation(monkeypatch, moved, thp, flags, perturbed):
+    """khugepaged's host-wide counter (khugepaged/pages_collapsed) moved since the last
+    observation while the run has memory khugepaged may collapse: the step is perturbed."""
+    from types import SimpleNamespace
+
+    from shmkit import manager
+
+    monkeypatch.setattr(manager, "khugepaged_collapsed", lambda: 10 + moved)
+    monkeypatch.setattr(manager, "_thp_enabled", lambda: thp)
+    m = SimpleNamespace(collapsed=10)
+    got = manager.Manager._khugepaged(m, _views(flags))
+    assert bool(got) is perturbed and m.collapsed == 10 + moved
+    if perturbed:
+        assert got == [f"{manager.KHUGEPAGED} {moved} huge page(s) on this host since the last "
+                       "observation (khugepaged/pages_collapsed), and this run has memory it may collapse"]
+
+
+def test_khugepaged_counter_is_read_and_madv_collapse_does_not_move_it(run):
+    """The counter the perturbation relies on: present, and not moved by MADV_COLLAPSE (a
+    step's own collapse, mm/khugepaged.c madvise_collapse) when khugepaged does nothing."""
+    from shmkit import manager
+
+    before = manager.khugepaged_collapsed()
+    if before is None:
+        pytest.skip("no /sys/kernel/mm/transparent_hugepage/khugepaged/pages_collapsed here")
+    for _ in range(3):
+        before = manager.khugepaged_collapsed()
+        rec = run(ExperimentBuilder(about="collapse")
+                  .step("mmap", as_="b", length="4 MiB", prot="rw", flags=["private", "anonymous"])
+                  .step("touch", region="b", pages="0..8", access="write")
+                  .step("madvise", region="b", pages="0..512", advice="collapse"))
+        if manager.khugepaged_collapsed() == before:
+            break
+    else:
+        pytest.fail("khugepaged/pages_collapsed moved in every try")
+    assert rec["steps"][-1]["result"] == "ok"
+    assert sum(v["smaps_kb"]["AnonHugePages"] for v in rec["steps"][-1]["processes"]["main"]["vmas"]
+               if "smaps_kb" in v) >= 2048, "MADV_COLLAPSE made no THP: the check above proves nothing"

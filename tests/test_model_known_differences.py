@@ -178,3 +178,42 @@ flags = ["private", "anonymous", "hugetlb", "noreserve"]
     live, pred = _live_and_model(text, profile, "hugetlb-noreserve.toml")
     assert live["steps"][0]["result"] == "ok", live["steps"][0]["result"]
     assert not differences(live, pred)
+
+
+def _damon_clearers() -> list[str]:
+    from shmkit import damon
+    return damon.clearers(damon.read_damon()) if sys.platform.startswith("linux") else []
+
+
+@linux
+@pytest.mark.live
+@pytest.mark.skipif(not _damon_clearers(),
+                    reason="needs DAMON sampling physical memory (a kdamond with paddr operations "
+                           "on, or a DAMON module); none runs here")
+@pytest.mark.xfail(strict=True, reason=by_id("damon-accessed-bits").reason)
+def test_damon_accessed_bits(profile):
+    """256 MiB written, then three seconds (six DAMON samplings at 0.5 s, each of 1024 or more
+    regions), then a fork: the child maps every page with an old PTE, so the model's Referenced
+    for the child is 0; the kernel's counts every page whose folio DAMON sampled meanwhile.
+    Which pages DAMON samples is random (measured here: 0, 8, 12, 12 and 48 kB in five tries of
+    128 MiB after 2 s, 1548 kB in another), so it tries up to ten times."""
+    import time
+
+    from shmkit.session import Session
+
+    seen = []
+    for _ in range(10):
+        s = Session(profile, about="DAMON and smaps Referenced after fork")
+        try:
+            s.step("mmap", as_="buf", length="256 MiB", prot="rw", flags=["private", "anonymous"])
+            s.step("touch", region="buf", access="write")
+            time.sleep(3)
+            live, model, _ = s.step("fork", child="kid")
+        finally:
+            s.close()
+        ref = [sum(v["smaps_kb"]["Referenced"] for v in step["processes"]["kid"]["vmas"])
+               for step in (live, model)]
+        seen.append(ref)
+        if ref[0] != ref[1]:
+            break
+    assert all(a == b for a, b in seen), f"child's Referenced kB (live, model) per try: {seen}"
