@@ -349,7 +349,7 @@ def test_run_pause_damon_says_so_records_it_and_restores(tmp_path):
 
 @pytest.mark.live
 @live_damon
-@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 130)])
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_pause_damon_restores_after_a_signal(tmp_path, sig, status):
     """A run stopped by Ctrl-C or SIGTERM while DAMON is paused turns it back on."""
     before = _on()
