@@ -202,6 +202,12 @@ class Memory:
                 return None
         elif not self.thp_eligible(vma) or (haddr >> 21) in mm.ptables or vma.pte[a:a + 512].count(PTE_NONE) != 512:
             return None
+        if kind is None:
+            # do_huge_pmd_anonymous_page() calls vmf_anon_prepare() before it looks at the
+            # access: a read that maps the huge zero page gives the VMA an anon_vma too, so a
+            # fork copies its page tables (vma_needs_copy; copy_huge_pmd copies the zero PMD).
+            # Measured: thp-fork-huge-zero.toml, the child reads the block without a fault.
+            self.anon_vma_prepare(mm, vma)
         if not write and self.k.thp_use_zero_page and kind is None:
             vma.pte[a:a + 512] = bytes([PTE_ZERO | PTE_YOUNG]) * 512
             vma.huge[a] = "zero"
