@@ -1389,7 +1389,7 @@ class Kernel:
         if "maymove" not in flags:
             raise errno("ENOMEM", f0)
         pgoff = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
-        where = mm.get_unmapped_area(new_len, 0, False)
+        where = mm.get_unmapped_area(new_len, 0, False, thp_align=self._mremap_thp_align(vma, 0, new_len))
         if isinstance(where, str):
             raise errno(where, f0)
         faults = self.move_vma(proc, vma, addr, old_len, new_len, where, pgoff, False)
@@ -1427,7 +1427,8 @@ class Kernel:
         # MREMAP_DONTUNMAP keeps the old range: the address space grows by old_len
         if dontunmap and not self.may_expand_vm(proc, vma.flags, old_len >> PAGE_SHIFT):
             raise errno("ENOMEM", f0)
-        where = mm.get_unmapped_area(new_len, new_addr, fixed)
+        where = mm.get_unmapped_area(new_len, new_addr, fixed,
+                                     thp_align=not fixed and self._mremap_thp_align(vma, new_addr, new_len))
         if isinstance(where, str):
             raise errno(where, f0)
         pgoff = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
@@ -1437,6 +1438,14 @@ class Kernel:
                                    if fixed else "moved the VMA to a free range (new_addr a hint)")
                   + ("; MREMAP_DONTUNMAP left the old range mapped and empty" if dontunmap else ""))
         return faults, {"addr": where}
+
+    def _mremap_thp_align(self, vma: Vma, hint: int, length: int) -> bool:
+        """mm/mremap.c vrm_set_new_addr() -> get_unmapped_area() -> __get_unmapped_area(): an
+        anonymous VMA (no vm_file; pgoff treated as 0) moved without a hint to a length that
+        is a multiple of 2 MiB gets a THP-aligned range (thp_get_unmapped_area_vmflags), as
+        mmap does. Measured: thp-mremap-aligned.toml, MREMAP_DONTUNMAP of 2 MiB skips a free
+        2 MiB hole for an aligned range below."""
+        return self.thp_align_anon and vma.file is None and not hint and length % PMD_SIZE == 0
 
     def _follow(self, r: Region, args: dict, addr: int, length: int) -> None:
         """The handle follows the moved range, also when only some pages of it moved
@@ -1468,6 +1477,7 @@ class Kernel:
             arr[:k] = src.anon[i0:i0 + k]
         if src.file is not None and src.file.segment is not None:
             self.ipc.opened(src.file.segment)
+        self._move_huge_pmds(src, i0, k, new)
         src.pte[i0:i0 + k] = bytes(k)
         if src.anon is not None:
             src.anon[i0:i0 + k] = array("q", bytes(8 * k))
@@ -1493,6 +1503,20 @@ class Kernel:
             # do_mremap(): mm_populate() of the grown part once the lock is dropped
             minor, major = self.mem.populate(mm, new_addr + old_len, new_addr + new_len)
         return self._faults(minor, major)
+
+    @staticmethod
+    def _move_huge_pmds(src: Vma, i0: int, k: int, new: Vma) -> None:
+        """mm/mremap.c move_page_tables(): a PMD-mapped block (a THP or the huge zero page)
+        whose extent is a whole 2 MiB at both the old and the new address moves as one PMD
+        (move_pgt_entry(HPAGE_PMD) -> move_huge_pmd); any other is split first
+        (split_huge_pmd) and its PTEs move. Pages [i0, i0 + k) of src go to page 0 of new.
+        Measured: thp-mremap-aligned.toml (AnonHugePages stays), thp-mremap-unaligned.toml."""
+        for h, kind in list(src.huge.items()):
+            if h + 512 <= i0 or i0 + k <= h:
+                continue
+            del src.huge[h]
+            if i0 <= h and h + 512 <= i0 + k and not (new.start + ((h - i0) << PAGE_SHIFT)) & (PMD_SIZE - 1):
+                new.huge[h - i0] = kind
 
     # ----- touching memory --------------------------------------------------------------------
     def sys_touch(self, proc: Process, args: dict):
