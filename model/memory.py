@@ -88,18 +88,30 @@ class Memory:
 
     # ----- page cache -----------------------------------------------------------------------
     def read_around(self, vma: Vma, pgoff: int) -> None:
-        """mm/filemap.c do_sync_mmap_readahead(): VM_RAND_READ reads no more than the page
-        (filemap_fault's own read), VM_SEQ_READ page_cache_sync_ra(ra_pages), otherwise mmap
-        read-around: ra_pages centred on the fault, async_size = ra_pages / 4."""
+        """mm/filemap.c do_sync_mmap_readahead(): VM_RAND_READ (without VM_EXEC) reads no
+        more than the page (filemap_fault's own read), VM_SEQ_READ page_cache_sync_ra(ra_pages),
+        VM_EXEC from the fault to the end of the VMA, otherwise mmap read-around: ra_pages
+        centred on the fault, async_size = ra_pages / 4."""
         ino = vma.file.inode
         ra = ino.readahead_pages
-        if vma.flags & VM_RAND_READ:
+        if vma.flags & (VM_RAND_READ | VM_EXEC) == VM_RAND_READ:
             if not ino.is_cached(pgoff):
                 ino.add_folio(pgoff, 1)
             self.k.note("page cache miss: no readahead (VM_RAND_READ) (do_sync_mmap_readahead)")
             return
         if vma.flags & VM_SEQ_READ:
             self.sync_ra(vma, pgoff, ra)
+            return
+        if vma.flags & VM_EXEC:
+            # executable memory "rarely benefits from readahead": from the fault (rounded down
+            # to exec_folio_order(), 0 on x86) up to ra_pages, cut at the end of the VMA, and
+            # async_size 0 (no mark). Measured: file-readahead-exec.toml.
+            start = max(pgoff, vma.pgoff)
+            size = min(start + ra, vma.pgoff + vma.pages) - start
+            vma.file.ra = (start, size, 0, 0)
+            self.ra_order(vma, start, size, 0, 0)
+            self.k.note(f"page cache miss in a VM_EXEC mapping: {size} pages from the fault, "
+                        "bounded by the VMA (do_sync_mmap_readahead)")
             return
         start = max(0, pgoff - ra // 2)
         vma.file.ra = (start, ra, ra // 4, 0)
