@@ -1403,7 +1403,8 @@ class Kernel:
         if "maymove" not in flags:
             raise errno("ENOMEM", f0)
         pgoff = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
-        where = mm.get_unmapped_area(new_len, 0, False, thp_align=self._mremap_thp_align(vma, 0, new_len))
+        thp, thp_pgoff = self._mremap_thp_align(vma, 0, new_len, pgoff)
+        where = mm.get_unmapped_area(new_len, 0, False, thp_align=thp, pgoff=thp_pgoff)
         if isinstance(where, str):
             raise errno(where, f0)
         faults = self.move_vma(proc, vma, addr, old_len, new_len, where, pgoff, False)
@@ -1441,11 +1442,11 @@ class Kernel:
         # MREMAP_DONTUNMAP keeps the old range: the address space grows by old_len
         if dontunmap and not self.may_expand_vm(proc, vma.flags, old_len >> PAGE_SHIFT):
             raise errno("ENOMEM", f0)
-        where = mm.get_unmapped_area(new_len, new_addr, fixed,
-                                     thp_align=not fixed and self._mremap_thp_align(vma, new_addr, new_len))
+        pgoff = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
+        thp, thp_pgoff = self._mremap_thp_align(vma, new_addr, new_len, pgoff)
+        where = mm.get_unmapped_area(new_len, new_addr, fixed, thp_align=thp and not fixed, pgoff=thp_pgoff)
         if isinstance(where, str):
             raise errno(where, f0)
-        pgoff = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
         faults = self.move_vma(proc, vma, addr, old_len, new_len, where, pgoff, dontunmap)
         self._follow(r, args, where, new_len)
         self.note("mremap_to: " + ("MREMAP_FIXED unmapped the target range and moved the VMA there"
@@ -1453,13 +1454,19 @@ class Kernel:
                   + ("; MREMAP_DONTUNMAP left the old range mapped and empty" if dontunmap else ""))
         return faults, {"addr": where}
 
-    def _mremap_thp_align(self, vma: Vma, hint: int, length: int) -> bool:
-        """mm/mremap.c vrm_set_new_addr() -> get_unmapped_area() -> __get_unmapped_area(): an
-        anonymous VMA (no vm_file; pgoff treated as 0) moved without a hint to a length that
-        is a multiple of 2 MiB gets a THP-aligned range (thp_get_unmapped_area_vmflags), as
-        mmap does. Measured: thp-mremap-aligned.toml, MREMAP_DONTUNMAP of 2 MiB skips a free
-        2 MiB hole for an aligned range below."""
-        return self.thp_align_anon and vma.file is None and not hint and length % PMD_SIZE == 0
+    def _mremap_thp_align(self, vma: Vma, hint: int, length: int, pgoff: int) -> tuple[bool, int]:
+        """mm/mremap.c vrm_set_new_addr() -> get_unmapped_area(vm_file, hint, new_len, pgoff)
+        -> __get_unmapped_area(), as mmap places a new mapping: a disk file's
+        f_op->get_unmapped_area (ext4: thp_get_unmapped_area, hint and pgoff included), and an
+        anonymous VMA (pgoff treated as 0) moved without a hint to a multiple of 2 MiB
+        (thp_get_unmapped_area_vmflags). Returns (THP-align, the pgoff to align to).
+        Measured: thp-mremap-aligned.toml (MREMAP_DONTUNMAP of 2 MiB skips a free 2 MiB hole
+        for an aligned range below), mremap-file-thp-align.toml."""
+        if vma.file is None:
+            return self.thp_align_anon and not hint and length % PMD_SIZE == 0, 0
+        if vma.file.kind == "file" and not vma.file.inode.is_shmem:
+            return True, pgoff
+        return False, 0
 
     def _follow(self, r: Region, args: dict, addr: int, length: int) -> None:
         """The handle follows the moved range, also when only some pages of it moved
