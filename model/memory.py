@@ -185,6 +185,8 @@ class Memory:
                 index += 1 << o
             else:
                 return
+        elif not fallback_only and vma.file.ra:
+            vma.file.ra = vma.file.ra[:3] + (0,)    # no large folio support: ra->order = 0
         # do_page_cache_ra(ractl, size - (index - start), async_size): nr_to_read is cut at
         # EOF first, and page_cache_ra_unbounded() marks nr_to_read - lookahead_size (no mark
         # when the lookahead is longer)
