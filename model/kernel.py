@@ -133,6 +133,9 @@ class Kernel:
         self.thp_align_anon = probed.get("thp_align_anon", True)
         # bdi->ra_pages of the disk's backing device (read_ahead_kb; the kernel default is 128)
         self.readahead_pages = (dev.get("disk_readahead_kb") or 128) // 4
+        # bdi->io_pages (max_sectors_kb in pages): how far a request larger than ra_pages may
+        # read (force_page_cache_ra, ractl_max_pages); unknown: no larger than ra_pages
+        self.io_pages = dev.get("disk_io_pages") or 0
         self.anon = AnonPages()
         self.mem = Memory(self)
         self.files: dict[str, Inode] = {}       # disk and tmpfs files by path
@@ -899,10 +902,21 @@ class Kernel:
         elif advice == "willneed":
             if vma.file is not None and not vma.file.inode.is_shmem:
                 ino = vma.file.inode
-                for i in range(vma.file_index(a), min(vma.file_index(b), ino.npages)):
+                # generic_fadvise(POSIX_FADV_WILLNEED) -> force_page_cache_ra(): nr_to_read is
+                # clamped to max(bdi->io_pages, ra_pages) and read from the start of the range
+                # (in 2 MiB chunks of do_page_cache_ra with no lookahead: order-0 folios, no
+                # PG_readahead mark); the rest of a larger range stays uncached.
+                # Measured: madvise-willneed-limit.toml (3,072 pages advised, 2,048 read).
+                limit = max(self.io_pages, ino.readahead_pages)
+                first = vma.file_index(a)
+                end = min(vma.file_index(b), first + limit, ino.npages)
+                for i in range(first, end):
                     if not ino.is_cached(i):
                         ino.add_folio(i, 1)
-                self.note("madvise_willneed: vfs_fadvise(WILLNEED) reads the range into the page cache")
+                self.note("madvise_willneed: vfs_fadvise(WILLNEED) -> force_page_cache_ra reads "
+                          f"{max(0, end - first)} page(s) from the start of the range"
+                          + (f" (at most max(io_pages, ra_pages) = {limit})"
+                             if vma.file_index(b) - first > limit else ""))
         elif advice == "remove":
             # madvise_remove(): VM_LOCKED or no file -> EINVAL; a mapping that is not shared and
             # may-write (vma_is_shared_maywrite: private, or a read-only open) -> EACCES
@@ -1398,7 +1412,8 @@ class Kernel:
         if "maymove" not in flags:
             raise errno("ENOMEM", f0)
         pgoff = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
-        where = mm.get_unmapped_area(new_len, 0, False)
+        thp, thp_pgoff = self._mremap_thp_align(vma, 0, new_len, pgoff)
+        where = mm.get_unmapped_area(new_len, 0, False, thp_align=thp, pgoff=thp_pgoff)
         if isinstance(where, str):
             raise errno(where, f0)
         faults = self.move_vma(proc, vma, addr, old_len, new_len, where, pgoff, False)
@@ -1436,16 +1451,31 @@ class Kernel:
         # MREMAP_DONTUNMAP keeps the old range: the address space grows by old_len
         if dontunmap and not self.may_expand_vm(proc, vma.flags, old_len >> PAGE_SHIFT):
             raise errno("ENOMEM", f0)
-        where = mm.get_unmapped_area(new_len, new_addr, fixed)
+        pgoff = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
+        thp, thp_pgoff = self._mremap_thp_align(vma, new_addr, new_len, pgoff)
+        where = mm.get_unmapped_area(new_len, new_addr, fixed, thp_align=thp and not fixed, pgoff=thp_pgoff)
         if isinstance(where, str):
             raise errno(where, f0)
-        pgoff = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
         faults = self.move_vma(proc, vma, addr, old_len, new_len, where, pgoff, dontunmap)
         self._follow(r, args, where, new_len)
         self.note("mremap_to: " + ("MREMAP_FIXED unmapped the target range and moved the VMA there"
                                    if fixed else "moved the VMA to a free range (new_addr a hint)")
                   + ("; MREMAP_DONTUNMAP left the old range mapped and empty" if dontunmap else ""))
         return faults, {"addr": where}
+
+    def _mremap_thp_align(self, vma: Vma, hint: int, length: int, pgoff: int) -> tuple[bool, int]:
+        """mm/mremap.c vrm_set_new_addr() -> get_unmapped_area(vm_file, hint, new_len, pgoff)
+        -> __get_unmapped_area(), as mmap places a new mapping: a disk file's
+        f_op->get_unmapped_area (ext4: thp_get_unmapped_area, hint and pgoff included), and an
+        anonymous VMA (pgoff treated as 0) moved without a hint to a multiple of 2 MiB
+        (thp_get_unmapped_area_vmflags). Returns (THP-align, the pgoff to align to).
+        Measured: thp-mremap-aligned.toml (MREMAP_DONTUNMAP of 2 MiB skips a free 2 MiB hole
+        for an aligned range below), mremap-file-thp-align.toml."""
+        if vma.file is None:
+            return self.thp_align_anon and not hint and length % PMD_SIZE == 0, 0
+        if vma.file.kind == "file" and not vma.file.inode.is_shmem:
+            return True, pgoff
+        return False, 0
 
     def _follow(self, r: Region, args: dict, addr: int, length: int) -> None:
         """The handle follows the moved range, also when only some pages of it moved
@@ -1477,6 +1507,7 @@ class Kernel:
             arr[:k] = src.anon[i0:i0 + k]
         if src.file is not None and src.file.segment is not None:
             self.ipc.opened(src.file.segment)
+        self._move_huge_pmds(src, i0, k, new)
         src.pte[i0:i0 + k] = bytes(k)
         if src.anon is not None:
             src.anon[i0:i0 + k] = array("q", bytes(8 * k))
@@ -1502,6 +1533,20 @@ class Kernel:
             # do_mremap(): mm_populate() of the grown part once the lock is dropped
             minor, major = self.mem.populate(mm, new_addr + old_len, new_addr + new_len)
         return self._faults(minor, major)
+
+    @staticmethod
+    def _move_huge_pmds(src: Vma, i0: int, k: int, new: Vma) -> None:
+        """mm/mremap.c move_page_tables(): a PMD-mapped block (a THP or the huge zero page)
+        whose extent is a whole 2 MiB at both the old and the new address moves as one PMD
+        (move_pgt_entry(HPAGE_PMD) -> move_huge_pmd); any other is split first
+        (split_huge_pmd) and its PTEs move. Pages [i0, i0 + k) of src go to page 0 of new.
+        Measured: thp-mremap-aligned.toml (AnonHugePages stays), thp-mremap-unaligned.toml."""
+        for h, kind in list(src.huge.items()):
+            if h + 512 <= i0 or i0 + k <= h:
+                continue
+            del src.huge[h]
+            if i0 <= h and h + 512 <= i0 + k and not (new.start + ((h - i0) << PAGE_SHIFT)) & (PMD_SIZE - 1):
+                new.huge[h - i0] = kind
 
     # ----- touching memory --------------------------------------------------------------------
     def sys_touch(self, proc: Process, args: dict):

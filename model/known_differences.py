@@ -57,6 +57,20 @@ KNOWN_DIFFERENCES = (
                "it collapses private anonymous memory only (madvise-collapse.toml).",
         test="test_shmem_collapse"),
     KnownDifference(
+        id="file-thp",
+        what="MADV_HUGEPAGE on a mapping of a disk file (ext4, large folios): a page cache miss "
+             "reads PMD-sized folios and the fault maps a whole 2 MiB folio with one PMD (smaps "
+             "Rss and FilePmdMapped 2048 kB, 512 pages present); the model reads and maps as "
+             "without the advice (read-around, 16-page fault-around).",
+        reason="mm/filemap.c do_sync_mmap_readahead() has a VM_HUGEPAGE branch (two PMD-order "
+               "folios from the fault's 2 MiB-aligned index, async_size 512), and "
+               "filemap_map_pages() -> filemap_map_pmd() / finish_fault() -> do_set_pmd() map a "
+               "PMD-order folio with a PMD. The model has no PMD mapping of a file folio, nor "
+               "what follows from one: a write or a partial mprotect/munmap/madvise splits it "
+               "by unmapping the whole PMD (__split_huge_pmd_locked for a file VMA), and fork "
+               "does not copy it (copy_huge_pmd skips non-anonymous VMAs).",
+        test="test_file_thp"),
+    KnownDifference(
         id="hugetlb-mapping",
         what="A MAP_HUGETLB mapping that gets its huge pages (MAP_NORESERVE, or a host whose huge "
              "page pool or vm.nr_overcommit_hugepages can supply them): the kernel maps it, the "

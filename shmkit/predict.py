@@ -35,7 +35,7 @@ def host_devices(run_dir: str) -> dict:
         os.close(fd)
     disk = os.stat(run_dir).st_dev
     return {"disk": _dev(disk), "tmpfs": _dev(os.stat("/dev/shm").st_dev), "shmem": shmem,
-            "disk_readahead_kb": _readahead_kb(disk)}
+            "disk_readahead_kb": _readahead_kb(disk), "disk_io_pages": _io_pages(disk)}
 
 
 def _readahead_kb(st_dev: int) -> int | None:
@@ -46,6 +46,21 @@ def _readahead_kb(st_dev: int) -> int | None:
             return int(f.read())
     except (OSError, ValueError):
         return None
+
+
+def _io_pages(st_dev: int) -> int | None:
+    """The backing device's bdi->io_pages (block/blk-settings.c blk_apply_bdi_limits:
+    max_sectors in pages, /sys/block/DEV/queue/max_sectors_kb), which lets a readahead
+    request larger than read_ahead_kb go up to it (mm/readahead.c force_page_cache_ra,
+    ractl_max_pages). A partition's queue is its disk's."""
+    base = f"/sys/dev/block/{os.major(st_dev)}:{os.minor(st_dev)}"
+    for path in (f"{base}/queue/max_sectors_kb", f"{base}/../queue/max_sectors_kb"):
+        try:
+            with open(path) as f:
+                return int(f.read()) // 4
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def snapshot_from_record(rec: dict, profile: dict, run_dir: str | None = None) -> dict:

@@ -217,3 +217,40 @@ def test_damon_accessed_bits(profile):
         if ref[0] != ref[1]:
             break
     assert all(a == b for a, b in seen), f"child's Referenced kB (live, model) per try: {seen}"
+
+
+@linux
+@pytest.mark.live
+@pytest.mark.xfail(strict=True, reason=by_id("file-thp").reason)
+def test_file_thp(profile):
+    """One read fault in a 2 MiB-aligned block of a cold 8 MiB file mapped with MADV_HUGEPAGE."""
+    if not (profile.get("config") or {}).get("TRANSPARENT_HUGEPAGE"):
+        pytest.skip("no CONFIG_TRANSPARENT_HUGEPAGE: VM_HUGEPAGE does not change readahead")
+    text = """
+about = "a read fault in a disk file mapping with MADV_HUGEPAGE"
+[[step]]
+do = "file"
+name = "data"
+size = "2048 pages"
+fill = "random"
+cache = "cold"
+[[step]]
+do = "mmap"
+as = "map"
+file = "data"
+length = "2048 pages"
+prot = "r"
+flags = ["private"]
+[[step]]
+do = "madvise"
+region = "map"
+advice = "hugepage"
+[[step]]
+do = "touch"
+region = "map"
+pages = "600"
+access = "read"
+"""
+    from shmkit.compare import differences
+    live, pred = _live_and_model(text, profile, "file-thp.toml")
+    assert not differences(live, pred)
