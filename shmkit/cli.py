@@ -247,7 +247,7 @@ def cmd_probe(args) -> int:
 
     probed = run_probes()
     path = args.out or str(default_path())
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
     with open(path, "w") as f:
         json.dump(probed, f, indent=1)
         f.write("\n")

@@ -171,7 +171,7 @@ def load_or_probe(path: str | None = None) -> tuple[dict, dict]:
         probed = run_probes()
         if path is None:
             try:
-                p.parent.mkdir(parents=True, exist_ok=True)
+                p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)   # may be the registry directory too: ours alone
                 p.write_text(json.dumps(probed, indent=1) + "\n")
             except OSError:
                 pass
