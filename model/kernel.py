@@ -1205,9 +1205,12 @@ class Kernel:
         self.note("madvise_remove: vfs_fallocate(PUNCH_HOLE) frees the pages"
                   + (f"; {len(keep)} page(s) of a dirty large folio stay cached, zeroed" if keep else ""))
 
-    def unmap_file_pages(self, ino: Inode, lo: int, hi: int) -> None:
-        """unmap_mapping_range(even_cows=0) over file pages [lo, hi): every PTE that maps one
-        of them goes, in every process (private copies are left alone)."""
+    def unmap_file_pages(self, ino: Inode, lo: int, hi: int, even_cows: bool = False) -> None:
+        """mm/memory.c unmap_mapping_range() over file pages [lo, hi): every PTE that maps one
+        of them goes, in every process. even_cows=0 (hole punch: shmem_fallocate,
+        truncate_pagecache_range) leaves the private COW copies of a MAP_PRIVATE mapping alone
+        (zap_details.even_cows: only PTEs of the mapping's own folios go); even_cows=1
+        (truncation: shmem_setattr, truncate_pagecache) zaps them too."""
         for p in self.procs.values():
             if not p.alive:
                 continue
@@ -1215,7 +1218,8 @@ class Kernel:
                 if v.file is not None and v.file.inode is ino:
                     a, b = max(lo - v.pgoff, 0), min(hi - v.pgoff, v.pages)
                     for i in range(a, b):
-                        if v.pte[i] & PTE_KIND == PTE_FILE:
+                        kind = v.pte[i] & PTE_KIND
+                        if kind == PTE_FILE or (even_cows and kind != PTE_NONE):
                             self.mem.zap(v, i, i + 1)
 
     def punch_hole(self, ino: Inode, lo: int, hi: int) -> None:
@@ -1569,10 +1573,15 @@ class Kernel:
         return want & ~bits == 0
 
     def truncate(self, ino: Inode, size: int) -> None:
-        """do_truncate -> shmem_setattr / truncate_pagecache: pages past the new end are
-        unmapped from every process and freed."""
+        """do_truncate -> mm/shmem.c shmem_setattr (mm/truncate.c truncate_pagecache for other
+        filesystems): unmap_mapping_range(holebegin, 0, even_cows=1) with holebegin =
+        round_up(newsize, PAGE_SIZE), then the pages past the new end leave the page cache.
+        even_cows=1: the private COW copies of MAP_PRIVATE mappings past holebegin are zapped
+        too (measured: a later access to them is a SIGBUS; the copy of the page holding the new
+        end stays), unlike a hole punch (fallocate_punch_hole)."""
         if size < ino.size:
             first = (size + PAGE_SIZE - 1) // PAGE_SIZE
+            self.unmap_file_pages(ino, first, ino.npages, even_cows=True)
             self.punch_hole(ino, first, ino.npages)
         ino.resize(size)
 

@@ -296,6 +296,12 @@ class Memory:
                     self.async_readahead(vma, idx)
                 self.finish_fault_read(vma, i)
             return "minor"
+        if vma.file.fault_around and ino.is_shmem:
+            # do_fault_around() runs before __do_fault whether or not this page is cached:
+            # filemap_map_pages() maps the window's other cached pages, then shmem_fault fills
+            # the hole (measured: a read over a punched shmem range next to cached pages takes
+            # one fault per hole, none for the cached pages after it)
+            self.fault_around(vma, i, pmd_none)
         how = self._get_page(vma, idx)
         if how == "major" and vma.file.fault_around:
             # filemap_fault dropped the mmap lock for the read (VM_FAULT_RETRY); the retried
