@@ -114,6 +114,8 @@ class Kernel:
         self.totalram_pages = (profile.get("mem_total_kb") or (1 << 40)) // 4
         self.total_swap_pages = (profile.get("swap_total_kb") or 0) // 4
         self._mmap_host_facts(profile)
+        # the host's kernel release, for rules that changed between versions
+        self.release = tuple(profile.get("release_tuple") or (6, 18))
         dev = snapshot.get("devices", {})
         self.dev = {DISK: dev.get("disk", "00:00"), TMPFS: dev.get("tmpfs", "00:00"),
                     SHMEM: dev.get("shmem", "00:01")}
@@ -841,6 +843,7 @@ class Kernel:
         at, hole = start, False
         while at < end:
             vma = mm.find_vma(at)
+            import sys; print("DBG", hex(at), hex(end), vma and (hex(vma.start), hex(vma.end)), file=sys.stderr)
             if vma is None:
                 raise errno("ENOMEM", f0)
             if vma.start > at:
@@ -1336,10 +1339,11 @@ class Kernel:
 
     # ----- mremap -----------------------------------------------------------------------------
     def sys_mremap(self, proc: Process, args: dict):
-        """mm/mremap.c do_mremap(): check_mremap_params(), then mremap_to() for MREMAP_FIXED or
-        MREMAP_DONTUNMAP (vrm_implies_new_addr), else mremap_at(): same size is a no-op,
-        shrink_vma() unmaps the tail (neither checks that the old range is one VMA),
-        expand_vma() grows in place or moves."""
+        """mm/mremap.c do_mremap(): check_mremap_params(), then remap_move() for MREMAP_FIXED
+        with old_len == new_len (vrm_move_only, since 6.17), mremap_to() for the other
+        MREMAP_FIXED or MREMAP_DONTUNMAP calls (vrm_implies_new_addr), else mremap_at(): same
+        size is a no-op, shrink_vma() unmaps the tail (neither checks that the old range is one
+        VMA), expand_vma() grows in place or moves."""
         f0 = self._faults()
         r, addr, old_len = self.span(proc, args)
         new_len = args["length"]
@@ -1357,10 +1361,20 @@ class Kernel:
             if mm.map_count + 2 >= self.max_map_count - 3:
                 raise errno("ENOMEM", f0)
         old_len, new_len = page_align(old_len), page_align(new_len)
+        if "fixed" in flags and old_len == new_len and self.release >= (6, 17):
+            self.mremap_new_addr_ok(addr, old_len, new_addr, new_len)
+            return self.remap_move(proc, r, args, addr, old_len, new_addr, flags)
         vma = mm.vma_at(addr)
         if vma is None or vma.opaque is not None:
             raise errno("EFAULT", f0)
         if "fixed" in flags or "dontunmap" in flags:
+            if self.release >= (6, 17):
+                # check_prep_vma() runs before mremap_to() unmaps the target ("mm/mremap: move
+                # remap_is_valid() into check_prep_vma()", 6.17): a range that is not inside
+                # one VMA is EFAULT with nothing unmapped, also when it shrinks (measured)
+                self.mremap_new_addr_ok(addr, old_len, new_addr, new_len)
+                if old_len > vma.end - addr:
+                    raise errno("EFAULT", f0)
             return self.mremap_to(proc, r, args, addr, old_len, new_addr, new_len, flags)
         if new_len <= old_len:
             if new_len < old_len:
@@ -1401,16 +1415,66 @@ class Kernel:
         self.note("mremap moved the VMA (move_vma: copy_vma, move_page_tables, unmap the old range)")
         return faults, {"addr": where}
 
-    def mremap_to(self, proc, r, args, addr, old_len, new_addr, new_len, flags):
+    def mremap_new_addr_ok(self, addr, old_len, new_addr, new_len) -> None:
+        """check_mremap_params() on the target: inside TASK_SIZE, not overlapping the source
+        (vrm_overlaps): EINVAL."""
+        if new_len > TASK_SIZE or new_addr > TASK_SIZE - new_len:
+            raise errno("EINVAL", self._faults())
+        if new_addr < addr + old_len and addr < new_addr + new_len:
+            raise errno("EINVAL", self._faults())          # the old and new ranges overlap
+
+    def remap_move(self, proc, r, args, start, length, new_addr, flags):
+        """mm/mremap.c remap_move() (since 6.17, commit d23cb648e365 "mm/mremap: permit mremap()
+        move of multiple VMAs"; d50dabff4d1f "catch invalid multi VMA moves earlier"):
+        MREMAP_FIXED with old_len == new_len moves every VMA of [start, start + length), each
+        cut to the range, through check_prep_vma() + mremap_to() (which unmaps only that VMA's
+        own target), keeping the gaps between them. No VMA at start is EFAULT; so is a range
+        with no VMA at all. vma_multi_allowed(): a VMA whose file has its own
+        get_unmapped_area other than shmem's, hugetlbfs' or thp_get_unmapped_area (a SysV
+        attach: shm_get_unmapped_area) moves only alone: EFAULT when it is the first and the
+        range goes past its end, or when it comes after others (those have moved). A gap at
+        the end of the range is allowed. Measured: anonymous, ext4 and memfd VMAs move
+        together; a SysV attach after an anonymous VMA is EFAULT with the anonymous part moved."""
+        f0 = self._faults()
+        mm = proc.mm
+        end = start + length
+        target = new_addr
+        res = None
+        last_end = 0
+        at = start
+        while at < end:                                # for_each_vma_range(vmi, vma, end)
+            vma = mm.find_vma(at)
+            if vma is None or vma.start >= end:
+                break
+            if res is None and start < vma.start:
+                raise errno("EFAULT", f0)              # no gap permitted at the start
+            a = max(vma.start, start)
+            ln = min(end, vma.end) - a
+            offset = vma.start - last_end if res is not None else 0
+            last_end = vma.end
+            if vma.opaque is not None:
+                raise errno("EFAULT", f0)
+            if vma.file is not None and vma.file.kind == "shm":     # not vma_multi_allowed()
+                if res is not None or vma.end < end:
+                    raise errno("EFAULT", f0)
+            at = a + ln
+            moved = self.mremap_to(proc, r, args, a, ln, target + offset, ln, flags, follow=False)
+            if res is None:
+                res = moved
+            target = moved + ln
+        if res is None:
+            raise errno("EFAULT", f0)
+        self._follow(r, args, res, length)
+        return f0, {"addr": res}
+
+    def mremap_to(self, proc, r, args, addr, old_len, new_addr, new_len, flags, follow=True):
         """mm/mremap.c mremap_to(): MREMAP_FIXED unmaps the target range first (do_munmap);
         MREMAP_DONTUNMAP alone takes new_addr as a hint (vrm_set_new_addr -> get_unmapped_area);
-        a target overlapping the source is EINVAL either way (vrm_overlaps)."""
+        a target overlapping the source is EINVAL either way (vrm_overlaps). With follow=False
+        (one VMA of remap_move) returns the new address."""
         f0 = self._faults()
         fixed, dontunmap = "fixed" in flags, "dontunmap" in flags
-        if new_len > TASK_SIZE or new_addr > TASK_SIZE - new_len:
-            raise errno("EINVAL", f0)
-        if new_addr < addr + old_len and addr < new_addr + new_len:
-            raise errno("EINVAL", f0)          # the old and new ranges overlap
+        self.mremap_new_addr_ok(addr, old_len, new_addr, new_len)
         mm = proc.mm
         if fixed:
             self.unmap_vmas(proc, new_addr, new_addr + new_len)
@@ -1436,6 +1500,9 @@ class Kernel:
             raise errno(where, f0)
         pgoff = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
         faults = self.move_vma(proc, vma, addr, old_len, new_len, where, pgoff, dontunmap)
+        if not follow:
+            self.note("remap_move: a VMA of the range moved (check_prep_vma, mremap_to)")
+            return where
         self._follow(r, args, where, new_len)
         self.note("mremap_to: " + ("MREMAP_FIXED unmapped the target range and moved the VMA there"
                                    if fixed else "moved the VMA to a free range (new_addr a hint)")
