@@ -715,23 +715,30 @@ class Kernel:
         if vma is None or vma.start > start:
             raise errno("ENOMEM", f0)
         at = start
+        done = [0, 0]           # faults of populate_vma_page_range() in the VMAs changed so far
         while at < end:
             vma = mm.vma_at(at)
             if vma is None:
-                raise errno("ENOMEM", f0)
+                raise errno("ENOMEM", self._faults(*done))
             if vma.opaque is not None:
-                raise errno("EACCES", f0)
+                raise errno("EACCES", self._faults(*done))
             # mask_off_old_flags = VM_ACCESS_FLAGS | VM_FLAGS_CLEAR (the pkey bits): the key
             # comes from arch_override_mprotect_pkey()
             newflags = (vma.flags & ~(VM_ACCESS_FLAGS | VM_PKEY_MASK)) | calc_vm_prot_bits(prot) \
                 | self.override_mprotect_pkey(vma, prot)
             # (newflags & ~(newflags >> 4)) & VM_ACCESS_FLAGS: each access needs its VM_MAY*
             if (newflags & ~(newflags >> 4)) & 0x7:
-                raise errno("EACCES", f0)
+                raise errno("EACCES", self._faults(*done))
             tmp = min(vma.end, end)
-            self.mprotect_fixup(proc, vma, at, tmp, newflags)
+            try:
+                minor, major = self.mprotect_fixup(proc, vma, at, tmp, newflags)
+            except StepError as e:
+                e.faults = self._faults(*done)
+                raise
+            done[0] += minor
+            done[1] += major
             at = tmp
-        return f0, None
+        return self._faults(*done), None
 
     def override_mprotect_pkey(self, vma: Vma, prot: int) -> int:
         """arch/x86/mm/pkeys.c __arch_override_mprotect_pkey() for a plain mprotect: PROT_EXEC
@@ -743,14 +750,15 @@ class Kernel:
             return 0
         return vma.flags & VM_PKEY_MASK
 
-    def mprotect_fixup(self, proc: Process, vma: Vma, start: int, end: int, newflags: int) -> None:
+    def mprotect_fixup(self, proc: Process, vma: Vma, start: int, end: int, newflags: int) -> tuple[int, int]:
+        """mm/mprotect.c mprotect_fixup(); returns the (minor, major) faults it took."""
         mm = proc.mm
         if newflags & VM_WRITE and not vma.flags & (VM_ACCOUNT | VM_WRITE | VM_SHARED | VM_NORESERVE):
             newflags |= VM_ACCOUNT       # a private mapping becoming writable is charged
         elif not newflags & VM_WRITE and vma.flags & VM_ACCOUNT and vma.is_anonymous and vma.anon_vma is None:
             newflags &= ~VM_ACCOUNT      # an unfaulted anonymous VMA made read-only is uncharged
         if newflags == vma.flags:
-            return
+            return 0, 0
         # mprotect_fixup(): "Check space limits when area turns into data" (RLIMIT_DATA)
         if newflags & VM_WRITE:
             npages = (end - start) >> PAGE_SHIFT
@@ -789,6 +797,19 @@ class Kernel:
         self.note("mprotect_fixup: vma_modify_flags " + ("merged with a neighbour" if merged is not vma
                                                           or merged.start != start or merged.end != end
                                                           else "split the VMA"))
+        if old & (VM_WRITE | VM_SHARED | VM_LOCKED) == VM_LOCKED and newflags & VM_WRITE:
+            # "Private VM_LOCKED VMA becoming writable: trigger COW to avoid major fault on
+            # access": populate_vma_page_range(vma, start, end, NULL), a write fault per page
+            # that is not writable yet, counted to the caller (mm_account_fault); nothing for
+            # VM_LOCKONFAULT; its error is ignored (a file VMA past EOF stops there). Without
+            # FOLL_UNLOCKABLE a fault that reads the page cannot retry: a major fault.
+            # Measured: the faults are mprotect's, the writes after take none.
+            minor, major = self.mem.populate(mm, start, end, unlockable=False)
+            if minor + major:
+                self.note(f"mprotect_fixup: populate_vma_page_range broke COW on {minor + major} page(s) "
+                          "of a locked private VMA made writable")
+            return minor, major
+        return 0, 0
 
     def modify_flags(self, proc: Process, start: int, end: int, set_: int, clear: int) -> None:
         """vma_modify_flags() over a range (madvise flags, mlock)."""

@@ -608,7 +608,8 @@ class Memory:
             return vma.file.inode.data[vma.file_index(i)]
         return 0
 
-    def populate(self, mm, start: int, end: int, stopped: list | None = None) -> tuple[int, int]:
+    def populate(self, mm, start: int, end: int, stopped: list | None = None,
+                 unlockable: bool = True) -> tuple[int, int]:
         """mm/gup.c __mm_populate() -> populate_vma_page_range(): fault in every page, with a
         write fault where the mapping is private and writable (to break COW); PROT_NONE and
         VM_LOCKONFAULT VMAs are skipped. A fault that fails (SIGBUS past EOF) ends that VMA;
@@ -619,7 +620,9 @@ class Memory:
         calls populate_vma_page_range() -> __get_user_pages() again for the same address after
         retaking the lock, a fresh fault without FAULT_FLAG_TRIED that finds the page cached.
         (MADV_POPULATE_* goes through __get_user_pages_locked(), whose retry carries
-        FAULT_FLAG_TRIED: major there.) Measured: mlock and MAP_POPULATE of a cold file, 0 major."""
+        FAULT_FLAG_TRIED: major there.) Measured: mlock and MAP_POPULATE of a cold file, 0 major.
+        unlockable=False: populate_vma_page_range(..., locked=NULL) (mprotect_fixup) has no
+        FOLL_UNLOCKABLE, so the fault may not drop the lock and retry: a read is major."""
         from model.flags import VM_LOCKONFAULT
         minor = major = 0
         for vma in sorted(mm.overlapping(start, end), key=lambda v: v.start):
@@ -644,7 +647,10 @@ class Memory:
                     if stopped is not None:
                         stopped.append(vma.start + (j << PAGE_SHIFT))
                     break          # GUP stops at SIGBUS (populate is best effort)
-                minor += 1        # "major" included: see the docstring
+                if how == "major" and not unlockable:
+                    major += 1
+                else:
+                    minor += 1        # "major" included: see the docstring
             # follow_page_pte() with FOLL_TOUCH marks every page it returns accessed
             for j in range(a, b):
                 self.touch_folio(vma, j)
