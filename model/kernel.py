@@ -1660,6 +1660,26 @@ class Kernel:
         bits = (ino.mode >> 6) & 7 if ino.uid == proc.uid else ino.mode & 7
         return want & ~bits == 0
 
+    def sys_truncate(self, proc: Process, args: dict):
+        """truncate(2) by path (fs/open.c do_sys_truncate: no descriptor is allocated) or
+        ftruncate(2) of a handle (do_ftruncate: EINVAL unless open for writing), then
+        inode_newsize_ok (EFBIG past RLIMIT_FSIZE) and the filesystem's setattr (truncate)."""
+        if args.get("file") is not None:
+            ino = self.files.get(args["path"])
+            if ino is None:
+                raise errno("ENOENT")
+        else:
+            f = self.fd(proc, args.get("fd") or args.get("shm") or args.get("memfd"))
+            if not f.writable:
+                raise errno("EINVAL")
+            ino = f.inode
+        size = args["size"]
+        self.newsize_ok(proc, ino, size)
+        self.truncate(ino, size)
+        self.note("do_truncate -> notify_change -> setattr: the file is " +
+                  ("shrunk" if size < ino.size else "resized"))
+        return None
+
     def truncate(self, ino: Inode, size: int) -> None:
         """do_truncate -> mm/shmem.c shmem_setattr (mm/truncate.c truncate_pagecache for other
         filesystems): unmap_mapping_range(holebegin, 0, even_cows=1) with holebegin =
@@ -1670,7 +1690,12 @@ class Kernel:
         if size < ino.size:
             first = (size + PAGE_SIZE - 1) // PAGE_SIZE
             self.unmap_file_pages(ino, first, ino.npages, even_cows=True)
-            self.punch_hole(ino, first, ino.npages)
+            if ino.is_shmem:
+                self.punch_hole(ino, first, ino.npages)
+            else:
+                # truncate_inode_pages_range: a large folio that straddles the new end goes
+                # through truncate_inode_partial_folio, as for a hole punch
+                self.fallocate_punch_hole(ino, first, ino.npages)
         ino.resize(size)
 
     def sys_shm_unlink(self, proc: Process, args: dict):

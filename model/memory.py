@@ -262,6 +262,11 @@ class Memory:
         ino = vma.file.inode
         idx = vma.file_index(i)
         if idx >= ino.npages:
+            if not write and vma.file.fault_around:
+                # do_read_fault() runs do_fault_around() before ->fault finds the page past
+                # i_size: filemap_map_pages maps the window's cached pages up to the end of
+                # file (measured: a read past EOF after a truncation maps the pages before it)
+                self.fault_around(vma, i, self.pmd_none)
             raise Fault("SIGBUS", f"page {idx} is past the end of the file ({ino.size} bytes): "
                         "filemap_fault/shmem_fault return VM_FAULT_SIGBUS")
         if not write:

@@ -35,6 +35,7 @@ ADVICE = ["dontneed", "willneed", "random", "sequential", "normal", "cold", "pag
           "populate_read", "populate_write"]
 MSYNC = [["sync"], ["async"], ["invalidate"], ["sync", "invalidate"]]
 MREMAP = [[], ["maymove"], ["maymove", "dontunmap"]]
+MREMAP_FIXED = [["maymove", "fixed"], ["maymove", "fixed", "dontunmap"]]
 
 
 def profile() -> dict:
@@ -103,11 +104,13 @@ class Differential(RuleBasedStateMachine):
 
     # ----- creating mappings -------------------------------------------------------------
     @rule(data=st.data(), shared=st.booleans(), pages=st.integers(1, 6), prot=st.sampled_from(PROTS),
-          populate=st.booleans())
-    def mmap_anon(self, data, shared, pages, prot, populate):
+          populate=st.booleans(), locked=st.booleans())
+    def mmap_anon(self, data, shared, pages, prot, populate, locked):
         proc = data.draw(st.sampled_from(self.procs))
         h = self._name("a")
-        flags = ["shared" if shared else "private", "anonymous"] + (["populate"] if populate else [])
+        # MAP_LOCKED: a locked VMA under a later mprotect (mprotect_fixup populates it)
+        flags = ["shared" if shared else "private", "anonymous"] + (["populate"] if populate else []) \
+            + (["locked"] if locked else [])
         live = self._do("mmap", in_=proc, as_=h, length=f"{pages} pages", prot=prot, flags=flags)
         if live["result"] == "ok":
             self.regions[h] = {"pages": pages, "procs": [proc], "kind": "mmap"}
@@ -122,8 +125,8 @@ class Differential(RuleBasedStateMachine):
         self.files[h] = pages
 
     @precondition(lambda self: self.files)
-    @rule(data=st.data(), shared=st.booleans(), prot=st.sampled_from(["r", "rw"]))
-    def mmap_file(self, data, shared, prot):
+    @rule(data=st.data(), shared=st.booleans(), prot=st.sampled_from(["r", "rw"]), locked=st.booleans())
+    def mmap_file(self, data, shared, prot, locked):
         f = data.draw(st.sampled_from(sorted(self.files)))
         size = self.files[f]
         off = data.draw(st.integers(0, size - 1))
@@ -131,7 +134,8 @@ class Differential(RuleBasedStateMachine):
         proc = data.draw(st.sampled_from(self.procs))
         h = self._name("m")
         live = self._do("mmap", in_=proc, as_=h, file=f, length=f"{pages} pages", prot=prot,
-                        flags=["shared" if shared else "private"], offset=f"{off} pages")
+                        flags=["shared" if shared else "private"] + (["locked"] if locked else []),
+                        offset=f"{off} pages")
         if live["result"] == "ok":
             self.regions[h] = {"pages": pages, "procs": [proc], "kind": "mmap"}
 
@@ -162,6 +166,20 @@ class Differential(RuleBasedStateMachine):
                         flags=["shared" if shared else "private"], **{kind: o})
         if live["result"] == "ok":
             self.regions[h] = {"pages": fd["pages"], "procs": [proc], "kind": "mmap"}
+
+    @precondition(lambda self: any(not f["memfd"] for f in self.fds.values()))
+    @rule(data=st.data(), pages=st.integers(0, 5), trunc=st.booleans())
+    def shm_resize(self, data, pages, trunc):
+        """Shrink or grow a POSIX shm object while it is mapped (ftruncate through shm_open's
+        size, or O_TRUNC): shmem_setattr zaps what lies past the new end, private COW copies
+        included."""
+        o = data.draw(st.sampled_from(sorted(h for h, f in self.fds.items() if not f["memfd"])))
+        proc = data.draw(st.sampled_from(self.procs))
+        h = self._name("r")
+        if trunc:
+            self._do("shm_open", in_=proc, as_=h, name=o, truncate=True)
+        else:
+            self._do("shm_open", in_=proc, as_=h, name=o, size=f"{pages} pages")
 
     @precondition(lambda self: self.posix)
     @rule(data=st.data())
@@ -213,10 +231,11 @@ class Differential(RuleBasedStateMachine):
         h, proc = self._region_in(data)
         self._do("read", in_=proc, region=h, pages=self._pages(data, self.regions[h]["pages"]))
 
-    @precondition(lambda self: any(r["kind"] == "mmap" for r in self.regions.values()))
+    @precondition(lambda self: self.regions)
     @rule(data=st.data())
     def munmap(self, data):
-        h, proc = self._region_in(data, lambda r: r["kind"] == "mmap")
+        # SysV attaches too: a partly unmapped attach is what shmdt's upward walk must handle
+        h, proc = self._region_in(data)
         self._do("munmap", in_=proc, region=h, pages=self._pages(data, self.regions[h]["pages"]))
 
     @precondition(lambda self: self.regions)
@@ -249,14 +268,22 @@ class Differential(RuleBasedStateMachine):
             self._do("mlock", in_=proc, region=h, pages=pages, onfault=onfault)
 
     @precondition(lambda self: any(r["kind"] == "mmap" and len(r["procs"]) == 1 for r in self.regions.values()))
-    @rule(data=st.data(), pages=st.integers(1, 8), flags=st.sampled_from(MREMAP))
+    @rule(data=st.data(), pages=st.integers(1, 8), flags=st.sampled_from(MREMAP + MREMAP_FIXED))
     def mremap(self, data, pages, flags):
         # only a region one process knows: the spec follows its new length in that process
         h, proc = self._region_in(data, lambda r: r["kind"] == "mmap" and len(r["procs"]) == 1)
         old = self.regions[h]["pages"]
         if "dontunmap" in flags:
             pages = old            # MREMAP_DONTUNMAP needs old_len == new_len, else EINVAL
-        live = self._do("mremap", in_=proc, region=h, length=f"{pages} pages", flags=flags)
+        target = {}
+        if "fixed" in flags:
+            # onto another region of the process (or the region itself: EINVAL); the same
+            # length moves every VMA of a split region (remap_move, since 6.17)
+            if data.draw(st.booleans()):
+                pages = old
+            others = sorted(o for o, r in self.regions.items() if proc in r["procs"])
+            target = {"addr": f"{data.draw(st.sampled_from(others))}+{data.draw(st.integers(0, 2))} pages"}
+        live = self._do("mremap", in_=proc, region=h, length=f"{pages} pages", flags=flags, **target)
         # the spec takes the new length whatever the result; after a failure draw only pages
         # both it and the kernel have
         self.regions[h]["pages"] = pages if live["result"] == "ok" else min(old, pages)
