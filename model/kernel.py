@@ -864,7 +864,6 @@ class Kernel:
         at, hole = start, False
         while at < end:
             vma = mm.find_vma(at)
-            import sys; print("DBG", hex(at), hex(end), vma and (hex(vma.start), hex(vma.end)), file=sys.stderr)
             if vma is None:
                 raise errno("ENOMEM", f0)
             if vma.start > at:

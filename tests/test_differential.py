@@ -181,6 +181,18 @@ class Differential(RuleBasedStateMachine):
         else:
             self._do("shm_open", in_=proc, as_=h, name=o, size=f"{pages} pages")
 
+    @precondition(lambda self: self.files or self.fds)
+    @rule(data=st.data(), pages=st.integers(0, 6))
+    def truncate(self, data, pages):
+        """truncate(2) a file or ftruncate(2) a memfd / POSIX object while it is mapped:
+        truncate_pagecache / shmem_setattr zap private COW copies past the new end too."""
+        targets = [("file", f) for f in sorted(self.files)] + \
+            [("memfd" if f["memfd"] else "shm", h) for h, f in sorted(self.fds.items())]
+        kind, h = data.draw(st.sampled_from(targets))
+        procs = self.procs if kind == "file" else sorted(set(self.fds[h]["procs"]) & set(self.procs))
+        assume(procs)
+        self._do("truncate", in_=data.draw(st.sampled_from(procs)), size=f"{pages} pages", **{kind: h})
+
     @precondition(lambda self: self.posix)
     @rule(data=st.data())
     def shm_unlink(self, data):
