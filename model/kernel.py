@@ -1381,20 +1381,22 @@ class Kernel:
             if mm.map_count + 2 >= self.max_map_count - 3:
                 raise errno("ENOMEM", f0)
         old_len, new_len = page_align(old_len), page_align(new_len)
-        if "fixed" in flags and old_len == new_len and self.release >= (6, 17):
+        if ("fixed" in flags or "dontunmap" in flags) and self.release >= (6, 17):
+            # the 6.17 series ("mm/mremap: refactor initial parameter sanity checks"): the
+            # target is checked in check_mremap_params(), before any VMA is looked up
+            # (measured: a target overlapping an unmapped source is EINVAL, not EFAULT)
             self.mremap_new_addr_ok(addr, old_len, new_addr, new_len)
-            return self.remap_move(proc, r, args, addr, old_len, new_addr, flags)
+            if "fixed" in flags and old_len == new_len:
+                return self.remap_move(proc, r, args, addr, old_len, new_addr, flags)
         vma = mm.vma_at(addr)
         if vma is None or vma.opaque is not None:
             raise errno("EFAULT", f0)
         if "fixed" in flags or "dontunmap" in flags:
-            if self.release >= (6, 17):
+            if self.release >= (6, 17) and old_len > vma.end - addr:
                 # check_prep_vma() runs before mremap_to() unmaps the target ("mm/mremap: move
                 # remap_is_valid() into check_prep_vma()", 6.17): a range that is not inside
                 # one VMA is EFAULT with nothing unmapped, also when it shrinks (measured)
-                self.mremap_new_addr_ok(addr, old_len, new_addr, new_len)
-                if old_len > vma.end - addr:
-                    raise errno("EFAULT", f0)
+                raise errno("EFAULT", f0)
             return self.mremap_to(proc, r, args, addr, old_len, new_addr, new_len, flags)
         if new_len <= old_len:
             if new_len < old_len:
