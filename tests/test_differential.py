@@ -290,11 +290,15 @@ class Differential(RuleBasedStateMachine):
         target = {}
         if "fixed" in flags:
             # onto another region of the process (or the region itself: EINVAL); the same
-            # length moves every VMA of a split region (remap_move, since 6.17)
+            # length moves every VMA of a split region (remap_move, since 6.17). The target
+            # stays inside that region: past it lie the harness's own mappings (the pads),
+            # which an experiment must not unmap
             if data.draw(st.booleans()):
                 pages = old
-            others = sorted(o for o, r in self.regions.items() if proc in r["procs"])
-            target = {"addr": f"{data.draw(st.sampled_from(others))}+{data.draw(st.integers(0, 2))} pages"}
+            others = sorted(o for o, r in self.regions.items() if proc in r["procs"] and r["pages"] >= pages)
+            assume(others)
+            o = data.draw(st.sampled_from(others))
+            target = {"addr": f"{o}+{data.draw(st.integers(0, self.regions[o]['pages'] - pages))} pages"}
         live = self._do("mremap", in_=proc, region=h, length=f"{pages} pages", flags=flags, **target)
         # the spec takes the new length whatever the result; after a failure draw only pages
         # both it and the kernel have
