@@ -145,21 +145,42 @@ class SysV:
         return faults, value
 
     def shmdt(self, proc, args):
-        """ipc/shm.c ksys_shmdt(): unmap every VMA of the attach that starts at addr."""
+        """ipc/shm.c ksys_shmdt(): an unaligned address is EINVAL. From the VMA at or above
+        addr (for_each_vma from addr) upward, the first shm VMA whose offset equals its
+        distance from addr ((vm_start - addr) / PAGE_SIZE == vm_pgoff, unsigned: a VMA
+        starting below addr never matches) is unmapped and gives the segment's file and size;
+        none is EINVAL. Then every following VMA while vm_end - addr <= PAGE_ALIGN(size) is
+        unmapped when it is a shm VMA of that same file with a matching offset. So the rest of
+        an attach whose first pages were unmapped is detached too (measured: nattch drops to
+        0), and an attach right above, which ends past addr + size, stays."""
+        from model.kernel import errno
         r = self.k.region(proc, args["region"])
         f0 = self.k._faults()
-        mm = proc.mm
-        vma = mm.vma_at(r.addr)
-        if vma is None or vma.file is None or vma.file.kind != "shm" or vma.start != r.addr or vma.pgoff != 0:
-            from model.kernel import errno
+        addr = r.addr
+        if addr & (PAGE_SIZE - 1):
             raise errno("EINVAL", f0)
-        file = vma.file
-        end = r.addr + page_align(file.inode.size)
-        for v in sorted(mm.overlapping(r.addr, end), key=lambda v: v.start):
-            if v.file is file:
-                self.k.unmap_vmas(proc, v.start, v.end)
+        mm = proc.mm
+
+        def matches(v):
+            return v.file is not None and v.file.kind == "shm" and v.start >= addr \
+                and (v.start - addr) >> PAGE_SHIFT == v.pgoff
+
+        above = sorted((v for v in mm.vmas if v.end > addr), key=lambda v: v.start)
+        first = next((n for n, v in enumerate(above) if matches(v)), None)
+        if first is None:
+            raise errno("EINVAL", f0)
+        file = above[first].file
+        size = page_align(file.inode.size)
+        gone = [above[first]]
+        for v in above[first + 1:]:
+            if v.end - addr > size:
+                break
+            if matches(v) and v.file is file:
+                gone.append(v)
+        for v in gone:
+            self.k.unmap_vmas(proc, v.start, v.end)
         r.mapped = False
-        self.k.note("shmdt unmaps the attach; nattch drops (shm_close)")
+        self.k.note(f"ksys_shmdt: {len(gone)} VMA(s) of the attach unmapped; nattch drops (shm_close)")
         return f0, None
 
     def shmctl(self, proc, args):

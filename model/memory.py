@@ -403,6 +403,11 @@ class Memory:
         ino = vma.file.inode
         idx = vma.file_index(i)
         if idx >= ino.npages:
+            if not write and vma.file.fault_around:
+                # do_read_fault() runs do_fault_around() before ->fault finds the page past
+                # i_size: filemap_map_pages maps the window's cached pages up to the end of
+                # file (measured: a read past EOF after a truncation maps the pages before it)
+                self.fault_around(vma, i, self.pmd_none)
             raise Fault("SIGBUS", f"page {idx} is past the end of the file ({ino.size} bytes): "
                         "filemap_fault/shmem_fault return VM_FAULT_SIGBUS")
         if not write:
@@ -437,6 +442,12 @@ class Memory:
                     self.async_readahead(vma, idx)
                 self.finish_fault_read(vma, i)
             return "minor"
+        if vma.file.fault_around and ino.is_shmem:
+            # do_fault_around() runs before __do_fault whether or not this page is cached:
+            # filemap_map_pages() maps the window's other cached pages, then shmem_fault fills
+            # the hole (measured: a read over a punched shmem range next to cached pages takes
+            # one fault per hole, none for the cached pages after it)
+            self.fault_around(vma, i, pmd_none)
         how = self._get_page(vma, idx)
         if how == "major" and vma.file.fault_around:
             # filemap_fault dropped the mmap lock for the read (VM_FAULT_RETRY); the retried
@@ -743,7 +754,8 @@ class Memory:
             return vma.file.inode.data[vma.file_index(i)]
         return 0
 
-    def populate(self, mm, start: int, end: int, stopped: list | None = None) -> tuple[int, int]:
+    def populate(self, mm, start: int, end: int, stopped: list | None = None,
+                 unlockable: bool = True) -> tuple[int, int]:
         """mm/gup.c __mm_populate() -> populate_vma_page_range(): fault in every page, with a
         write fault where the mapping is private and writable (to break COW); PROT_NONE and
         VM_LOCKONFAULT VMAs are skipped. A fault that fails (SIGBUS past EOF) ends that VMA;
@@ -754,7 +766,9 @@ class Memory:
         calls populate_vma_page_range() -> __get_user_pages() again for the same address after
         retaking the lock, a fresh fault without FAULT_FLAG_TRIED that finds the page cached.
         (MADV_POPULATE_* goes through __get_user_pages_locked(), whose retry carries
-        FAULT_FLAG_TRIED: major there.) Measured: mlock and MAP_POPULATE of a cold file, 0 major."""
+        FAULT_FLAG_TRIED: major there.) Measured: mlock and MAP_POPULATE of a cold file, 0 major.
+        unlockable=False: populate_vma_page_range(..., locked=NULL) (mprotect_fixup) has no
+        FOLL_UNLOCKABLE, so the fault may not drop the lock and retry: a read is major."""
         from model.flags import VM_LOCKONFAULT
         minor = major = 0
         for vma in sorted(mm.overlapping(start, end), key=lambda v: v.start):
@@ -779,7 +793,10 @@ class Memory:
                     if stopped is not None:
                         stopped.append(vma.start + (j << PAGE_SHIFT))
                     break          # GUP stops at SIGBUS (populate is best effort)
-                minor += 1        # "major" included: see the docstring
+                if how == "major" and not unlockable:
+                    major += 1
+                else:
+                    minor += 1        # "major" included: see the docstring
             # follow_page_pte() with FOLL_TOUCH marks every page it returns accessed
             for j in range(a, b):
                 self.touch_folio(vma, j)

@@ -306,6 +306,11 @@ class Manager:
                  "access": g("access") or "rw", "size": g("size"), "mode": 0o600 if g("mode") is None else g("mode")}
         elif op == "shm_unlink":
             a = {"name": run.posix_name(g("name"))}
+        elif op == "truncate":
+            a = {"size": g("size")}
+            for kind in ("file", "fd", "shm", "memfd"):
+                if g(kind) is not None:
+                    a["source"] = ("file", self._file(g(kind))) if kind == "file" else (kind, g(kind))
         elif op == "memfd":
             name = run.memfd_name(g("name"))
             run.memfds[name] = g("name")

@@ -681,6 +681,10 @@ OPERATIONS: dict[str, tuple[_Field, ...]] = {
                      _f("access", _Choice("r", "rw"), default="rw"), _f("size", _SIZE),
                      _f("mode", _MODE, default=0o600)],
         "shm_unlink": [_f("name", _Str(), True)],
+        # truncate(2) of a file by name, or ftruncate(2) of an open handle (fd, shm, memfd)
+        "truncate": [_f("file", _Name("file", False)), _f("fd", _Name("fd", False)),
+                     _f("shm", _Name("shm", False)), _f("memfd", _Name("memfd", False)),
+                     _f("size", _SIZE, True)],
         "memfd": [_f("as", _Name("memfd", True), True),
                   _f("name", _Str(nonempty=False)),  # default: the handle name
                   _f("size", _SIZE, default=0)],
@@ -916,6 +920,12 @@ def _validate_step(raw: dict, index: int, file: str, state: _State, page_size: i
         if len(given) > 1:
             raise ctx.err(given[1], f"at most one of file, fd, shm, memfd (got {_names(given)})",
                           "one of file, fd, shm, memfd, or none for an anonymous mapping")
+    elif op == "truncate":
+        given = [s for s in _MMAP_SOURCES if s in raw]
+        if len(given) != 1:
+            raise ctx.err(given[1] if given else "file",
+                          f"exactly one of file, fd, shm, memfd (got {_names(given) if given else 'none'})",
+                          "one of file (truncate by name), fd, shm, memfd (ftruncate)")
     elif op == "memfd":
         vals["name"] = vals["as"] if vals["name"] is None else vals["name"]
     elif op == "rlimit":

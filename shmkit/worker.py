@@ -488,6 +488,18 @@ class Worker:
             raise StepFailed(_ipc_result(exc))
         return "ok", None, None, [], None
 
+    def op_truncate(self, args):
+        """truncate(2) of a file by path, or ftruncate(2) of an open handle."""
+        kind, ref = args["source"]
+        try:
+            if kind == "file":
+                os.truncate(ref, args["size"])
+            else:
+                os.ftruncate(self.fd_of(ref), args["size"])
+        except OSError as exc:        # EINVAL (read-only fd), EFBIG (RLIMIT_FSIZE), ...
+            raise StepFailed(_errno_result(exc))
+        return "ok", None, None, [], None
+
     def op_memfd(self, args):
         try:
             fd = os.memfd_create(args["name"], os.MFD_CLOEXEC)

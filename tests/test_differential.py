@@ -49,6 +49,7 @@ def readahead_limit() -> int:
     from shmkit.predict import host_devices
     dev = host_devices(tempfile.gettempdir())
     return max((dev.get("disk_readahead_kb") or 128) // 4, dev.get("disk_io_pages") or 0)
+MREMAP_FIXED = [["maymove", "fixed"], ["maymove", "fixed", "dontunmap"]]
 
 
 def profile() -> dict:
@@ -130,11 +131,13 @@ class Differential(RuleBasedStateMachine):
 
     # ----- creating mappings -------------------------------------------------------------
     @rule(data=st.data(), shared=st.booleans(), pages=st.integers(1, 6), prot=st.sampled_from(PROTS),
-          populate=st.booleans())
-    def mmap_anon(self, data, shared, pages, prot, populate):
+          populate=st.booleans(), locked=st.booleans())
+    def mmap_anon(self, data, shared, pages, prot, populate, locked):
         proc = data.draw(st.sampled_from(self.procs))
         h = self._name("a")
-        flags = ["shared" if shared else "private", "anonymous"] + (["populate"] if populate else [])
+        # MAP_LOCKED: a locked VMA under a later mprotect (mprotect_fixup populates it)
+        flags = ["shared" if shared else "private", "anonymous"] + (["populate"] if populate else []) \
+            + (["locked"] if locked else [])
         length = self._bytes(data, pages)
         live = self._do("mmap", in_=proc, as_=h, length=length, prot=prot, flags=flags)
         if live["result"] == "ok":
@@ -162,8 +165,8 @@ class Differential(RuleBasedStateMachine):
         self.big.add(h)
 
     @precondition(lambda self: self.files)
-    @rule(data=st.data(), shared=st.booleans(), prot=st.sampled_from(["r", "rw"]))
-    def mmap_file(self, data, shared, prot):
+    @rule(data=st.data(), shared=st.booleans(), prot=st.sampled_from(["r", "rw"]), locked=st.booleans())
+    def mmap_file(self, data, shared, prot, locked):
         f = data.draw(st.sampled_from(sorted(self.files)))
         size = -(-self.files[f] // PAGE)                    # the file's pages, the last maybe partial
         off = data.draw(st.integers(0, size - 1))
@@ -172,7 +175,8 @@ class Differential(RuleBasedStateMachine):
         h = self._name("m")
         length = self._bytes(data, pages)
         live = self._do("mmap", in_=proc, as_=h, file=f, length=length, prot=prot,
-                        flags=["shared" if shared else "private"], offset=f"{off} pages")
+                        flags=["shared" if shared else "private"] + (["locked"] if locked else []),
+                        offset=f"{off} pages")
         if live["result"] == "ok":
             self.regions[h] = {"pages": pages, "length": length, "procs": [proc], "kind": "mmap",
                               "big": f in self.big}
@@ -233,6 +237,32 @@ class Differential(RuleBasedStateMachine):
         if live["result"] == "ok":
             self.regions[h] = {"pages": pages, "length": length, "procs": [proc], "kind": "mmap"}
 
+    @precondition(lambda self: any(not f["memfd"] for f in self.fds.values()))
+    @rule(data=st.data(), pages=st.integers(0, 5), trunc=st.booleans())
+    def shm_resize(self, data, pages, trunc):
+        """Shrink or grow a POSIX shm object while it is mapped (ftruncate through shm_open's
+        size, or O_TRUNC): shmem_setattr zaps what lies past the new end, private COW copies
+        included."""
+        o = data.draw(st.sampled_from(sorted(h for h, f in self.fds.items() if not f["memfd"])))
+        proc = data.draw(st.sampled_from(self.procs))
+        h = self._name("r")
+        if trunc:
+            self._do("shm_open", in_=proc, as_=h, name=o, truncate=True)
+        else:
+            self._do("shm_open", in_=proc, as_=h, name=o, size=f"{pages} pages")
+
+    @precondition(lambda self: self.files or self.fds)
+    @rule(data=st.data(), pages=st.integers(0, 6))
+    def truncate(self, data, pages):
+        """truncate(2) a file or ftruncate(2) a memfd / POSIX object while it is mapped:
+        truncate_pagecache / shmem_setattr zap private COW copies past the new end too."""
+        targets = [("file", f) for f in sorted(self.files)] + \
+            [("memfd" if f["memfd"] else "shm", h) for h, f in sorted(self.fds.items())]
+        kind, h = data.draw(st.sampled_from(targets))
+        procs = self.procs if kind == "file" else sorted(set(self.fds[h]["procs"]) & set(self.procs))
+        assume(procs)
+        self._do("truncate", in_=data.draw(st.sampled_from(procs)), size=f"{pages} pages", **{kind: h})
+
     @precondition(lambda self: self.posix)
     @rule(data=st.data())
     def shm_unlink(self, data):
@@ -287,10 +317,11 @@ class Differential(RuleBasedStateMachine):
         r = self.regions[h]
         self._do("read", in_=proc, region=h, pages=self._pages(data, r["pages"], r.get("big", False)))
 
-    @precondition(lambda self: any(r["kind"] == "mmap" for r in self.regions.values()))
+    @precondition(lambda self: self.regions)
     @rule(data=st.data())
     def munmap(self, data):
-        h, proc = self._region_in(data, lambda r: r["kind"] == "mmap")
+        # SysV attaches too: a partly unmapped attach is what shmdt's upward walk must handle
+        h, proc = self._region_in(data)
         self._do("munmap", in_=proc, region=h, pages=self._pages(data, self.regions[h]["pages"]))
 
     @precondition(lambda self: self.regions)
@@ -326,7 +357,7 @@ class Differential(RuleBasedStateMachine):
             self._do("mlock", in_=proc, region=h, pages=pages, onfault=onfault)
 
     @precondition(lambda self: any(r["kind"] == "mmap" and len(r["procs"]) == 1 for r in self.regions.values()))
-    @rule(data=st.data(), pages=st.integers(1, 8), flags=st.sampled_from(MREMAP))
+    @rule(data=st.data(), pages=st.integers(1, 8), flags=st.sampled_from(MREMAP + MREMAP_FIXED))
     def mremap(self, data, pages, flags):
         # only a region one process knows: the spec follows its new length in that process
         h, proc = self._region_in(data, lambda r: r["kind"] == "mmap" and len(r["procs"]) == 1)
@@ -339,7 +370,21 @@ class Differential(RuleBasedStateMachine):
         if "dontunmap" in flags:
             # MREMAP_DONTUNMAP needs old_len == new_len (before PAGE_ALIGN), else EINVAL
             pages, length = old, self.regions[h]["length"]
-        live = self._do("mremap", in_=proc, region=h, length=length, flags=flags)
+        target = {}
+        if "fixed" in flags:
+            # onto another region of the process (or the region itself: EINVAL); the same
+            # length moves every VMA of a split region (remap_move, since 6.17). The target
+            # stays inside that region: past it lie the harness's own mappings (the pads),
+            # which an experiment must not unmap
+            if data.draw(st.booleans()):
+                pages, length = old, self.regions[h]["length"]
+            others = sorted(o for o, r in self.regions.items() if proc in r["procs"])
+            o = data.draw(st.sampled_from(others))
+            if pages > self.regions[o]["pages"]:
+                pages = self.regions[o]["pages"]
+                length = pages * PAGE
+            target = {"addr": f"{o}+{data.draw(st.integers(0, self.regions[o]['pages'] - pages))} pages"}
+        live = self._do("mremap", in_=proc, region=h, length=length, flags=flags, **target)
         # the spec takes the new length whatever the result; after a failure draw only pages
         # both it and the kernel have
         self.regions[h]["pages"] = pages if live["result"] == "ok" else min(old, pages)

@@ -1152,3 +1152,25 @@ def test_file_mappings_merge_through_one_struct_file():
     s.expect_row("AAAABBCC  ", "another struct file")
     s.mmap(8, 2, fd="f", offset=12, shared=True)
     s.expect_row("AAAABBCCDD")
+
+
+@pytest.mark.parametrize("release, moved", [((6, 18), True), ((6, 16), False)])
+def test_mremap_moves_several_vmas_since_6_17(release, moved):
+    """mm/mremap.c remap_move() (6.17, d23cb648e365): MREMAP_FIXED with old_len == new_len
+    moves every VMA of the range, gaps kept; before 6.17 a range across VMAs is EFAULT
+    (live on 6.18: experiments/mremap-move-multi-vma.toml). The rule is keyed on the
+    profile's kernel release."""
+    s = Scene(24)
+    s.k.release = release
+    s.mmap(0, 6)
+    s.touch(0, 6)
+    s.mprotect(1, 1, "r")
+    s.munmap(3, 1)
+    s.expect_row("ABC DD                  ")
+    if not moved:
+        s._step("mremap", dict(s._pages(0, 6), length=6 * PAGE, flags=("MAYMOVE", "FIXED"),
+                               addr=("abs", BASE + 10 * PAGE)), "mremap across VMAs", expect={"errno": "EFAULT"})
+        s.expect_row("ABC DD                  ")
+        return
+    assert s.mremap(0, 6, 6, "MAYMOVE", "FIXED", to=10) == 10
+    s.expect_row("          ABC DD        ")

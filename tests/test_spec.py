@@ -250,6 +250,11 @@ cmd = "rmid"
 [[step]]
 do = "shm_unlink"
 name = "/demo"
+
+[[step]]
+do = "truncate"
+memfd = "mf"
+size = "2 MiB"
 """
 
 
@@ -289,7 +294,8 @@ def every_op_builder() -> ExperimentBuilder:
      .rlimit(in_="kid", resource="memlock", soft="unlimited")
      .exit(in_="kid")
      .shmctl(segment="seg", cmd="rmid")
-     .shm_unlink(name="/demo"))
+     .shm_unlink(name="/demo")
+     .truncate(memfd="mf", size="2 MiB"))
     return b
 
 
@@ -332,6 +338,7 @@ def test_every_operation_parses_and_normalises():
     assert s[27].arg == {} and s[27].proc == "kid"
     assert s[28].arg == {"segment": "seg", "cmd": "rmid"}
     assert s[29].arg == {"name": "/demo"}
+    assert s[30].arg == {"file": None, "fd": None, "shm": None, "memfd": "mf", "size": 2**21}
     assert s[4].raw["length"] == "16 pages"  # the original table is kept
 
 
@@ -907,6 +914,17 @@ def test_mmap_at_most_one_source():
                'file = "f"\nmemfd = "m"\n', 3, "mmap", "memfd",
                "at most one of file, fd, shm, memfd (got file, memfd)",
                "one of file, fd, shm, memfd, or none for an anonymous mapping")
+
+
+def test_truncate_exactly_one_target():
+    files = '[[step]]\ndo = "file"\nname = "f"\nsize = 1\n[[step]]\ndo = "memfd"\nas = "m"\n'
+    step_error(files + '[[step]]\ndo = "truncate"\nsize = 0\n', 3, "truncate", "file",
+               "exactly one of file, fd, shm, memfd (got none)", "one of file (truncate by name)")
+    step_error(files + '[[step]]\ndo = "truncate"\nfile = "f"\nmemfd = "m"\nsize = 0\n', 3,
+               "truncate", "memfd", "exactly one of file, fd, shm, memfd (got file, memfd)",
+               "fd, shm, memfd (ftruncate)")
+    step_error(files + '[[step]]\ndo = "truncate"\nmemfd = "m"\n', 3, "truncate", "size",
+               "missing required field", "")
 
 
 @pytest.mark.parametrize("pages,problem,accepted", [
