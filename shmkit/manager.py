@@ -87,7 +87,12 @@ class Manager:
         with interrupt.deferred():      # a worker that runs is a worker shutdown() knows
             popen = subprocess.Popen(
                 [sys.executable, "-m", "shmkit.worker", str(theirs.fileno()), json.dumps(config)],
-                pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, close_fds=True)
+                pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, close_fds=True,
+                # a process group of its own: a terminal's Ctrl-C (sent to the foreground group)
+                # reaches the manager alone, which stops the run and kills its workers itself; a
+                # worker hit by SIGINT while its interpreter starts would only print a traceback
+                # (shmkit.bench's workers have their own session for the same reason)
+                process_group=0)
             theirs.close()
             proc = Proc("main", popen.pid, ours, None, popen)
             self.procs["main"] = proc

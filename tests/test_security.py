@@ -499,10 +499,18 @@ def test_a_killed_run_is_still_cleaned_and_its_worker_killed(tmp_path):
     run = next((e for e in entries if e.get("kind") == "run"), None)
     assert worker and run, (proc.poll(), entries)
     prefix = f"shmkit-{run['run']}-"
-    os.kill(worker["pid"], signal.SIGSTOP)
+    main = next(e for e in entries if e.get("kind") == "worker" and e["name"] == "main")
     try:
+        # The workers have a process group of their own (shmkit.manager): when the manager dies
+        # that group is orphaned, and the kernel sends SIGHUP + SIGCONT to an orphaned group
+        # that has a stopped member (kernel/exit.c kill_orphaned_pgrp). So the kid, busy
+        # writing its 3 GiB file, is stopped only once the manager and the main worker are gone.
         proc.kill()
         proc.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while registry.alive(main["pid"], main["start"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(worker["pid"], signal.SIGSTOP)
         assert registry.is_worker_of(worker["pid"], worker["start"], run["run"], {os.geteuid()})
         res = shmkit("clean", state=state)
         assert res.returncode == 0, res.stderr
