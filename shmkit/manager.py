@@ -194,7 +194,7 @@ class Manager:
         its attachments until exit_mm). A worker's command line carries the run's directory."""
         mark = json.dumps(str(self.run.dir)).encode()
         for _ in range(10):
-            strays = [pid for pid in _children(os.getpid()) if _is_worker_of(pid, mark)]
+            strays = [pid for pid in procfs.children(os.getpid()) if _is_worker_of(pid, mark)]
             if not strays:
                 return
             for pid in strays:
@@ -551,17 +551,6 @@ def _fingerprint(v: dict) -> tuple:
     # the Shared/Private split changes when another process forks or exits.
     return (v["perms"], v["offset"], v["inode"], v["path"], k.get("Rss"), k.get("Anonymous"),
             (k.get("Private_Dirty") or 0) + (k.get("Shared_Dirty") or 0))
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out += [int(x) for x in f.read().split()]
-    except OSError:
-        pass
-    return out
 
 
 def _is_worker_of(pid: int, mark: bytes) -> bool:

@@ -412,3 +412,15 @@ def read_meminfo(procfs: str = "/proc") -> dict[str, int]:
 
 def read_vmstat(procfs: str = "/proc") -> dict[str, int]:
     return parse_vmstat(_read_file(os.path.join(procfs, "vmstat")))
+
+
+def children(pid: int, procfs: str = "/proc") -> list[int]:
+    """The pids of a process's children (/proc/PID/task/TID/children, every thread's)."""
+    out = []
+    try:
+        for tid in os.listdir(f"{procfs}/{pid}/task"):
+            with open(f"{procfs}/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out

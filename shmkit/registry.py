@@ -156,28 +156,28 @@ def parse_registry(data: bytes) -> list[dict]:
     return entries
 
 
-def process_start(pid: int, procfs: str = "/proc") -> int | None:
-    """Start time in clock ticks (/proc/PID/stat field 22), None if the pid is gone."""
+def _stat(pid: int, procfs: str) -> list[bytes] | None:
+    """/proc/PID/stat from field 3 (state) on, None if the pid is gone."""
     try:
         with open(f"{procfs}/{pid}/stat", "rb") as f:
             data = f.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    fields = data[data.rindex(b")") + 2:].split()
-    return int(fields[19])
+    return data[data.rindex(b")") + 2:].split()
+
+
+def process_start(pid: int, procfs: str = "/proc") -> int | None:
+    """Start time in clock ticks (/proc/PID/stat field 22), None if the pid is gone."""
+    fields = _stat(pid, procfs)
+    return None if fields is None else int(fields[19])
 
 
 def alive(pid: int, start: int | None, procfs: str = "/proc") -> bool:
     """The process with this pid and start time still runs. A zombie (state Z or X in
     /proc/PID/stat) does not: it has exited and only waits for its parent to reap it, as a
     SIGKILLed owner does until its own parent calls wait()."""
-    try:
-        with open(f"{procfs}/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    fields = data[data.rindex(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):
+    fields = _stat(pid, procfs)
+    if fields is None or fields[0] in (b"Z", b"X"):
         return False
     return start is None or int(fields[19]) == start
 

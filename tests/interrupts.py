@@ -26,6 +26,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from shmkit import procfs
 
 ROOT = Path(__file__).resolve().parent.parent
 # coreutils env (8.31+): the dispositions a terminal gives a foreground command
@@ -44,15 +45,6 @@ def sysv_table() -> dict[int, dict]:
     return out
 
 
-def children(pid: int) -> list[int]:
-    out = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out += [int(x) for x in f.read().split()]
-    except OSError:
-        pass
-    return out
 
 
 def _state(pid: int) -> bytes | None:
@@ -121,7 +113,7 @@ class Trial:
         todo = [self.pid]
         while todo:
             pid = todo.pop()
-            for c in children(pid):
+            for c in procfs.children(pid):
                 if c not in self.pids:
                     self.pids.add(c)
                 todo.append(c)
