@@ -18,7 +18,8 @@ from shmkit.bench import cleanup, report, stats
 from shmkit.bench.cli import BadInput, parse_size
 from shmkit.bench.matrix import SHM, SIZES_FULL, Series, select, series_list, slots_for
 from shmkit.bench.runner import lock_path
-from tests.interrupts import Trial, check_stopped, children
+from shmkit.procfs import children
+from tests.interrupts import Trial, check_stopped
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG = b"\x89PNG\r\n\x1a\n"
