@@ -13,12 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 
 from model import pads as padding
 from shmkit import interrupt, libc, procfs, protocol
 from shmkit.observe import PAGE, process_view, residency, system_view, zero_page_pfn
-from shmkit.registry import Run, process_start
+from shmkit.registry import Run, alive, process_start
 from model.pages import page_align, pages_of
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -165,6 +166,7 @@ class Manager:
         return removed
 
     def shutdown(self) -> None:
+        killed = {proc.pid: process_start(proc.pid) for proc in self.procs.values() if proc.alive}
         for proc in reversed(list(self.procs.values())):
             if proc.alive:
                 self._kill(proc)
@@ -176,6 +178,14 @@ class Manager:
                     pass
             proc.sock.close()
         self._reap_orphans()
+        # A SIGKILLed worker holds its SysV attachments until exit_mm (kernel/exit.c do_exit):
+        # wait, bounded, until every worker killed here is gone or a zombie (its mm released),
+        # so that the cleanup and what follows see the final nattch (a forked worker is not
+        # ours to wait for until its parent is gone; under load it may still be exiting).
+        deadline = time.monotonic() + 10
+        while any(alive(pid, start) for pid, start in killed.items() if start is not None) \
+                and time.monotonic() < deadline:
+            time.sleep(0.005)
         # orphans adopted by us as subreaper
         while True:
             try:
