@@ -197,6 +197,9 @@ def cmd_validate(args) -> int:
         return 0
     files = experiment_files(args.files)
     exps = load_all(files)
+    if args.progress_file:
+        with open(args.progress_file, "a") as pf:
+            pf.write(f"profile and probes ({len(exps)} experiments to validate)\n")
     profile, probed = load_or_probe(args.probed)
     results = []
     with _damon_pause(args) as pause, Progress(
@@ -208,6 +211,12 @@ def cmd_validate(args) -> int:
             results.append(val.validate_experiment(exp, profile, attempts=args.attempts,
                                                    step_timeout=args.timeout))
             bar.advance(task)
+            if args.progress_file:
+                # one whole line per experiment, for whoever watches from outside (shmkit matrix
+                # reads it from a guest through the shared folder)
+                with open(args.progress_file, "a") as pf:
+                    pf.write(f"validated {len(results)}/{len(exps)} {os.path.basename(exp.path)} "
+                             f"{results[-1]['status']}\n")
     t = Table(title="model against the live kernel")
     for col in ("experiment", "steps", "fields matched", "result", "first difference"):
         t.add_column(col, overflow="fold")
@@ -311,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--pause-damon", action="store_true",
                    help="turn the host's DAMON off while the experiments run, and back on after, "
                         "so smaps Referenced is compared too (otherwise not compared where DAMON runs)")
+    v.add_argument("--progress-file", metavar="FILE",
+                   help="append a line to FILE as each experiment is done (progress seen from outside)")
     v.set_defaults(func=cmd_validate)
     pb = sub.add_parser("probe", help="measure the kernel parameters that cannot be read (fault-around, write-notify, ...)")
     pb.add_argument("--out", metavar="FILE", help="where to store them (default: the state directory)")

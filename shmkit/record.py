@@ -530,8 +530,20 @@ def loads(text: str) -> dict:
 
 
 def read_json(path: str) -> dict:
-    with open(path) as f:
-        return loads(f.read())
+    """A record document from a file: JSON text, or the same compressed with gzip (how
+    `shmkit matrix` brings a guest's record back; told apart by gzip's magic bytes)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        import gzip
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise RecordError(f"not a whole gzip file ({e})") from None
+    try:
+        return loads(data.decode())
+    except UnicodeDecodeError as e:
+        raise RecordError(f"not UTF-8 text ({e})") from None
 
 
 def dumps(doc: dict) -> str:
