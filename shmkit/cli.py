@@ -249,6 +249,101 @@ def cmd_validate(args) -> int:
     return 0 if sm["matching"] == sm["experiments"] else 1
 
 
+def cmd_matrix(args) -> int:
+    """shmkit matrix: the experiments validated on this host and on each --kernel booted as a
+    QEMU guest (shmkit.guest, shmkit.matrix); one table, experiments by kernels."""
+    import json
+    import shutil as _shutil
+
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from shmkit import guest, matrix
+
+    out = Console() if sys.stdout.isatty() else Console(width=240)
+    err = Console(stderr=True)
+    if args.cpus < 1:
+        print(f"--cpus {args.cpus}: not a count of vCPUs; accepted: 1 or more", file=sys.stderr)
+        return 2
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        print(f"--out {args.out}: exists and is not a directory; accepted: a directory (made if absent)",
+              file=sys.stderr)
+        return 2
+    if not args.kernel and args.no_host:
+        print("shmkit matrix: no target (--no-host and no --kernel); accepted: --kernel VMLINUZ|PACKAGE, "
+              "the host, or both", file=sys.stderr)
+        return 2
+    files = experiment_files(args.files)
+    load_all(files)
+    try:
+        cache = guest.cache_dir()
+        if args.kernel:
+            if guest.find_vng() is None:
+                raise guest.GuestError("vng (virtme-ng) not found on PATH nor beside this Python; install "
+                                       "it: pip install 'shmkit[matrix]' (or pip install virtme-ng)")
+            if _shutil.which("qemu-system-x86_64") is None:
+                raise guest.GuestError("qemu-system-x86_64 not found; install it (Debian: apt-get install "
+                                       "qemu-system-x86)")
+        kernels = [guest.resolve_kernel(k, cache, say=lambda s: err.print(s, markup=False)) for k in args.kernel]
+    except guest.GuestError as e:
+        print(f"shmkit matrix: {e}", file=sys.stderr)
+        return 2
+    accel = args.accel
+    if kernels and accel == "auto":
+        accel = "kvm" if guest.kvm_works() else "tcg"
+    if kernels:
+        err.print(f"guests run under {'KVM' if accel == 'kvm' else 'QEMU TCG emulation (no working KVM here)'}"
+                  f" with {args.cpus} vCPUs and {args.memory} of memory", markup=False)
+    out_dir = None
+    if args.out:
+        out_dir = Path(args.out)
+        out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=err, transient=False) as bar:
+        tasks = {}
+
+        def start(label, n):
+            tasks[label] = bar.add_task(f"{label}: starting ({n} experiments)", total=None)
+
+        def progress(label, line):
+            bar.update(tasks[label], description=f"{label}: {line}")
+
+        def done(col):
+            sm = col["summary"]
+            what = (f"{sm['matching']}/{sm['experiments']} experiments match" if sm else f"failed: {col['error']}")
+            bar.update(tasks[col["label"]], description=f"{col['label']}: {what}", total=1, completed=1)
+
+        cols = matrix.run_matrix(files, kernels, host=not args.no_host, accel=accel, cache=cache,
+                                 out_dir=out_dir, cpus=args.cpus, memory=args.memory,
+                                 attempts=args.attempts, step_timeout=args.timeout,
+                                 guest_step_timeout=args.guest_step_timeout,
+                                 guest_timeout=args.guest_timeout,
+                                 on_start=start, on_progress=progress, on_done=done)
+    mdoc = matrix.document(cols, files, __version__, matrix.source_commit())
+    t = Table(title="model against each kernel (shmkit matrix)")
+    t.add_column("experiment")
+    for c in cols:
+        t.add_column(matrix.header(c), overflow="fold")
+    for row in matrix.rows(mdoc):
+        t.add_row(*row)
+    out.print(t)
+    for c in cols:
+        if c["error"]:
+            out.print(f"{c['label']}: {c['error']}", markup=False, soft_wrap=True)
+    if out_dir is not None:
+        with open(out_dir / "matrix.json", "w") as f:
+            json.dump(mdoc, f, indent=1)
+            f.write("\n")
+        out.print(f"records and matrix.json written to {out_dir} (compare two: shmkit validate --compare "
+                  f"{out_dir}/host.json {out_dir}/RELEASE.json.gz)", markup=False, soft_wrap=True)
+    if args.html:
+        from shmkit.html_report import write_matrix_html
+        write_matrix_html(mdoc, args.html)
+        out.print(f"report written to {args.html}")
+    return 0 if matrix.ok(mdoc) else 1
+
+
 def cmd_probe(args) -> int:
     import json
 
@@ -323,6 +418,26 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--progress-file", metavar="FILE",
                    help="append a line to FILE as each experiment is done (progress seen from outside)")
     v.set_defaults(func=cmd_validate)
+    m = sub.add_parser("matrix", help="validate on this host and on other kernels booted under QEMU, one table")
+    m.add_argument("files", nargs="*", help="experiment files or directories (default: the bundled ones)")
+    m.add_argument("--kernel", action="append", default=[], metavar="VMLINUZ|PACKAGE",
+                   help="a kernel to boot with virtme-ng: a vmlinuz path, or a Debian package "
+                        "(linux-image-6.1.0-50-amd64-unsigned) fetched with apt-get download into the "
+                        "cache, never installed; repeat for several")
+    m.add_argument("--no-host", action="store_true", help="leave out this host's column")
+    m.add_argument("--out", metavar="DIR", help="keep every column's validate record and matrix.json here")
+    m.add_argument("--html", metavar="OUT", help="write the kernels view as a self-contained HTML report")
+    m.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                   help="KVM or QEMU's TCG emulation for guests (default: KVM when it works)")
+    m.add_argument("--cpus", type=int, default=2, help="vCPUs per guest (default 2)")
+    m.add_argument("--memory", default="4G", help="memory per guest (default 4G)")
+    m.add_argument("--attempts", type=int, default=3, help="runs of a perturbed experiment (default 3)")
+    m.add_argument("--timeout", type=float, default=60.0, help="seconds a step may take on the host (default 60)")
+    m.add_argument("--guest-step-timeout", type=float, default=600.0,
+                   help="seconds a step may take in a guest (default 600: TCG is ~12x slower)")
+    m.add_argument("--guest-timeout", type=float, default=None,
+                   help="seconds a whole guest run may take (default: no limit)")
+    m.set_defaults(func=cmd_matrix)
     pb = sub.add_parser("probe", help="measure the kernel parameters that cannot be read (fault-around, write-notify, ...)")
     pb.add_argument("--out", metavar="FILE", help="where to store them (default: the state directory)")
     pb.set_defaults(func=cmd_probe)
@@ -355,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(argv: list[str] | None) -> int:
     from shmkit.damon import DamonError
+    from shmkit.guest import GuestError
     from shmkit.manager import HarnessError
     from shmkit.registry import UnsafeState
     from shmkit.spec import SpecError
@@ -372,5 +488,8 @@ def _dispatch(argv: list[str] | None) -> int:
         print(f"shmkit: {e}", file=sys.stderr)
         return 2
     except DamonError as e:
+        print(f"shmkit: {e}", file=sys.stderr)
+        return 2
+    except GuestError as e:
         print(f"shmkit: {e}", file=sys.stderr)
         return 2

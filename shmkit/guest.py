@@ -9,7 +9,7 @@ What the guest needs that a shared root does not give, this module provides:
   ``dpkg -x``: nothing is installed, the host's boot loader is never touched. virtme-ng finds
   the unpacked modules next to the image (``ROOT/lib/modules/VERSION``, made usable with
   ``depmod``) and links them at /lib/modules in the guest;
-- **a disk filesystem:** a scratch ext4 image (``mkfs.ext4``; created O_EXCL, mode 0600, in the
+- **a disk filesystem:** a scratch ext4 image (``mkfs.ext4``, 2 GiB sparse; created O_EXCL, mode 0600, in the
   cache directory, removed on every path; one left by a run killed with SIGKILL is removed by
   the next run once its owner process is gone) attached as a virtio-blk disk, mounted in the
   guest, and the run's TMPDIR pointed into it, so "disk" files are on ext4 as on a user's host
@@ -45,7 +45,10 @@ __all__ = ["GuestError", "Kernel", "cache_dir", "resolve_kernel", "kvm_works", "
 # A Debian kernel image package: linux-image-<abi>-<flavour>[-unsigned], e.g.
 # linux-image-6.1.0-50-amd64-unsigned, linux-image-6.12.118+deb12-amd64
 DEB_NAME = re.compile(r"linux-image-[0-9][0-9A-Za-z.+~-]*")
-SCRATCH_MIB = 512
+# sparse: only what the guest writes takes room on the host. shmkit's preflight keeps 1 GiB of
+# the temp directory's filesystem free for everybody else (shmkit/preflight.py), so the disk
+# holds that reserve plus room for the experiments' files.
+SCRATCH_MIB = 2048
 MOUNT_POINT = "/run/shmkit-disk"
 
 

@@ -314,3 +314,49 @@ def write_html(doc: dict, path: str) -> None:
     text = render_html(doc)
     with open(path, "w") as f:
         f.write(text)
+
+
+def render_matrix_html(mdoc: dict) -> str:
+    """The kernels view of `shmkit matrix`: experiments by kernels, each cell the result and the
+    fields matched (the first difference beside a mismatch), then each kernel's profile as read
+    inside it (release, soft-dirty, THP, where the temp files and /dev/shm are)."""
+    from shmkit.matrix import cell, header
+
+    cols = mdoc["columns"]
+    head = "".join(f"<th>{_e(header(c)).replace(chr(10), '<br>')}</th>" for c in cols)
+    body = []
+    for name in mdoc["experiments"]:
+        tds = []
+        for c in cols:
+            res = c["results"].get(name)
+            text, first = cell(res)
+            cls = "" if res is None else ("ok" if res["status"] == "match" else "bad")
+            tds.append(f'<td class="{cls}">{_e(text)}' + (f"<br><small>{_e(first)}</small>" if first else "") + "</td>")
+        body.append(f"<tr><td>{_e(name)}</td>{''.join(tds)}</tr>")
+    tot = []
+    for c in cols:
+        sm = c["summary"]
+        if sm is None:
+            tot.append(f'<td class="bad">no record: {_e(c["error"])}</td>')
+        else:
+            rate = f" ({100 * sm['match_rate']:.2f}%)" if sm.get("match_rate") is not None else ""
+            tot.append(f"<td>{sm['matching']}/{sm['experiments']} experiments; {sm['matched']}/{sm['fields']} fields{rate}</td>")
+    keys = sorted({k for c in cols for k in (c.get("profile") or {})})
+    prof = "".join(f"<tr><td>{_e(k)}</td>" + "".join(f"<td>{_e((c.get('profile') or {}).get(k))}</td>" for c in cols)
+                   + "</tr>" for k in keys)
+    recs = "".join(f"<td>{_e(c.get('record') or '-')}</td>" for c in cols)
+    page = [f"<h1>shmkit matrix — the model against {len(cols)} kernel(s)</h1>",
+            f"<p>Generated {_e(mdoc.get('date'))} by shmkit {_e(mdoc.get('shmkit'))} "
+            f"(commit {_e(mdoc.get('commit') or 'unknown')}). Two records compare with "
+            "<code>shmkit validate --compare A B</code>.</p>",
+            f'<h2 id="kernels">Kernels</h2><table><tr><th>experiment</th>{head}</tr>{"".join(body)}'
+            f"<tr><th>all</th>{''.join(tot)}</tr><tr><th>record</th>{recs}</tr></table>",
+            f"<h2>Profile read in each kernel</h2><table><tr><th>value</th>{head}</tr>{prof}</table>"]
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>shmkit matrix</title>"
+            f"<style>{CSS}</style></head><body>" + "\n".join(page) + "</body></html>\n")
+
+
+def write_matrix_html(mdoc: dict, path: str) -> None:
+    text = render_matrix_html(mdoc)
+    with open(path, "w") as f:
+        f.write(text)

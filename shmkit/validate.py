@@ -4,6 +4,7 @@ The prediction is chained from the live run's initial snapshot (never re-seeded 
 step), so a difference at step N stays visible at every later step that it affects."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 
@@ -80,8 +81,8 @@ def summary(results: list[dict]) -> dict:
 def compare_hosts(a: dict, b: dict) -> dict:
     """Two validate documents (two hosts, or one host before and after a change): per
     experiment both match rates, and where the two hosts' live observations differ."""
-    by_a = {r["path"]: r for r in a["experiments"]}
-    by_b = {r["path"]: r for r in b["experiments"]}
+    by_name = _names_unique(a) and _names_unique(b)
+    by_a, by_b = _by_experiment(a, by_name), _by_experiment(b, by_name)
     rows = []
     for path in sorted(set(by_a) | set(by_b)):
         ra, rb = by_a.get(path), by_b.get(path)
@@ -94,6 +95,18 @@ def compare_hosts(a: dict, b: dict) -> dict:
     host_diff = {k: (a["host"].get(k), b["host"].get(k)) for k in sorted(set(a["host"]) | set(b["host"]))
                  if k not in ("config",) and a["host"].get(k) != b["host"].get(k)}
     return {"rows": rows, "host": host_diff, "a": summary(a["experiments"]), "b": summary(b["experiments"])}
+
+
+def _names_unique(doc: dict) -> bool:
+    names = [os.path.basename(r["path"]) for r in doc["experiments"]]
+    return len(set(names)) == len(names)
+
+
+def _by_experiment(doc: dict, by_name: bool) -> dict[str, dict]:
+    """Experiments by file name when both records' names are unique, so the same experiments
+    run from different places (a checkout here, an installed wheel or a guest there) pair up;
+    otherwise by path."""
+    return {(os.path.basename(r["path"]) if by_name else r["path"]): r for r in doc["experiments"]}
 
 
 def _rate(r):
