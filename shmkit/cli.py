@@ -277,6 +277,8 @@ def cmd_matrix(args) -> int:
     files = experiment_files(args.files)
     load_all(files)
     try:
+        for k in args.kernel:
+            guest.check_kernel_spec(k)
         cache = guest.cache_dir()
         if args.kernel:
             if guest.find_vng() is None:

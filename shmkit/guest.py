@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["GuestError", "Kernel", "cache_dir", "resolve_kernel", "kvm_works", "ScratchDisk",
-           "GuestRun", "run_guest", "find_vng", "DEB_NAME"]
+           "GuestRun", "run_guest", "find_vng", "check_kernel_spec", "DEB_NAME"]
 
 # A Debian kernel image package: linux-image-<abi>-<flavour>[-unsigned], e.g.
 # linux-image-6.1.0-50-amd64-unsigned, linux-image-6.12.118+deb12-amd64
@@ -102,20 +102,27 @@ def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
     return p
 
 
-def resolve_kernel(spec: str, cache: Path | None = None,
-                   say: Callable[[str], None] = lambda s: None) -> Kernel:
-    """A --kernel argument: an existing vmlinuz file, or a Debian kernel image package fetched
-    and unpacked into the cache (reused when already there). Anything else is bad input."""
+def check_kernel_spec(spec: str) -> None:
+    """A --kernel argument is an existing file or names a Debian kernel image package
+    (checked before anything is fetched or booted); GuestError otherwise."""
     if os.sep in spec or os.path.exists(spec):
         if not os.path.isfile(spec):
             raise GuestError(f"--kernel {spec}: no such file; accepted: a kernel image (vmlinuz) "
                              "path, or a Debian package name such as linux-image-6.1.0-50-amd64-unsigned")
-        path = os.path.abspath(spec)
-        return Kernel(spec, path, _release_of(path))
-    if not DEB_NAME.fullmatch(spec):
+    elif not DEB_NAME.fullmatch(spec):
         raise GuestError(f"--kernel {spec}: neither a file nor a Debian kernel package name; accepted: "
                          "a vmlinuz path, or linux-image-VERSION-FLAVOUR[-unsigned] (e.g. "
                          "linux-image-6.1.0-50-amd64-unsigned)")
+
+
+def resolve_kernel(spec: str, cache: Path | None = None,
+                   say: Callable[[str], None] = lambda s: None) -> Kernel:
+    """A --kernel argument: an existing vmlinuz file, or a Debian kernel image package fetched
+    and unpacked into the cache (reused when already there). Anything else is bad input."""
+    check_kernel_spec(spec)
+    if os.sep in spec or os.path.exists(spec):
+        path = os.path.abspath(spec)
+        return Kernel(spec, path, _release_of(path))
     return _fetch_deb(spec, cache or cache_dir(), say)
 
 

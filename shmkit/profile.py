@@ -456,7 +456,8 @@ def _rlimits() -> dict[str, tuple[int | None, int | None]]:
 def _mount_dict(m: Mount | None) -> dict[str, Any] | None:
     if m is None:
         return None
-    return {"mount_point": m.mount_point, "source": m.source, "fstype": m.fstype,
+    # dev ("major:minor", decimal) is what /proc/PID/maps shows (in hex) for a file on this mount
+    return {"mount_point": m.mount_point, "source": m.source, "fstype": m.fstype, "dev": m.dev,
             "options": m.options, "size": parse_size_option(m.super_options)}
 
 

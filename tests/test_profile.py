@@ -192,7 +192,7 @@ def test_read_profile_on_a_fake_tree(tmp_path):
                               "SHMEM": True, "MEMFD_CREATE": True, "SYSVIPC": True,
                               "PER_VMA_LOCK": True}
     assert p.config["ZRAM"] == "m"
-    assert p.dev_shm == {"mount_point": "/dev/shm", "source": "shm", "fstype": "tmpfs",
+    assert p.dev_shm == {"mount_point": "/dev/shm", "source": "shm", "fstype": "tmpfs", "dev": "0:27",
                          "options": ("rw", "nosuid", "nodev", "size=65536k", "inode64"),
                          "size": 65536 * 1024}
     assert p.fault_around_bytes == 32768 and p.stack_guard_gap_pages == 1
