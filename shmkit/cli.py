@@ -337,8 +337,10 @@ def cmd_matrix(args) -> int:
         with open(out_dir / "matrix.json", "w") as f:
             json.dump(mdoc, f, indent=1)
             f.write("\n")
-        out.print(f"records and matrix.json written to {out_dir} (compare two: shmkit validate --compare "
-                  f"{out_dir}/host.json {out_dir}/RELEASE.json.gz)", markup=False, soft_wrap=True)
+        kept = [c["record"] for c in cols if c.get("record")]
+        out.print(f"matrix.json and {len(kept)} record(s) written to {out_dir}"
+                  + (f" ({', '.join(kept)}; compare two with shmkit validate --compare A B)" if kept else ""),
+                  markup=False, soft_wrap=True)
     if args.html:
         from shmkit.html_report import write_matrix_html
         write_matrix_html(mdoc, args.html)
