@@ -270,6 +270,16 @@ if ! awk '$5 == "/dev/shm" && $0 ~ / - tmpfs / {{ f = 1 }} END {{ exit !f }}' /p
     mkdir -p /dev/shm && mount -t tmpfs -o nosuid,nodev tmpfs /dev/shm || fail "cannot mount a tmpfs on /dev/shm"
 fi
 say "disk $dev ext4 on {mnt}"
+# khugepaged: Debian's kernels default to THP "always", and under TCG a run lasts ~12 times
+# longer, so khugepaged's background passes (every 10 s) collapse the workers' own heaps
+# mid-step and runs come out perturbed (seen on 6.12: the write_notify probe perturbed on
+# all its attempts). Its passes are spaced to an hour; THP modes stay as the kernel set them
+# and MADV_COLLAPSE (synchronous) is untouched.
+k=/sys/kernel/mm/transparent_hugepage/khugepaged
+if [ -w $k/scan_sleep_millisecs ]; then
+    echo 3600000 > $k/scan_sleep_millisecs && echo 3600000 > $k/alloc_sleep_millisecs &&
+        say "khugepaged passes every hour (was every 10 s)"
+fi
 mkdir -p -m 0700 /run/shmkit-state
 export TMPDIR={mnt}/tmp SHMKIT_STATE=/run/shmkit-state
 cd {mnt}/tmp
