@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -330,16 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     """The process's entry point. Ctrl-C, SIGTERM and SIGHUP stop the command, which removes what
     it created and exits 128 + the signal's number; a signal ignored on entry stays ignored
     (shmkit.interrupt). When this returns, the three are ignored (interrupt.disarm)."""
-    interrupt.install()
-    try:
-        status = _dispatch(argv)
-        interrupt.disarm()              # decided: a later signal changes nothing
-        return status
-    except KeyboardInterrupt:
-        interrupt.disarm()              # only the first signal raises: nothing more comes
-    name = signal.Signals(interrupt.received() or signal.SIGINT).name
-    print(f"shmkit: interrupted ({name}); everything this run created was removed", file=sys.stderr)
-    return interrupt.exit_status(130)
+    return interrupt.run_command(_dispatch, argv, "shmkit: interrupted ({signal}); everything this run "
+                                 "created was removed")
 
 
 def _dispatch(argv: list[str] | None) -> int:
