@@ -159,7 +159,7 @@ def remove(mm, pieces: Iterable[Range]) -> None:
 
 
 def yield_for(kernel, proc, op: str, args: Mapping) -> list[Range]:
-    """The model's side: the pads of proc (a model.kernel.Process) in the way of this step
+    """The model's side: the pads of proc (a model.process.Process) in the way of this step
     go, exactly as the live harness unmaps them before it runs the step."""
     def region_addr(handle):
         r = proc.regions.get(handle)
