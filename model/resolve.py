@@ -129,7 +129,7 @@ def _range_call(op, g, regions, names, page_size):
 
 def _mmap(op, g, regions, names, page_size):
     return {"as": g("as"), "addr": address(regions, g("addr")), "length": g("length"),
-            "prot": prot_of(g("prot")), "flags": bits(MAP, g("flags") or ()),
+            "prot": prot_of(g("prot") or "none"), "flags": bits(MAP, g("flags") or ()),
             "offset": g("offset") or 0, "source": _source(g, names)}
 
 

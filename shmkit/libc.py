@@ -19,9 +19,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 # asm/unistd_64.h (x86_64) and asm-generic/unistd.h (aarch64, riscv64).
 _SYSCALLS = {
     "x86_64": dict(mmap=9, mprotect=10, munmap=11, mremap=25, msync=26, madvise=28,
-                   mlock=149, munlock=150, mlock2=325, personality=135),
+                   mlock=149, munlock=150, mlock2=325, personality=135, shmctl=31),
     "aarch64": dict(mmap=222, mprotect=226, munmap=215, mremap=216, msync=227, madvise=233,
-                    mlock=228, munlock=229, mlock2=284, personality=92),
+                    mlock=228, munlock=229, mlock2=284, personality=92, shmctl=195),
 }
 _NR = _SYSCALLS.get(platform.machine())
 
@@ -143,14 +143,12 @@ class ShmidDs(ctypes.Structure):
 
 
 def shmctl(shmid: int, cmd: int) -> ShmidDs:
-    f = _libc.shmctl
-    f.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
-    f.restype = ctypes.c_int
+    """ipc/shm.c ksys_shmctl() through syscall(2): shmid and cmd reach the kernel as given
+    (glibc's wrapper may judge a cmd itself). The buffer is struct shmid64_ds, which is
+    glibc's struct shmid_ds on 64-bit Linux (no IPC_64 bit is needed: x86-64 and arm64 do
+    not select ARCH_WANT_IPC_PARSE_VERSION)."""
     ds = ShmidDs()
-    ctypes.set_errno(0)
-    if f(shmid, cmd, ctypes.byref(ds)) == -1:
-        code = ctypes.get_errno()
-        raise CallError(code, f"shmctl: {os.strerror(code)}")
+    _call("shmctl", shmid, cmd, ctypes.addressof(ds))
     return ds
 
 

@@ -215,9 +215,9 @@ _SIZE_RE = re.compile(
 )
 _UNITS = {"b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
           "k": 2**10, "m": 2**20, "g": 2**30}
-SIZE_ACCEPTED = ('a size: an integer number of bytes, or a string "N B|k|KiB|m|MiB|g|GiB|TiB|page|pages"'
+SIZE_ACCEPTED = ('a size: an integer number of bytes, or a string "N B|KiB|MiB|GiB|TiB|page|pages"'
                  ' (N: digits, 0x-hex, or a decimal that gives whole bytes; "_" between digits;'
-                 ' "N" alone is bytes)')
+                 ' "N" alone is bytes; k, m, g are KiB, MiB, GiB)')
 
 
 def _page_size_default() -> int:
@@ -888,16 +888,18 @@ def _future_names(steps: list) -> dict[str, tuple[int, Any]]:
     return future
 
 
-def _check_range(ctx: _StepCtx, op: str, raw: dict, vals: dict) -> None:
+def _check_range(ctx: _StepCtx, op: str, raw: dict, vals: dict, regions: str) -> None:
     """A range is a region (with pages), or an address with a byte length: exactly one of the
-    two. touch and read at an address without a length access the one byte there."""
+    two. touch and read at an address without a length access the one byte there.
+    regions: the region handles the process holds (the accepted values of region)."""
     addr_f, len_f = RANGE_FIELDS[op]
-    accepted = (f"region (and pages), or {addr_f}" + (f" and {len_f}" if len_f else "")
-                + ' (an address: "0x7f...", "REGION+N", "REGION-N", N in bytes or "4k", "2 pages")')
-    if ("region" in raw) == (addr_f in raw):
-        raise ctx.err("region" if "region" in raw else addr_f,
-                      f"give exactly one of region, {addr_f}"
-                      + (" (both given)" if "region" in raw else " (neither given)"), accepted)
+    by_addr = (f"{addr_f}" + (f" and {len_f}" if len_f else "")
+               + ' (an address: "0x7f...", "REGION+N", "REGION-N", N in bytes, "4k" or "2 pages")')
+    accepted = f"region (and pages), or {by_addr}"
+    if "region" not in raw and addr_f not in raw:
+        raise ctx.err("region", "missing required field", f"{regions}; or {by_addr}")
+    if "region" in raw and addr_f in raw:
+        raise ctx.err("region", f"give exactly one of region, {addr_f} (both given)", accepted)
     if len_f is None:
         return
     if "region" in raw and len_f in raw:
@@ -985,7 +987,7 @@ def _validate_step(raw: dict, index: int, file: str, state: _State, page_size: i
 
     # Cross-field rules.
     if op in RANGE_FIELDS:
-        _check_range(ctx, op, raw, vals)
+        _check_range(ctx, op, raw, vals, state.known("region", proc))
     if op == "file":
         if vals["fill"] == "byte":
             vals["value"] = 0x5A if vals["value"] is None else vals["value"]
