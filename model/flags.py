@@ -45,6 +45,9 @@ VMFLAG_NAMES = {VM_READ: "rd", VM_WRITE: "wr", VM_EXEC: "ex", VM_SHARED: "sh", V
                 VM_MERGEABLE: "mg", VM_HUGETLB: "ht", VM_SYNC: "sf"}
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 0x1, 0x2, 0x4
+PROT_SEM = 0x8                                   # asm-generic/mman-common.h (ignored on x86)
+PROT_GROWSDOWN, PROT_GROWSUP = 0x01000000, 0x02000000
+ULONG_MASK = (1 << 64) - 1
 
 # include/uapi/linux/mman.h, asm-generic/mman-common.h (x86-64). The one table of these numbers:
 # shmkit.libc (the live calls) and shmkit.spec (the names an experiment file accepts, in this

@@ -135,7 +135,8 @@ def _mmap(op, g, regions, names, page_size):
 
 def _file(op, g, regions, names, page_size):
     c = {"path": names.run.file_path(g("name"), g("on") or "disk"), "size": g("size"),
-         "fill": g("fill") or "zero", "seed": g("name"), "cache": g("cache") or "warm"}
+         "fill": g("fill") or "zero", "seed": g("name"), "cache": g("cache") or "warm",
+         "on": g("on") or "disk"}
     if g("value") is not None:
         c["value"] = g("value")
     return c
@@ -211,3 +212,54 @@ def resolve(op: str, args: Mapping, regions: Mapping, names, page_size: int = PA
     if fn is None:
         raise KeyError(f"operation {op!r} has no resolver (model/resolve.py RESOLVERS)")
     return fn(op, args.get, regions, names, page_size)
+
+
+class Direct:
+    """Naming for the model run on its own (model tests, shmkit.bench's model, the synthetic
+    address space): a file's name is its path, a POSIX or memfd name is used as it is, and
+    the shmids the model's shmget steps returned are kept per handle."""
+
+    def __init__(self) -> None:
+        self.run = self
+        self.shmids: dict[str, int] = {}
+        self.sizes: dict[str, int] = {}
+
+    def file_path(self, name: str, on: str) -> str:
+        return name
+
+    def posix_name(self, name: str) -> str:
+        return name
+
+    def memfd_name(self, name: str) -> str:
+        return name
+
+    def sysv_key(self, key) -> int:
+        return 0 if key == "private" else key
+
+    def file(self, handle: str) -> str:
+        return handle
+
+    def shmid(self, handle: str) -> int | None:
+        return self.shmids.get(handle)
+
+    def segment_size(self, handle: str) -> int | None:
+        return self.sizes.get(handle)
+
+
+def run_step(kernel, step: dict, names: Direct) -> dict:
+    """The model on its own: the step {"index", "do", "in", "args"} (args as in
+    shmkit.spec Step.args) resolved against the model's own regions of that process, then
+    model.kernel.Kernel.step of the call; a step whose region does not exist is skipped here,
+    as on both sides of a run. Returns Kernel.step's answer, with the call."""
+    proc = kernel.procs[step["in"]]
+    regions = {h: (r.addr, r.length) for h, r in proc.regions.items()}
+    try:
+        call = resolve(step["do"], step["args"], regions, names)
+    except Skip as e:
+        return {"result": e.result, "faults": None, "value": None, "yielded": [], "trace": [],
+                "call": None}
+    out = kernel.step({**step, "args": call})
+    if step["do"] == "shmget" and out["result"] == "ok":
+        names.shmids[call["as"]] = out["value"]["shmid"]
+        names.sizes[call["as"]] = call["size"]
+    return {**out, "call": call}

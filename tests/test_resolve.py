@@ -130,12 +130,12 @@ def test_accesses_count_every_page_the_range_covers():
 
 @pytest.mark.parametrize("steps, field, words", [
     ('[[step]]\ndo = "munmap"\nregion = "b"\naddr = "b"\nlength = 1\n', "region", "exactly one of region, addr"),
-    ('[[step]]\ndo = "munmap"\n', "addr", "neither given"),
+    ('[[step]]\ndo = "munmap"\n', "region", "missing required field"),
     ('[[step]]\ndo = "munmap"\naddr = "b"\n', "length", "addr needs a byte length"),
     ('[[step]]\ndo = "munmap"\nregion = "b"\nlength = 1\n', "length", "goes with addr"),
     ('[[step]]\ndo = "munmap"\naddr = "b"\nlength = 1\npages = "0..1"\n', "pages", "region is not given"),
     ('[[step]]\ndo = "munmap"\nregion = "b"\npages = "2..1"\n', "pages", "reversed page range"),
-    ('[[step]]\ndo = "mremap"\naddr = "b"\nlength = 1\n', "old_addr", "neither given"),
+    ('[[step]]\ndo = "mremap"\naddr = "b"\nlength = 1\n', "region", "missing required field"),
     ('[[step]]\ndo = "madvise"\nregion = "b"\nadvice = 1.5\n', "advice", "expected a string"),
     ('[[step]]\ndo = "msync"\nregion = "b"\nflags = [true]\n', "flags", "flag name or an integer"),
     ('[[step]]\ndo = "mprotect"\nregion = "b"\nprot = 18446744073709551616\n', "prot", "does not fit in 64 bits"),
