@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from model import pads as padding
-from shmkit import interrupt, libc, procfs, protocol
+from shmkit import interrupt, libc, procfs, protocol, record
 from shmkit.observe import PAGE, process_view, residency, system_view, zero_page_pfn
 from shmkit.registry import Run, alive, process_start
 from model.pages import page_align, pages_of
@@ -63,6 +63,7 @@ class Manager:
         self.segments: dict[str, int] = {}  # handle -> shmid
         self.segment_sizes: dict[str, int] = {}
         self.collapsed: int | None = None   # khugepaged's pages_collapsed at the last observation
+        self.last_view: dict = {}           # the processes as the last observation saw them
 
     # ----- process management --------------------------------------------------------
     def spawn_main(self) -> Proc:
@@ -229,6 +230,7 @@ class Manager:
                 regions[handle] = {"addr": addr, "length": length, "mapped": mapped, "kind": kind,
                                    **(res.to_dict() if res else {})}
             out[name] = {"pid": proc.pid, "maps": view["lines"], "vmas": view["vmas"], "regions": regions}
+        self.last_view = out
         return out
 
     def system(self) -> dict:
@@ -306,15 +308,18 @@ class Manager:
         the perturbations found. After a perturbed step the interpreter's VMAs are recorded
         again, so the next step is judged against this state, not the perturbed one."""
         vm_before = procfs.read_vmstat()
+        before = self.last_view
         reply = self.do_step(step)
         processes = self.observe()
+        vm_after = procfs.read_vmstat()
         problems = []
         for name, view in processes.items():
             aff = reply.get("affected", []) if name == step.proc else []
             problems += [f"{name}: {p}" for p in self.perturbation(self.procs[name], view, aff, step.do)]
         problems += self._khugepaged(processes)
+        problems += self._writeback(step, reply, before, processes, vm_before, vm_after)
         if problems:  # say what the kernel was doing meanwhile, if /proc/vmstat shows it
-            moved = procfs.background_activity(vm_before, procfs.read_vmstat())
+            moved = procfs.background_activity(vm_before, vm_after)
             problems.append("kernel background activity during the step: " + (
                 ", ".join(f"{k} +{v}" for k, v in moved.items()) if moved
                 else "none seen in /proc/vmstat"))
@@ -322,18 +327,10 @@ class Manager:
                 self._record_interp(self.procs[name])
         for name, view in processes.items():
             self.procs[name].seen = {(v["start"], v["end"]) for v in view["vmas"]}
-        rec = {
-            "index": step.index, "do": step.do, "in": step.proc, "args": step.raw,
-            "result": reply["result"], "faults": _faults(reply.get("faults")),
-            "value": reply.get("value"), "note": reply.get("note"), "call": reply.get("call"),
-            "processes": processes, **self.system(),
-            "perturbed": problems or None,
-        }
-        if "status" in reply:
-            rec["exit_status"] = reply["status"]
-        if reply.get("yielded"):
-            rec["yielded"] = reply["yielded"]
-        return rec
+        return record.step_record(
+            step, result=reply["result"], faults=_faults(reply.get("faults")), value=reply.get("value"),
+            note=reply.get("note"), call=reply.get("call"), processes=processes, system=self.system(),
+            perturbed=problems or None, exit_status=reply.get("status"), yielded=reply.get("yielded") or None)
 
     def pads_in_the_way(self, proc: Proc, op: str, call: dict) -> list[list[int]]:
         """The pieces of the worker's pads inside the address range the call asks for
@@ -373,6 +370,65 @@ class Manager:
             return []
         return [f"{KHUGEPAGED} {self.collapsed - before} huge page(s) on this host since the "
                 "last observation (khugepaged/pages_collapsed), and this run has memory it may collapse"]
+
+    def _disk_file_vmas(self, view: dict) -> dict:
+        """The VMAs of a process that map one of the run's own disk files (not /dev/shm):
+        (start, end, inode, offset) -> (perms, Rss kB, dirty kB)."""
+        own = str(self.run.dir) + "/"
+        out = {}
+        for v in view["vmas"]:
+            if v["path"].startswith(own) and v["path"] in self.run.files:
+                k = v.get("smaps_kb", {})
+                out[(v["start"], v["end"], v["inode"], v["offset"])] = (
+                    v["perms"], k.get("Rss") or 0, (k.get("Private_Dirty") or 0) + (k.get("Shared_Dirty") or 0))
+        return out
+
+    def _writeback(self, step, reply: dict, before: dict, after: dict, vm_before: dict,
+                   vm_after: dict) -> list[str]:
+        """The kernel's flusher writing back the run's own mapped disk files during a step.
+        Writeback cleans a mapped page (mm/page-writeback.c:folio_clear_dirty_for_io ->
+        folio_mkclean clears the pte's dirty bit), so smaps moves it from *_Dirty to *_Clean
+        at a moment no model can know: the dirty_expire_centisecs timer, or another process
+        pushing the host past dirty_background_ratio (measured: under CI writing gigabytes,
+        mmap-shared-file showed Private_Clean where every page had been written).
+        Two signs, both from the kernel's own rules rather than from the model:
+        - after a step that cannot clean a page (CANNOT_CLEAN: no msync, fsync, fadvise,
+          truncate, unmap or zap), the dirty total of a disk-file VMA that is still there
+          went down;
+        - a successful write touch of a shared disk-file mapping left fewer dirty kB in a VMA
+          than it wrote there while /proc/vmstat nr_written moved during the step (every page
+          the step wrote must be dirty: mm/memory.c:wp_page_shared / do_shared_fault ->
+          folio_mark_dirty, and pte_mkdirty on the write fault)."""
+        if step.do not in CANNOT_CLEAN:
+            return []
+        problems = []
+        for name, view in after.items():
+            now = self._disk_file_vmas(view)
+            was = self._disk_file_vmas(before[name]) if name in before else {}
+            for key, (perms, rss, dirty) in now.items():
+                if key in was and dirty < was[key][2]:
+                    problems.append(f"{name}: {WRITTEN_BACK}: VMA {key[0]:x}-{key[1]:x} dirty "
+                                    f"{was[key][2]} -> {dirty} kB after a {step.do} step")
+        written = vm_after.get("nr_written", 0) - vm_before.get("nr_written", 0)
+        touched = self._written_range(step, reply.get("call")) if reply.get("result") == "ok" else None
+        if not problems and written > 0 and touched and step.proc in after:
+            a, b = touched
+            for (s, e, _ino, _off), (perms, rss, dirty) in self._disk_file_vmas(after[step.proc]).items():
+                must = (min(b, e) - max(a, s)) // 1024     # kB the step wrote in this VMA
+                if "s" in perms and must > 0 and dirty < must:
+                    problems.append(f"{step.proc}: {WRITTEN_BACK}: the step wrote {must} kB of the shared "
+                                    f"disk-file VMA {s:x}-{e:x} and only {dirty} kB of it are dirty; the "
+                                    f"kernel wrote back {written} page(s) host-wide meanwhile (/proc/vmstat nr_written)")
+        return problems
+
+    @staticmethod
+    def _written_range(step, call: dict | None) -> tuple[int, int] | None:
+        """The page-aligned byte range a successful write touch wrote: the pages of its call
+        (model.resolve), one access in each."""
+        if step.do != "touch" or call is None or call["access"] != "write":
+            return None
+        start = call["addr"] - call["addr"] % PAGE
+        return start, start + call["pages"] * PAGE
 
     def names(self) -> dict:
         """The real name of every handle (the record's "names"), for the normal form."""
@@ -428,6 +484,11 @@ class Manager:
         return reply
 
 
+WRITTEN_BACK = "mapped file pages written back by the kernel"
+# Operations that cannot make a resident page of a mapped file clean (see Manager._writeback).
+CANNOT_CLEAN = frozenset({"noop", "touch", "read", "mmap", "mprotect", "mlock", "munlock", "open",
+                          "shm_open", "shm_unlink", "memfd", "shmget", "shmat", "shmctl", "rlimit",
+                          "fork", "write", "mlockall", "munlockall", "settle"})
 LOST_PAGES = "lost pages or dirtiness the step did not touch"
 KHUGEPAGED = "khugepaged collapsed"
 _THP = "/sys/kernel/mm/transparent_hugepage"
@@ -507,32 +568,27 @@ def _is_worker_of(pid: int, mark: bytes) -> bool:
 
 def run_attempt(exp, step_timeout: float, zero_pfn) -> dict:
     m = Manager(exp, step_timeout, zero_pfn)
-    record = {"path": exp.path, "about": exp.about, "setup": _setup_dict(exp.setup),
-              "run_id": m.run.run_id, "prefix": m.run.prefix, "status": "ok", "steps": []}
+    rec = record.experiment_record(exp, m.run)
     try:
         m.open()
         m.spawn_main()
-        record["initial"] = {"processes": m.observe(), **m.system()}
-        record["pads"] = {"main": m.procs["main"].pads}
+        rec["initial"] = {"processes": m.observe(), **m.system()}
+        rec["pads"] = {"main": m.procs["main"].pads}
         for step in exp.steps:
-            record["steps"].append(m.take_step(step))
-        if any(s["perturbed"] for s in record["steps"]):
-            record["status"] = "perturbed"
+            rec["steps"].append(m.take_step(step))
+        if any(s["perturbed"] for s in rec["steps"]):
+            rec["status"] = "perturbed"
     except WorkerLost as lost:
-        record["status"] = "aborted"
-        record["abort"] = {"process": lost.proc, "step": lost.step, **lost.how}
+        rec["status"] = "aborted"
+        rec["abort"] = {"process": lost.proc, "step": lost.step, **lost.how}
     finally:
-        record["cleaned"] = m.close()
-        record["names"] = m.names()
-    return record
+        rec["cleaned"] = m.close()
+        rec["names"] = m.names()
+    return rec
 
 
 def _faults(f):
     return None if f is None else {"minor": f[0], "major": f[1]}
-
-
-def _setup_dict(s) -> dict:
-    return {"aslr": s.aslr, "layout": s.layout, "rlimits": [list(r) for r in s.rlimits], "user": s.user}
 
 
 _SUBREAPER_SET = False
