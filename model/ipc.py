@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import itertools
 
+from model.errors import StepError, errno
 from model.flags import PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, MAP
 from model.objects import SHMEM, Inode
 from model.pages import page_align, pages_of
+from model.process import Region
 from model.vma import OpenFile
 
 SHM_DEST, SHM_LOCKED = 0o1000, 0o2000
@@ -42,7 +44,6 @@ class SysV:
         self.shm_locked: dict[int, int] = {}
 
     def _err(self, name):
-        from model.kernel import errno
         return errno(name)
 
     # ----- attach counting ----------------------------------------------------------------------
@@ -113,7 +114,6 @@ class SysV:
 
     def shmat(self, proc, args):
         """ipc/shm.c do_shmat(): a MAP_SHARED mapping of a new file on the segment's inode."""
-        from model.kernel import Region, StepError
         seg = self.k.ipc_segment(proc, args["segment"])
         if seg is None:
             raise self._err("EINVAL")
@@ -153,7 +153,6 @@ class SysV:
         unmapped when it is a shm VMA of that same file with a matching offset. So the rest of
         an attach whose first pages were unmapped is detached too (measured: nattch drops to
         0), and an attach right above, which ends past addr + size, stays."""
-        from model.kernel import errno
         r = self.k.region(proc, args["region"])
         f0 = self.k._faults()
         addr = r.addr

@@ -145,7 +145,7 @@ def remove(mm, pieces: Iterable[Range]) -> None:
 
 
 def yield_for(kernel, proc, op: str, call: Mapping) -> list[Range]:
-    """The model's side: the pads of proc (a model.kernel.Process) in the way of this step
+    """The model's side: the pads of proc (a model.process.Process) in the way of this step
     go, exactly as the live harness unmaps them before it runs the step."""
     target = target_range(op, call)
     pieces = pieces_in_the_way(((v.start, v.end, v.opaque["path"]) for v in proc.mm.vmas

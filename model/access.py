@@ -1,0 +1,55 @@
+"""The steps that load from and store to a region (touch, read): user accesses whose faults
+model.memory takes (mm/memory.c handle_mm_fault and what it calls). Methods of Kernel
+(AccessOps).
+"""
+from __future__ import annotations
+
+from model.errors import StepError
+from model.flags import PAGE_SIZE
+from model.pages import pages_of
+from model.process import Process
+
+
+class AccessOps:
+    """touch and read: user accesses (model.access)."""
+
+    def sys_touch(self, proc: Process, args: dict):
+        r, addr, length = self.span(proc, args)
+        write = (args.get("access") or "read") == "write"
+        value = args.get("value")
+        value = 1 if value is None else value
+        n = pages_of(length)           # whole pages: the kernel mapped PAGE_ALIGN(length)
+        done, minor, major, fault = self.mem.access(proc.mm, addr, n, write, value & 0xFF)
+        if fault is not None:
+            self.note(f"{fault.signal}: {fault.why}")
+            raise StepError({"signal": fault.signal, "page": (addr - r.addr) // PAGE_SIZE + done},
+                            self._faults(minor, major))
+        return self._faults(minor, major), None
+
+    def sys_read(self, proc: Process, args: dict):
+        r, addr, length = self.span(proc, args)
+        n = pages_of(length)           # whole pages: the kernel mapped PAGE_ALIGN(length)
+        vals = bytearray()
+        done, minor, major, fault = self.mem.access(proc.mm, addr, n, False, 0, vals)
+        runs = _runs(vals)
+        if fault is not None:
+            self.note(f"{fault.signal}: {fault.why}")
+            raise _ReadFault({"signal": fault.signal, "page": (addr - r.addr) // PAGE_SIZE + done},
+                             self._faults(minor, major), {"bytes": runs})
+        return self._faults(minor, major), {"bytes": runs}
+
+
+class _ReadFault(StepError):
+    def __init__(self, result, faults, value):
+        super().__init__(result, faults)
+        self.value = value
+
+
+def _runs(values: bytes) -> list[list[int]]:
+    out: list[list[int]] = []
+    for b in values:
+        if out and out[-1][0] == b:
+            out[-1][1] += 1
+        else:
+            out.append([b, 1])
+    return out
