@@ -25,8 +25,8 @@ under "call" in each step, docs/record.md):
     the range was given by, or null), whole (the whole region: munmap/shmdt mark it unmapped,
     mremap makes the handle follow the move)
   plus  mprotect: prot; madvise: advice; msync: flags; mlock: flags (MLOCK_ONFAULT or 0);
-        touch/read: pages (accesses: one at addr, then one at each page start after it, up to
-        the last byte of the range), base (page numbers of a fault count from it: the region's
+        touch/read: pages (accesses: at addr, addr + 1 page, ..., one in every page the range
+        covers), base (page numbers of a fault count from it: the region's
         address, or addr's page), touch: access, value; mremap: new_length, flags, new_addr, follow (the
         handle given as region, with or without pages: it follows the moved range)
   mmap: as, addr, length, prot, flags, offset, source (null, ["file", path], or
@@ -73,7 +73,7 @@ def address(regions: Mapping, addr) -> int:
 
 def accesses(addr: int, length: int, page_size: int = PAGE_SIZE) -> int:
     """The accesses a touch or read of [addr, addr + length) makes: one in every page the range
-    covers (at addr, then at addr + k pages), none for a zero length."""
+    covers (at addr + k pages, k = 0, 1, ...), none for a zero length."""
     if length <= 0:
         return 0
     return (addr + length - 1) // page_size - addr // page_size + 1
