@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from model.errors import StepError
 from model.flags import PAGE_SIZE
-from model.pages import pages_of
 from model.process import Process
 
 
@@ -14,27 +13,23 @@ class AccessOps:
     """touch and read: user accesses (model.access)."""
 
     def sys_touch(self, proc: Process, args: dict):
-        r, addr, length = self.span(proc, args)
-        write = (args.get("access") or "read") == "write"
-        value = args.get("value")
-        value = 1 if value is None else value
-        n = pages_of(length)           # whole pages: the kernel mapped PAGE_ALIGN(length)
-        done, minor, major, fault = self.mem.access(proc.mm, addr, n, write, value & 0xFF)
+        addr, n = args["addr"], args["pages"]     # one access in each page (model.resolve)
+        write = args["access"] == "write"
+        done, minor, major, fault = self.mem.access(proc.mm, addr, n, write, args["value"] & 0xFF)
         if fault is not None:
             self.note(f"{fault.signal}: {fault.why}")
-            raise StepError({"signal": fault.signal, "page": (addr - r.addr) // PAGE_SIZE + done},
+            raise StepError({"signal": fault.signal, "page": (addr - args["base"]) // PAGE_SIZE + done},
                             self._faults(minor, major))
         return self._faults(minor, major), None
 
     def sys_read(self, proc: Process, args: dict):
-        r, addr, length = self.span(proc, args)
-        n = pages_of(length)           # whole pages: the kernel mapped PAGE_ALIGN(length)
+        addr, n = args["addr"], args["pages"]     # one access in each page (model.resolve)
         vals = bytearray()
         done, minor, major, fault = self.mem.access(proc.mm, addr, n, False, 0, vals)
         runs = _runs(vals)
         if fault is not None:
             self.note(f"{fault.signal}: {fault.why}")
-            raise _ReadFault({"signal": fault.signal, "page": (addr - r.addr) // PAGE_SIZE + done},
+            raise _ReadFault({"signal": fault.signal, "page": (addr - args["base"]) // PAGE_SIZE + done},
                              self._faults(minor, major), {"bytes": runs})
         return self._faults(minor, major), {"bytes": runs}
 

@@ -11,6 +11,8 @@ shmem_setattr), mm/memfd.c memfd_create.
 """
 from __future__ import annotations
 
+from model.flags import MS, O_ACCMODE, O_CREAT, O_EXCL, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, ULONG_MASK  # model.resolve's numbers
+
 from model.errors import errno
 from model.flags import (PAGE_SIZE, PTE_DIRTY, PTE_FILE, PTE_KIND, PTE_NONE, PTE_WRITE, VM_LOCKED,
                          VM_SHARED)
@@ -29,7 +31,7 @@ class FileOps:
         RLIMIT_FSIZE mm/filemap.c generic_write_check_limits() shortens the write that
         crosses the limit and fails the next with EFBIG: the file keeps the bytes below the
         limit (the live side still fsyncs them), and the step fails with EFBIG."""
-        path, size, on = args["path"], args["size"], args.get("on") or "disk"
+        path, size, on = args["path"], args["size"], args.get("on") or "disk"   # model.resolve call
         self.alloc_fd(proc)
         limit = proc.rlimit("fsize")
         efbig = limit is not None and size > limit
@@ -81,8 +83,9 @@ class FileOps:
         ino = self.files.get(args["path"])
         if ino is None:
             raise errno("ENOENT")
-        mode = args.get("mode") or "rw"
-        proc.fds[args["as"]] = OpenFile(ino, readable="r" in mode, writable="w" in mode)
+        acc = args["flags"] & O_ACCMODE           # O_RDONLY, O_WRONLY, O_RDWR (model.resolve)
+        proc.fds[args["as"]] = OpenFile(ino, readable=acc in (O_RDONLY, O_RDWR),
+                                        writable=acc in (O_WRONLY, O_RDWR))
         return None
 
     def alloc_fd(self, proc: Process) -> None:
@@ -156,11 +159,16 @@ class FileOps:
     def sys_msync(self, proc: Process, args: dict):
         """mm/msync.c: MS_SYNC writes back the file range of each shared file VMA."""
         f0 = self._faults()
-        _, start, length = self.span(proc, args)
-        flags = {f.lower() for f in (args.get("flags") or ("sync",))}
+        start, length, bits = args["addr"], args["length"], args["flags"]
+        # mm/msync.c: unknown bits, an unaligned start, MS_SYNC|MS_ASYNC: EINVAL, in that order
+        if bits & ~(MS["SYNC"] | MS["ASYNC"] | MS["INVALIDATE"]) & 0xFFFFFFFF:
+            raise errno("EINVAL", f0)
+        flags = {n.lower() for n, v in MS.items() if bits & v}
         if start & (PAGE_SIZE - 1) or ("sync" in flags and "async" in flags):
             raise errno("EINVAL", f0)
         end = start + page_align(length)
+        if end > ULONG_MASK:                  # end < start once wrapped
+            raise errno("ENOMEM", f0)
         mm = proc.mm
         hole = not mm.fully_mapped(start, end)
         for v in sorted(mm.overlapping(start, end), key=lambda v: v.start):
@@ -247,12 +255,13 @@ class FileOps:
         """truncate(2) by path (fs/open.c do_sys_truncate: no descriptor is allocated) or
         ftruncate(2) of a handle (do_ftruncate: EINVAL unless open for writing), then
         inode_newsize_ok (EFBIG past RLIMIT_FSIZE) and the filesystem's setattr (truncate)."""
-        if args.get("file") is not None:
-            ino = self.files.get(args["path"])
+        kind, ref = args["source"]
+        if kind == "file":
+            ino = self.files.get(ref)
             if ino is None:
                 raise errno("ENOENT")
         else:
-            f = self.fd(proc, args.get("fd") or args.get("shm") or args.get("memfd"))
+            f = self.fd(proc, ref)
             if not f.writable:
                 raise errno("EINVAL")
             ino = f.inode
@@ -283,7 +292,10 @@ class FileOps:
 
     def sys_shm_open(self, proc: Process, args: dict):
         """glibc shm_open() = open("/dev/shm/NAME") on tmpfs (mm/shmem.c)."""
-        name = args["real_name"].lstrip("/")
+        name = args["name"].lstrip("/")
+        oflag = args["flags"]                      # O_* (model.resolve)
+        create, excl = bool(oflag & O_CREAT), bool(oflag & O_EXCL)
+        trunc, readonly = bool(oflag & O_TRUNC), oflag & O_ACCMODE == O_RDONLY
         if "/" in name:
             raise errno("EINVAL")
         if len(name) > 255:
@@ -291,7 +303,7 @@ class FileOps:
         self.alloc_fd(proc)
         ino = self.posix.get(name)
         if ino is None:
-            if not args.get("create"):
+            if not create:
                 raise errno("ENOENT")
             ino = Inode(TMPFS, self.new_ino(), self.dev[TMPFS], 0, "/dev/shm/" + name)
             ino.write_notify = self.write_notify[TMPFS]
@@ -300,15 +312,14 @@ class FileOps:
             self.posix[name] = ino
             self.note("shmem_create: a new tmpfs inode in /dev/shm")
         else:
-            if args.get("create") and args.get("excl"):
+            if create and excl:
                 raise errno("EEXIST")
             # fs/open.c:build_open_flags(): O_TRUNC adds MAY_WRITE to the access asked for
-            want = 0o4 | (0o2 if (args.get("access") or "rw") == "rw" or args.get("truncate") else 0)
+            want = 0o4 | (0o2 if not readonly or trunc else 0)
             if not self._perm_ok(proc, ino, want):
                 raise errno("EACCES")
-        readonly = (args.get("access") or "rw") == "r"
         f = OpenFile(ino, readable=True, writable=not readonly)
-        if args.get("truncate"):
+        if trunc:
             # fs/namei.c:do_open -> handle_truncate: O_TRUNC truncates whatever the access mode
             # (measured: a read-only open with O_TRUNC empties a mapped object)
             self.truncate(ino, 0)
@@ -329,7 +340,7 @@ class FileOps:
         return want & ~bits == 0
 
     def sys_shm_unlink(self, proc: Process, args: dict):
-        name = args["real_name"].lstrip("/")
+        name = args["name"].lstrip("/")
         ino = self.posix.get(name)
         if ino is None:
             raise errno("ENOENT")
@@ -340,7 +351,7 @@ class FileOps:
 
     def sys_memfd(self, proc: Process, args: dict):
         """mm/memfd.c memfd_create(): a shmem file on the internal mount, "memfd:NAME"."""
-        name = args["real_name"]
+        name = args["name"]
         if len(name) > 249:
             raise errno("EINVAL")
         self.alloc_fd(proc)

@@ -2,8 +2,9 @@
 bits (include/uapi/asm-generic/mman*.h, x86-64 values), and the page-table entry bits of
 the model's per-page arrays (model.pagetable).
 
-Only names are exchanged with the outside (experiment files say "private", "rw"); these
-numbers exist so that the rules below read like the kernel's."""
+Experiment files say "private", "rw" or give raw numbers; model.resolve turns a step into the
+numbers of the system call (with these tables), the worker passes them to the kernel and the
+model's rules below read them as the kernel does."""
 from __future__ import annotations
 
 PAGE_SIZE = 4096
@@ -44,13 +45,42 @@ VMFLAG_NAMES = {VM_READ: "rd", VM_WRITE: "wr", VM_EXEC: "ex", VM_SHARED: "sh", V
                 VM_MERGEABLE: "mg", VM_HUGETLB: "ht", VM_SYNC: "sf"}
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 0x1, 0x2, 0x4
+PROT_SEM = 0x8                                   # asm-generic/mman-common.h (ignored on x86)
+PROT_GROWSDOWN, PROT_GROWSUP = 0x01000000, 0x02000000
+ULONG_MASK = (1 << 64) - 1
 
-# include/uapi/linux/mman.h, asm-generic/mman-common.h (x86-64)
-MAP = {"SHARED": 0x01, "PRIVATE": 0x02, "SHARED_VALIDATE": 0x03, "FIXED": 0x10, "ANONYMOUS": 0x20,
-       "GROWSDOWN": 0x0100, "DENYWRITE": 0x0800, "EXECUTABLE": 0x1000, "LOCKED": 0x2000,
-       "NORESERVE": 0x4000, "POPULATE": 0x8000, "NONBLOCK": 0x10000, "STACK": 0x20000,
-       "HUGETLB": 0x40000, "SYNC": 0x80000, "FIXED_NOREPLACE": 0x100000, "UNINITIALIZED": 0x4000000,
-       "32BIT": 0x40}
+# include/uapi/linux/mman.h, asm-generic/mman-common.h (x86-64). The one table of these numbers:
+# shmkit.libc (the live calls) and shmkit.spec (the names an experiment file accepts, in this
+# order) import it.
+MAP = {"SHARED": 0x01, "PRIVATE": 0x02, "SHARED_VALIDATE": 0x03, "ANONYMOUS": 0x20, "FIXED": 0x10,
+       "FIXED_NOREPLACE": 0x100000, "POPULATE": 0x8000, "LOCKED": 0x2000, "NORESERVE": 0x4000,
+       "GROWSDOWN": 0x0100, "STACK": 0x20000, "HUGETLB": 0x40000, "32BIT": 0x40,
+       "UNINITIALIZED": 0x4000000, "SYNC": 0x80000, "NONBLOCK": 0x10000, "DENYWRITE": 0x0800,
+       "EXECUTABLE": 0x1000}
+MAP_ALIASES = {"ANON": "ANONYMOUS"}
+PROT = {"r": PROT_READ, "w": PROT_WRITE, "x": PROT_EXEC}
+# asm-generic/mman-common.h MADV_* (the advices mm/madvise.c madvise_behavior_valid() knows
+# on 6.x; a number outside them is EINVAL there)
+MADV = {
+    "normal": 0, "random": 1, "sequential": 2, "willneed": 3, "dontneed": 4,
+    "free": 8, "remove": 9, "dontfork": 10, "dofork": 11, "mergeable": 12,
+    "unmergeable": 13, "hugepage": 14, "nohugepage": 15, "dontdump": 16, "dodump": 17,
+    "wipeonfork": 18, "keeponfork": 19, "cold": 20, "pageout": 21,
+    "populate_read": 22, "populate_write": 23, "collapse": 25,
+}
+MADV_NAME = {v: k for k, v in MADV.items()}
+MS = {"SYNC": 4, "ASYNC": 1, "INVALIDATE": 2}            # asm-generic/mman-common.h MS_*
+MREMAP = {"MAYMOVE": 1, "FIXED": 2, "DONTUNMAP": 4}      # uapi/linux/mman.h MREMAP_*
+MLOCK_ONFAULT = 1                                        # uapi/asm-generic/mman-common.h
+# uapi/asm-generic/fcntl.h
+O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC = 0, 1, 2, 0o100, 0o200, 0o1000
+O_ACCMODE = 3
+# uapi/linux/ipc.h, shm.h
+IPC_PRIVATE, IPC_CREAT, IPC_EXCL = 0, 0o1000, 0o2000
+IPC_RMID, IPC_SET, IPC_STAT = 0, 1, 2
+SHM_LOCK, SHM_UNLOCK = 11, 12
+SHM_RDONLY, SHM_RND = 0o10000, 0o20000
+SHMCTL_CMD = {"rmid": IPC_RMID, "stat": IPC_STAT, "lock": SHM_LOCK, "unlock": SHM_UNLOCK}
 MAP_TYPE = 0x0f
 # include/linux/mman.h LEGACY_MAP_MASK: what MAP_SHARED_VALIDATE accepts on a file whose f_op
 # has no FOP_MMAP_SYNC (MAP_HUGE_2MB/1GB are not expressible in an experiment file). Neither
@@ -67,8 +97,10 @@ PTE_DIRTY = 0x8      # pte_dirty
 PTE_YOUNG = 0x10     # pte_young (accessed)
 
 
-def prot_of(text: str) -> int:
-    """"rw" -> PROT_READ|PROT_WRITE; "none" -> 0."""
+def prot_of(text) -> int:
+    """"rw" -> PROT_READ|PROT_WRITE; "none" -> 0; an integer is a raw prot, as given."""
+    if isinstance(text, int):
+        return text
     if text == "none":
         return 0
     return (PROT_READ if "r" in text else 0) | (PROT_WRITE if "w" in text else 0) \
@@ -88,5 +120,14 @@ def calc_vm_flag_bits(flags: int) -> int:
         | (VM_SYNC if flags & MAP["SYNC"] else 0) | (VM_NOHUGEPAGE if flags & MAP["STACK"] else 0)
 
 
-def map_flags(names) -> int:
-    return sum(MAP[n.upper()] for n in names)
+def bits(table: dict, items) -> int:
+    """The OR of a flag list as an experiment file gives it: names of `table` (any case) and raw
+    integers (passed on as given)."""
+    out = 0
+    for item in items:
+        out |= item if isinstance(item, int) else table[item.upper()]
+    return out
+
+
+def map_flags(items) -> int:
+    return bits(MAP, items)

@@ -9,6 +9,8 @@ the key IPC_PRIVATE; the segment is destroyed at once when nothing is attached, 
 last detach (shm_destroy)."""
 from __future__ import annotations
 
+from model.flags import SHMCTL_CMD  # model.resolve's numbers
+
 import itertools
 
 from model.errors import StepError, errno
@@ -73,10 +75,7 @@ class SysV:
     # ----- system calls -------------------------------------------------------------------------
     def shmget(self, proc, args):
         """ipc/shm.c ksys_shmget -> ipcget: newseg() or an existing key (shm_more_checks)."""
-        key = args["real_key"]
-        size = args["size"]
-        flg = (0o600 if args.get("mode") is None else args["mode"]) \
-            | (IPC_CREAT if args.get("create") else 0) | (IPC_EXCL if args.get("excl") else 0)
+        key, size, flg = args["key"], args["size"], args["flags"]     # model.resolve
         existing = None
         if key != 0:
             existing = next((s for s in self.segments.values() if s.key == key), None)
@@ -114,15 +113,15 @@ class SysV:
 
     def shmat(self, proc, args):
         """ipc/shm.c do_shmat(): a MAP_SHARED mapping of a new file on the segment's inode."""
-        seg = self.k.ipc_segment(proc, args["segment"])
+        seg = self.segments.get(args["shmid"])        # do_shmat: shm_obtain_object_check
         if seg is None:
             raise self._err("EINVAL")
-        addr = self.k.resolve_addr(proc, args.get("addr"))
-        readonly = bool(args.get("readonly"))
+        addr = args["addr"]
+        readonly = bool(args["flags"] & SHM_RDONLY)
         flags = MAP["SHARED"]
         if addr:
             if addr & (PAGE_SIZE - 1):
-                if args.get("rnd"):
+                if args["flags"] & SHM_RND:
                     addr &= ~(PAGE_SIZE - 1)
                 else:
                     raise self._err("EINVAL")
@@ -139,7 +138,9 @@ class SysV:
             faults, value = self.k.do_mmap(proc, f, addr, size, prot, flags, 0, "shmat")
         except StepError:
             raise
-        size = args.get("size") or self.k.seg_sizes.get(args["segment"]) or seg.size
+        # the region is as large as the handle's shmget asked for (the live side's convention,
+        # model.resolve "size"), even when the key found a larger existing segment
+        size = args.get("size") or seg.size
         proc.regions[args["as"]] = Region(value["addr"], size, "shmat")
         self.k.note("do_shmat: do_mmap of the segment's shm file (MAP_SHARED)")
         return faults, value
@@ -153,9 +154,8 @@ class SysV:
         unmapped when it is a shm VMA of that same file with a matching offset. So the rest of
         an attach whose first pages were unmapped is detached too (measured: nattch drops to
         0), and an attach right above, which ends past addr + size, stays."""
-        r = self.k.region(proc, args["region"])
         f0 = self.k._faults()
-        addr = r.addr
+        addr = args["addr"]
         if addr & (PAGE_SIZE - 1):
             raise errno("EINVAL", f0)
         mm = proc.mm
@@ -178,15 +178,27 @@ class SysV:
                 gone.append(v)
         for v in gone:
             self.k.unmap_vmas(proc, v.start, v.end)
-        r.mapped = False
+        r = self.k.whole_region(proc, args)
+        if r is not None:
+            r.mapped = False
         self.k.note(f"ksys_shmdt: {len(gone)} VMA(s) of the attach unmapped; nattch drops (shm_close)")
         return f0, None
 
     def shmctl(self, proc, args):
-        seg = self.k.ipc_segment(proc, args["segment"])
+        shmid, number = args["shmid"], args["cmd"]
+        # ipc/shm.c ksys_shmctl(): a negative cmd or shmid is EINVAL before anything else; the
+        # commands it knows besides these four (IPC_SET 1, IPC_INFO 3, SHM_STAT 13, SHM_INFO 14,
+        # SHM_STAT_ANY 15) are not modelled; any other is EINVAL (the switch's default)
+        if number < 0 or shmid < 0:
+            raise self._err("EINVAL")
+        cmd = next((n for n, v in SHMCTL_CMD.items() if v == number), None)
+        if cmd is None:
+            if number in (1, 3, 13, 14, 15):
+                raise StepError({"error": f"model: shmctl cmd {number} is not modelled"})
+            raise self._err("EINVAL")
+        seg = self.segments.get(shmid)
         if seg is None:
             raise self._err("EINVAL")
-        cmd = args["cmd"].lower()
         if cmd == "rmid":
             if not (proc.privileged or proc.uid == seg.uid):
                 raise self._err("EPERM")

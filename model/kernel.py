@@ -46,7 +46,7 @@ from model.mmap import MmapOps
 from model.mprotect import MprotectOps
 from model.mremap import MremapOps
 from model.objects import DISK, SHMEM, TMPFS, AnonPages, Inode
-from model.pages import pages_of, span
+from model.pages import pages_of
 from model.proc import maps_line, residency, vma_record
 from model.process import Process, Region
 from model.vma import OpenFile, Vma
@@ -108,8 +108,6 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
         self._ino = itertools.count(1_000_000_001)
         self._pid = itertools.count(snapshot.get("first_child_pid", 4_000_001))
         self.procs: dict[str, Process] = {}
-        self.seg_handles: dict[str, int] = {}   # shmget handle -> shmid
-        self.seg_sizes: dict[str, int] = {}     # shmget handle -> the size it asked for
         self.umask = snapshot.get("umask", 0o022)
         # the workers' effective capabilities (every process of a run has the same
         # credentials); None: all of them when privileged
@@ -180,29 +178,16 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
     def _faults(minor=0, major=0) -> dict:
         return {"minor": minor, "major": major}
 
-    def region(self, proc: Process, handle: str) -> Region:
-        r = proc.regions.get(handle)
-        if r is None:
-            raise StepError({"skipped": f"region '{handle}' does not exist (the call that made it failed)"})
-        return r
-
     def fd(self, proc: Process, handle: str) -> OpenFile:
         f = proc.fds.get(handle)
         if f is None:
             raise StepError({"skipped": f"handle '{handle}' does not exist (the call that made it failed)"})
         return f
 
-    def span(self, proc: Process, args: dict) -> tuple[Region, int, int]:
-        r = self.region(proc, args["region"])
-        return (r, *span(r.addr, r.length, args.get("pages")))
-
-    def resolve_addr(self, proc: Process, addr) -> int:
-        if addr is None:
-            return 0
-        if addr[0] == "abs":
-            return addr[1]
-        _, handle, off = addr
-        return self.region(proc, handle).addr + off
+    @staticmethod
+    def whole_region(proc: Process, args: dict) -> Region | None:
+        """The region a call over a whole region acts on (model.resolve "whole"), or None."""
+        return proc.regions.get(args["region"]) if args.get("whole") else None
 
     def zap_range(self, proc: Process, vma: Vma, a: int, b: int) -> int:
         return self.mem.zap(vma, a, b)
@@ -230,15 +215,7 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
         return proc.privileged and (self.caps is None or bool(self.caps >> cap & 1))
 
     def sys_shmget(self, proc, args):
-        out = self.ipc.shmget(proc, args)
-        self.seg_handles[args["as"]] = out[1]["shmid"]
-        # an attach through this handle is a region of the size this shmget asked for (the
-        # live side's convention), even when the key found a larger existing segment
-        self.seg_sizes[args["as"]] = args["size"]
-        return out
-
-    def ipc_segment(self, proc, handle: str):
-        return self.ipc.segments.get(self.seg_handles.get(handle, -1))
+        return self.ipc.shmget(proc, args)
 
     def sys_shmat(self, proc, args):
         return self.ipc.shmat(proc, args)

@@ -9,6 +9,8 @@ mm/ksm.c ksm_madvise.
 """
 from __future__ import annotations
 
+from model.flags import MADV_NAME, ULONG_MASK  # model.resolve's numbers
+
 from model.errors import StepError, errno
 from model.flags import (PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
                          PTE_NONE, PTE_WRITE, PTE_YOUNG, PTE_ZERO, VM_DONTCOPY, VM_DONTDUMP,
@@ -40,11 +42,21 @@ class MadviseOps:
         (the VMAs visited before keep what was done to them) and, when the range has a hole,
         returns ENOMEM after visiting all of them."""
         f0 = self._faults()
-        _, start, length = self.span(proc, args)
-        advice = args["advice"].lower()
+        start, length, number = args["addr"], args["length"], args["advice"]
+        # madvise_should_skip(): the advice first (madvise_behavior_valid), then the range
+        if not self.madvise_behavior_valid(number):
+            raise errno("EINVAL", f0)
+        advice = MADV_NAME.get(number)
+        if advice is None:
+            raise StepError({"error": f"model: advice {number} is valid on this kernel "
+                                      "(madvise_behavior_valid) but not modelled"}, f0)
         if start & (PAGE_SIZE - 1):
             raise errno("EINVAL", f0)
         end = start + page_align(length)
+        if length and end == start:          # a small negative length rounded up to 0
+            raise errno("EINVAL", f0)
+        if end > ULONG_MASK:                 # end < start once wrapped
+            raise errno("EINVAL", f0)
         if end == start:
             return f0, None
         if advice in ("populate_read", "populate_write"):
@@ -70,6 +82,15 @@ class MadviseOps:
         if hole:
             raise errno("ENOMEM", f0)
         return f0, None
+
+    def madvise_behavior_valid(self, number: int) -> bool:
+        """mm/madvise.c madvise_behavior_valid(): the advices this kernel knows (the numbers of
+        model/flags.py MADV, MADV_DONTNEED_LOCKED (24, 5.18), MADV_SOFT_OFFLINE/HWPOISON (101,
+        100; CONFIG_MEMORY_FAILURE, assumed set as on every distribution kernel) and
+        MADV_GUARD_INSTALL/REMOVE (102, 103; 6.13)); any other number is EINVAL."""
+        if number in MADV_NAME or number in (24, 100, 101):
+            return True
+        return number in (102, 103) and self.release >= (6, 13)
 
     def madvise_vma_behavior(self, proc: Process, vma: Vma, start: int, end: int, advice: str) -> None:
         """mm/madvise.c madvise_vma_behavior() for [start, end) inside one VMA."""

@@ -697,7 +697,7 @@ class Memory:
                                    or seg.count(PTE_ZERO) == n):
             zero = seg[0] != PTE_NONE
             self.anon_vma_prepare(mm, vma)
-            first = self.k.anon.new_run(n, value)
+            first = self.k.anon.new_run(n, value or 0)     # value None: a GUP write (zeroed page)
             vma.anon_array()[i:stop] = array("q", range(first, first + n))
             vma.pte[i:stop] = bytes([PTE_ANON | PTE_WRITE | PTE_DIRTY | PTE_YOUNG]) * n
             self.k.note("do_wp_page: wp_page_copy replaces the zero page with a new page" if zero
@@ -722,13 +722,15 @@ class Memory:
                 if kind == PTE_ANON:
                     pid = vma.anon[j]
                     if write:
-                        anon.data[pid] = value
+                        if value is not None:      # a GUP write stores nothing (_store)
+                            anon.data[pid] = value
                     elif values is not None:
                         values.append(anon.data[pid])
                 elif kind == PTE_FILE:
                     idx = vma.pgoff + j
                     if write:
-                        vma.file.inode.data[idx] = value
+                        if value is not None:
+                            vma.file.inode.data[idx] = value
                     elif values is not None:
                         values.append(vma.file.inode.data[idx])
                 elif values is not None:

@@ -6,6 +6,8 @@ model.mmap.
 """
 from __future__ import annotations
 
+from model.flags import MLOCK_ONFAULT  # model.resolve's numbers
+
 from model.errors import errno
 from model.flags import (PAGE_SHIFT, PAGE_SIZE, VM_EXEC, VM_LOCKED, VM_LOCKONFAULT, VM_PKEY_MASK,
                          VM_READ, VM_WRITE)
@@ -25,7 +27,9 @@ class MlockOps:
     def sys_mlock(self, proc: Process, args: dict):
         """mm/mlock.c do_mlock()."""
         f0 = self._faults()
-        _, start, length = self.span(proc, args)
+        start, length = args["addr"], args["length"]
+        if args["flags"] & ~MLOCK_ONFAULT:   # mm/mlock.c mlock2: unknown flags
+            raise errno("EINVAL", f0)
         if not self.can_do_mlock(proc):
             raise errno("EPERM", f0)
         length = page_align(length + (start & (PAGE_SIZE - 1)))
@@ -39,7 +43,7 @@ class MlockOps:
             locked -= mm.locked_pages_in(start, end)
         if not (lock_cap or limit is None or locked <= limit >> PAGE_SHIFT):
             raise errno("ENOMEM", f0)
-        onfault = bool(args.get("onfault"))
+        onfault = bool(args["flags"] & MLOCK_ONFAULT)
         upto = self.lock_walk_end(mm, start, end)
         for v in mm.overlapping(start, upto):
             if v.opaque is not None:
@@ -77,7 +81,7 @@ class MlockOps:
 
     def sys_munlock(self, proc: Process, args: dict):
         f0 = self._faults()
-        _, start, length = self.span(proc, args)
+        start, length = args["addr"], args["length"]
         length = page_align(length + (start & (PAGE_SIZE - 1)))
         start &= ~(PAGE_SIZE - 1)
         end = start + length

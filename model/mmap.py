@@ -13,7 +13,7 @@ from model.flags import (LEGACY_MAP_MASK, MAP, MAP_TYPE, PAGE_SHIFT, PAGE_SIZE, 
                          PROT_WRITE, VM_ACCOUNT, VM_DONTEXPAND, VM_EXEC, VM_GROWSDOWN, VM_HUGETLB,
                          VM_LOCKED, VM_MAYEXEC, VM_MAYREAD, VM_MAYSHARE, VM_MAYWRITE, VM_NORESERVE,
                          VM_PKEY_BIT0, VM_SHARED, VM_SYNC, VM_WRITE, calc_vm_flag_bits,
-                         calc_vm_prot_bits, map_flags, prot_of)
+                         calc_vm_prot_bits)
 from model.mm import TASK_SIZE, AddressSpace
 from model.objects import DISK, SHMEM, TMPFS, Inode
 from model.pages import page_align
@@ -49,26 +49,21 @@ class MmapOps:
         """arch/x86/kernel/sys_x86_64.c sys_mmap -> mm/mmap.c ksys_mmap_pgoff -> do_mmap."""
         f0 = self._faults()
         length = args["length"]
-        prot = prot_of(args["prot"])
-        flags = map_flags(args.get("flags") or ())
-        off = args.get("offset") or 0
+        prot, flags, off = args["prot"], args["flags"], args["offset"]    # numbers (model.resolve)
         file = None
-        src = None
-        for kind in ("file", "fd", "shm", "memfd"):
-            if args.get(kind) is not None:
-                src = kind
+        src, ref = args["source"] or (None, None)
         if src == "file":
             self.alloc_fd(proc)        # the live side opens the file (O_RDWR) before mmap()
         # arch/x86/kernel/sys_x86_64.c: an unaligned offset fails before anything else
         if off & (PAGE_SIZE - 1):
             raise errno("EINVAL", f0)
         if src == "file":
-            ino = self.files.get(args["path"])
+            ino = self.files.get(ref)
             if ino is None:
                 raise errno("ENOENT", f0)
             file = OpenFile(ino)                      # the live side opens the file O_RDWR
         elif src is not None:
-            file = self.fd(proc, args[src])
+            file = self.fd(proc, ref)
         hugetlb = False
         if not flags & MAP["ANONYMOUS"]:
             # ksys_mmap_pgoff(): fget(fd); MAP_HUGETLB on a file that is not on hugetlbfs
@@ -87,7 +82,7 @@ class MmapOps:
                 hsize = (self.hugetlb.get("size_kb") or 2048) << 10
                 length = ((length + hsize - 1) & ~(hsize - 1)) & ((1 << 64) - 1)
                 hugetlb = True
-        addr = self.resolve_addr(proc, args.get("addr"))
+        addr = args["addr"]
         try:
             faults, value = self.do_mmap(proc, file, addr, length, prot, flags, off >> PAGE_SHIFT,
                                          hugetlb=hugetlb)

@@ -8,10 +8,11 @@ __arch_override_mprotect_pkey, mm/vma.c vma_modify_flags.
 from __future__ import annotations
 
 from model.errors import StepError, errno
-from model.flags import (PAGE_SHIFT, PAGE_SIZE, PROT_EXEC, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
-                         PTE_WRITE, VM_ACCESS_FLAGS, VM_ACCOUNT, VM_EXEC, VM_LOCKED, VM_NORESERVE,
-                         VM_PKEY_BIT0, VM_PKEY_MASK, VM_SHARED, VM_WRITE, calc_vm_prot_bits,
-                         prot_of)
+from model.flags import (PAGE_SHIFT, PAGE_SIZE, PROT_EXEC, PROT_GROWSDOWN, PROT_GROWSUP,
+                         PROT_READ, PROT_SEM, PROT_WRITE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
+                         PTE_WRITE, ULONG_MASK, VM_ACCESS_FLAGS, VM_ACCOUNT, VM_EXEC, VM_GROWSDOWN,
+                         VM_LOCKED, VM_NORESERVE, VM_PKEY_BIT0, VM_PKEY_MASK, VM_SHARED, VM_WRITE,
+                         calc_vm_prot_bits)
 from model.mm import TASK_SIZE
 from model.pages import page_align
 from model.process import Process
@@ -23,7 +24,7 @@ class MprotectOps:
 
     def sys_munmap(self, proc: Process, args: dict):
         f0 = self._faults()
-        r, addr, length = self.span(proc, args)
+        addr, length = args["addr"], args["length"]
         if addr & (PAGE_SIZE - 1) or not length or addr > TASK_SIZE or length > TASK_SIZE - addr:
             raise errno("EINVAL", f0)
         end = addr + page_align(length)
@@ -32,7 +33,8 @@ class MprotectOps:
                 and any(v.start < addr and v.end > end for v in mm.overlapping(addr, end)):
             raise errno("ENOMEM", f0)
         self.unmap_vmas(proc, addr, end)
-        if args.get("pages") is None:
+        r = self.whole_region(proc, args)
+        if r is not None:
             r.mapped = False
         self.note("do_vmi_munmap: split at the edges, zap the page tables, free the VMAs")
         return f0, None
@@ -40,17 +42,35 @@ class MprotectOps:
     def sys_mprotect(self, proc: Process, args: dict):
         """mm/mprotect.c do_mprotect_pkey()."""
         f0 = self._faults()
-        _, start, length = self.span(proc, args)
-        prot = prot_of(args["prot"])
+        start, length, prot = args["addr"], args["length"], args["prot"]
+        grows = prot & (PROT_GROWSDOWN | PROT_GROWSUP)
+        prot &= ~(PROT_GROWSDOWN | PROT_GROWSUP) & ULONG_MASK
+        if grows == PROT_GROWSDOWN | PROT_GROWSUP:          # can't be both
+            raise errno("EINVAL", f0)
         if start & (PAGE_SIZE - 1):
             raise errno("EINVAL", f0)
         if not length:
             return f0, None
         end = start + page_align(length)
+        if end > ULONG_MASK or end <= start:                 # end = start + len wrapped
+            raise errno("ENOMEM", f0)
+        # include/linux/mman.h arch_validate_prot() (x86 has no override): only PROT_READ,
+        # PROT_WRITE, PROT_EXEC and PROT_SEM (ignored) are known
+        if prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM):
+            raise errno("EINVAL", f0)
         mm = proc.mm
         vma = mm.find_vma(start)
-        if vma is None or vma.start > start:
+        if vma is None:
             raise errno("ENOMEM", f0)
+        if grows & PROT_GROWSDOWN:
+            # PROT_GROWSDOWN: the range extends down to the start of a VM_GROWSDOWN VMA
+            if vma.start >= end or not vma.flags & VM_GROWSDOWN:
+                raise errno("EINVAL", f0)
+            start = vma.start
+        elif vma.start > start:
+            raise errno("ENOMEM", f0)
+        elif grows & PROT_GROWSUP:
+            raise errno("EINVAL", f0)                       # no VM_GROWSUP on x86-64
         at = start
         done = [0, 0]           # faults of populate_vma_page_range() in the VMAs changed so far
         while at < end:

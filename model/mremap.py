@@ -6,6 +6,8 @@ they apply (Kernel.release).
 """
 from __future__ import annotations
 
+from model.flags import MREMAP, ULONG_MASK, VM_MAYSHARE, VM_SHARED  # model.resolve's numbers
+
 from array import array
 
 from model.errors import errno
@@ -26,12 +28,14 @@ class MremapOps:
         size is a no-op, shrink_vma() unmaps the tail (neither checks that the old range is one
         VMA), expand_vma() grows in place or moves."""
         f0 = self._faults()
-        r, addr, old_len = self.span(proc, args)
-        new_len = args["length"]
-        flags = {f.lower() for f in (args.get("flags") or ())}
-        new_addr = self.resolve_addr(proc, args.get("addr"))
+        addr, old_len, new_len, new_addr = args["addr"], args["length"], args["new_length"], args["new_addr"]
+        r = proc.regions.get(args["follow"]) if args.get("follow") else None
+        bits = args["flags"]
+        flags = {n.lower() for n, v in MREMAP.items() if bits & v}
         mm = proc.mm
-        # check_mremap_params()
+        # check_mremap_params(): unknown flags, an unaligned address, a zero new length
+        if bits & ~(MREMAP["MAYMOVE"] | MREMAP["FIXED"] | MREMAP["DONTUNMAP"]) & ULONG_MASK:
+            raise errno("EINVAL", f0)
         if addr & (PAGE_SIZE - 1) or not page_align(new_len):
             raise errno("EINVAL", f0)
         if "fixed" in flags or "dontunmap" in flags:
@@ -52,6 +56,13 @@ class MremapOps:
         vma = mm.vma_at(addr)
         if vma is None or vma.opaque is not None:
             raise errno("EFAULT", f0)
+        if not old_len and new_len:
+            # check_prep_vma(): old_len 0 "duplicates" a mapping; for a private one that
+            # would be a new unrelated mapping: EINVAL
+            if not vma.flags & (VM_SHARED | VM_MAYSHARE):
+                raise errno("EINVAL", f0)
+            if "fixed" not in flags and "dontunmap" not in flags:
+                return self.mremap_duplicate(proc, vma, addr, new_len, flags, f0)
         if "fixed" in flags or "dontunmap" in flags:
             if self.release >= (6, 17) and old_len > vma.end - addr:
                 # check_prep_vma() runs before mremap_to() unmaps the target ("mm/mremap: move
@@ -98,6 +109,38 @@ class MremapOps:
         self._follow(r, args, where, new_len)
         self.note("mremap moved the VMA (move_vma: copy_vma, move_page_tables, unmap the old range)")
         return faults, {"addr": where}
+
+    def mremap_duplicate(self, proc, vma: Vma, addr: int, new_len: int, flags, f0):
+        """mm/mremap.c, old_len 0 on a shared mapping: expand_vma() cannot grow a range of no
+        pages in place, so with MREMAP_MAYMOVE move_vma() copies the VMA (copy_vma: a new VMA
+        of new_len over the same object at the same offset) and moves no page tables, and the
+        old range, empty, is not unmapped: the object is mapped twice. Without MREMAP_MAYMOVE
+        ENOMEM."""
+        if "maymove" not in flags:
+            raise errno("ENOMEM", f0)
+        delta = new_len >> PAGE_SHIFT
+        if vma.flags & VM_LOCKED and not self.mlock_future_ok(proc, delta):
+            raise errno("EAGAIN", f0)
+        if not self.may_expand_vm(proc, vma.flags, delta):
+            raise errno("ENOMEM", f0)
+        mm = proc.mm
+        pgoff = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
+        thp, thp_pgoff = self._mremap_thp_align(vma, 0, new_len, pgoff)
+        where = mm.get_unmapped_area(new_len, 0, False, thp_align=thp, pgoff=thp_pgoff)
+        if isinstance(where, str):
+            raise errno(where, f0)
+        new = Vma(where, where + new_len, vma.flags, pgoff, vma.file, vma.anon_vma)
+        if vma.file is not None and vma.file.segment is not None:
+            self.ipc.opened(vma.file.segment)
+        mm.insert(new)
+        minor = major = 0
+        if new.flags & VM_LOCKED:
+            mm.locked_vm += delta
+            minor, major = self.mem.populate(mm, where, where + new_len)
+        mm.try_merge(new)
+        self.note("mremap with old_len 0 duplicated the shared mapping (move_vma copies the VMA, "
+                  "moves no page, unmaps nothing)")
+        return self._faults(minor, major), {"addr": where}
 
     def mremap_new_addr_ok(self, addr, old_len, new_addr, new_len) -> None:
         """check_mremap_params() on the target: inside TASK_SIZE, not overlapping the source
@@ -208,10 +251,12 @@ class MremapOps:
             return True, pgoff
         return False, 0
 
-    def _follow(self, r: Region, args: dict, addr: int, length: int) -> None:
-        """The handle follows the moved range, also when only some pages of it moved
-        (DESIGN.md; the spec then knows the region by its new length)."""
-        r.addr, r.length = addr, args["length"]
+    def _follow(self, r: Region | None, args: dict, addr: int, length: int) -> None:
+        """The handle the range was given by (model.resolve "follow") follows the moved range,
+        also when only some pages of it moved (DESIGN.md; the spec then knows the region by
+        its new length). A range given by address moves no handle."""
+        if r is not None:
+            r.addr, r.length = addr, args["new_length"]
 
     def move_vma(self, proc, vma: Vma, addr, old_len, new_len, new_addr, pgoff, dontunmap) -> dict:
         """mm/mremap.c move_vma(): copy_vma + move_page_tables, then unmap_source_vma(); with

@@ -45,9 +45,9 @@ len + 2 MiB; only [hint, hint + len) yields.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
-from model.flags import PAGE_SIZE, PMD_SIZE
+from model.flags import MAP, MREMAP, PAGE_SIZE, PMD_SIZE, SHM_RND
 from model.mm import TASK_SIZE, page_align
 from model.vma import Vma
 
@@ -79,48 +79,34 @@ def subtract(ranges: Iterable[Range], holes: Iterable[Range]) -> list[Range]:
     return out
 
 
-def _address(addr, region_addr: Callable[[str], int | None]) -> int | None:
-    """A step's `addr` (shmkit.spec: ("abs", N), ("rel", REGION, OFFSET) or None)."""
-    if addr is None:
-        return 0
-    if addr[0] == "abs":
-        return addr[1]
-    base = region_addr(addr[1])
-    return None if base is None else base + addr[2]
-
-
-def target_range(op: str, args: Mapping, region_addr: Callable[[str], int | None],
-                 segment_size: Callable[[str], int | None]) -> Range | None:
+def target_range(op: str, call: Mapping) -> Range | None:
     """The address range a step asks the kernel for (see the module docstring), or None.
 
-    args: the step's normalised arguments (shmkit.spec Step.args); region_addr(handle): the
-    address of a region handle of the acting process, None if it has none; segment_size(handle):
-    the size of the SysV segment a shmget handle names, None if there is none."""
-    addr = _address(args.get("addr"), region_addr)
-    if not addr:
-        return None
+    call: the step's system-call arguments (model.resolve): absolute addresses, numeric flags;
+    shmat's `size` is the segment's size (None for a raw shmid: nothing yields)."""
     if op == "mmap":
-        flags = {f.upper() for f in args.get("flags") or ()}
-        fixed = bool(flags & {"FIXED", "FIXED_NOREPLACE"})
-        length = args.get("length") or 0
-        if "HUGETLB" in flags and "ANONYMOUS" in flags:
+        addr, flags, length = call["addr"], call["flags"], call["length"] or 0
+        fixed = bool(flags & (MAP["FIXED"] | MAP["FIXED_NOREPLACE"]))
+        if flags & MAP["HUGETLB"] and flags & MAP["ANONYMOUS"]:
             if fixed and addr % HUGE_PAGE:
                 return None
             length = -(-length // HUGE_PAGE) * HUGE_PAGE
     elif op == "shmat":
-        length = segment_size(args["segment"]) or 0
+        addr, length = call["addr"], call.get("size") or 0
         fixed = True
         if addr % SHMLBA:
-            if not args.get("rnd"):
+            if not call["flags"] & SHM_RND:
                 return None
             addr -= addr % SHMLBA
     elif op == "mremap":
-        flags = {f.upper() for f in args.get("flags") or ()}
-        if "MAYMOVE" not in flags or not flags & {"FIXED", "DONTUNMAP"}:
+        addr, flags = call["new_addr"], call["flags"]
+        if not flags & MREMAP["MAYMOVE"] or not flags & (MREMAP["FIXED"] | MREMAP["DONTUNMAP"]):
             return None
         fixed = True           # an unaligned new_addr is EINVAL, hint or not
-        length = args.get("length") or 0
+        length = call["new_length"] or 0
     else:
+        return None
+    if not addr:
         return None
     if fixed and addr % PAGE_SIZE:
         return None
@@ -158,18 +144,10 @@ def remove(mm, pieces: Iterable[Range]) -> None:
             bisect.insort(mm.vmas, Vma(s, e, 0, opaque=dict(vma.opaque, offset=off)), key=lambda v: v.start)
 
 
-def yield_for(kernel, proc, op: str, args: Mapping) -> list[Range]:
+def yield_for(kernel, proc, op: str, call: Mapping) -> list[Range]:
     """The model's side: the pads of proc (a model.process.Process) in the way of this step
     go, exactly as the live harness unmaps them before it runs the step."""
-    def region_addr(handle):
-        r = proc.regions.get(handle)
-        return None if r is None else r.addr
-
-    def segment_size(handle):
-        seg = kernel.ipc_segment(proc, handle)
-        return None if seg is None else seg.size
-
-    target = target_range(op, args, region_addr, segment_size)
+    target = target_range(op, call)
     pieces = pieces_in_the_way(((v.start, v.end, v.opaque["path"]) for v in proc.mm.vmas
                                 if v.opaque is not None), target)
     remove(proc.mm, pieces)

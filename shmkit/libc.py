@@ -19,50 +19,21 @@ _libc = ctypes.CDLL(None, use_errno=True)
 # asm/unistd_64.h (x86_64) and asm-generic/unistd.h (aarch64, riscv64).
 _SYSCALLS = {
     "x86_64": dict(mmap=9, mprotect=10, munmap=11, mremap=25, msync=26, madvise=28,
-                   mlock=149, munlock=150, mlock2=325, personality=135),
+                   mlock=149, munlock=150, mlock2=325, personality=135, shmctl=31),
     "aarch64": dict(mmap=222, mprotect=226, munmap=215, mremap=216, msync=227, madvise=233,
-                    mlock=228, munlock=229, mlock2=284, personality=92),
+                    mlock=228, munlock=229, mlock2=284, personality=92, shmctl=195),
 }
 _NR = _SYSCALLS.get(platform.machine())
 
-PROT = {"r": 0x1, "w": 0x2, "x": 0x4}
-
-# uapi/asm-generic/mman-common.h, mman.h and linux/mman.h (x86_64 values).
-MAP = {
-    "SHARED": 0x01, "PRIVATE": 0x02, "SHARED_VALIDATE": 0x03, "FIXED": 0x10,
-    "ANONYMOUS": 0x20, "32BIT": 0x40, "GROWSDOWN": 0x0100, "DENYWRITE": 0x0800,
-    "EXECUTABLE": 0x1000, "LOCKED": 0x2000, "NORESERVE": 0x4000, "POPULATE": 0x8000,
-    "NONBLOCK": 0x10000, "STACK": 0x20000, "HUGETLB": 0x40000, "SYNC": 0x80000,
-    "FIXED_NOREPLACE": 0x100000, "UNINITIALIZED": 0x4000000,
-}
-
-MADV = {
-    "normal": 0, "random": 1, "sequential": 2, "willneed": 3, "dontneed": 4,
-    "free": 8, "remove": 9, "dontfork": 10, "dofork": 11, "mergeable": 12,
-    "unmergeable": 13, "hugepage": 14, "nohugepage": 15, "dontdump": 16, "dodump": 17,
-    "wipeonfork": 18, "keeponfork": 19, "cold": 20, "pageout": 21,
-    "populate_read": 22, "populate_write": 23, "collapse": 25,
-}
-
-MS = {"async": 1, "invalidate": 2, "sync": 4}
-MREMAP = {"maymove": 1, "fixed": 2, "dontunmap": 4}
-MLOCK_ONFAULT = 1
+# uapi/asm-generic/mman-common.h, mman.h, linux/mman.h, ipc.h, shm.h (x86_64 values): one table,
+# model/flags.py, for the live calls, the experiment files and the model.
+from model.flags import (IPC_CREAT, IPC_EXCL, IPC_PRIVATE, IPC_RMID, IPC_SET,  # noqa: E402,F401
+                         IPC_STAT, MAP, MLOCK_ONFAULT, PROT, SHM_LOCK, SHM_RDONLY, SHM_RND,
+                         SHM_UNLOCK)
 
 # uapi/linux/personality.h
 ADDR_NO_RANDOMIZE = 0x0040000
 ADDR_COMPAT_LAYOUT = 0x0200000
-
-# uapi/linux/ipc.h, shm.h
-IPC_PRIVATE = 0
-IPC_CREAT = 0o1000
-IPC_EXCL = 0o2000
-IPC_RMID = 0
-IPC_SET = 1
-IPC_STAT = 2
-SHM_LOCK = 11
-SHM_UNLOCK = 12
-SHM_RDONLY = 0o10000
-SHM_RND = 0o20000
 
 # linux/prctl.h
 PR_SET_PDEATHSIG = 1
@@ -122,9 +93,10 @@ def msync(addr: int, length: int, flags: int) -> None:
     _call("msync", addr, length, flags)
 
 
-def mlock(addr: int, length: int, onfault: bool = False) -> None:
-    if onfault:
-        _call("mlock2", addr, length, MLOCK_ONFAULT)
+def mlock(addr: int, length: int, flags: int = 0) -> None:
+    """mlock(2), or mlock2(2) when flags are given (MLOCK_ONFAULT or raw bits)."""
+    if flags:
+        _call("mlock2", addr, length, flags)
     else:
         _call("mlock", addr, length)
 
@@ -171,14 +143,12 @@ class ShmidDs(ctypes.Structure):
 
 
 def shmctl(shmid: int, cmd: int) -> ShmidDs:
-    f = _libc.shmctl
-    f.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
-    f.restype = ctypes.c_int
+    """ipc/shm.c ksys_shmctl() through syscall(2): shmid and cmd reach the kernel as given
+    (glibc's wrapper may judge a cmd itself). The buffer is struct shmid64_ds, which is
+    glibc's struct shmid_ds on 64-bit Linux (no IPC_64 bit is needed: x86-64 and arm64 do
+    not select ARCH_WANT_IPC_PARSE_VERSION)."""
     ds = ShmidDs()
-    ctypes.set_errno(0)
-    if f(shmid, cmd, ctypes.byref(ds)) == -1:
-        code = ctypes.get_errno()
-        raise CallError(code, f"shmctl: {os.strerror(code)}")
+    _call("shmctl", shmid, cmd, ctypes.addressof(ds))
     return ds
 
 

@@ -20,7 +20,8 @@ from model import pads as padding
 from shmkit import interrupt, libc, procfs, protocol, record
 from shmkit.observe import PAGE, process_view, residency, system_view, zero_page_pfn
 from shmkit.registry import Run, alive, process_start
-from model.pages import page_align, pages_of, span
+from model.pages import page_align, pages_of
+from model.resolve import Skip, resolve
 
 PR_SET_CHILD_SUBREAPER = 36
 READY_TIMEOUT = 60.0
@@ -50,17 +51,6 @@ class Proc:
     seen: set = field(default_factory=set)      # (start, end) of every VMA at the last observation
 
 
-def _prot(p: str) -> int:
-    return 0 if p in ("none", "") else sum(libc.PROT[c] for c in p)
-
-
-def _flags(names) -> int:
-    out = 0
-    for n in names:
-        out |= libc.MAP[n.upper()]
-    return out
-
-
 class Manager:
     """Runs one experiment once (an attempt). Use run_experiment() for retries."""
 
@@ -71,7 +61,7 @@ class Manager:
         self.procs: dict[str, Proc] = {}
         self.zero_pfn = zero_pfn
         self.segments: dict[str, int] = {}  # handle -> shmid
-        self.segment_size: dict[str, int] = {}
+        self.segment_sizes: dict[str, int] = {}
         self.collapsed: int | None = None   # khugepaged's pages_collapsed at the last observation
         self.last_view: dict = {}           # the processes as the last observation saw them
 
@@ -279,92 +269,39 @@ class Manager:
 
     # ----- steps ------------------------------------------------------------------------------
     def resolve(self, step) -> dict:
-        """The worker's arguments: real names, numbers for symbolic flags."""
-        g = step.get
-        op = step.do
-        run = self.run
-        a: dict = {}
-        if op == "file":
-            path = run.file_path(g("name"), g("on") or "disk")
-            run.files[path] = g("name")
-            run.note({"kind": "file", "path": path})
-            a = {"path": path, "size": g("size"), "fill": g("fill") or "zero", "value": g("value"),
-                 "seed": g("name"), "cache": g("cache") or "warm"}
-            if a["value"] is None:
-                a.pop("value")
-        elif op in ("open", "evict"):
-            a = {"path": self._file(g("file")), "as": g("as"), "mode": g("mode") or "rw"}
-        elif op == "mmap":
-            a = {"as": g("as"), "length": g("length"), "prot": _prot(g("prot")), "flags": _flags(g("flags") or ()),
-                 "offset": g("offset") or 0, "addr": g("addr")}
-            for kind in ("file", "fd", "shm", "memfd"):
-                if g(kind) is not None:
-                    a["source"] = ("file", self._file(g(kind))) if kind == "file" else (kind, g(kind))
-        elif op in ("munmap", "mprotect", "madvise", "msync", "mlock", "munlock", "touch", "read", "mremap", "shmdt"):
-            a = {"region": g("region"), "pages": g("pages")}
-            if op == "mprotect":
-                a["prot"] = _prot(g("prot"))
-            elif op == "madvise":
-                a["advice"] = libc.MADV[g("advice").lower()]
-            elif op == "msync":
-                a["flags"] = sum(libc.MS[f.lower()] for f in (g("flags") or ("sync",)))
-            elif op == "mlock":
-                a["onfault"] = bool(g("onfault"))
-            elif op == "mremap":
-                a.update(length=g("length"), flags=sum(libc.MREMAP[f.lower()] for f in (g("flags") or ())), addr=g("addr"))
-            elif op == "touch":
-                a.update(access=g("access") or "read", value=1 if g("value") is None else g("value"))
-        elif op == "shm_open":
-            name = run.posix_name(g("name"))
-            run.posix[name] = g("name")
+        """The worker's arguments: the step's call (model.resolve, the one resolver the model
+        uses too) against the acting process's regions; raises model.resolve.Skip. The run's
+        bookkeeping of the names it creates (for the record and the cleanup) goes with it."""
+        regions = {h: (r[0], r[1]) for h, r in self.procs[step.proc].regions.items()}
+        call = resolve(step.do, step.arg, regions, self, PAGE)
+        g, run = step.get, self.run
+        if step.do == "file":
+            run.files[call["path"]] = g("name")
+            run.note({"kind": "file", "path": call["path"]})
+        elif step.do == "shm_open":
+            run.posix[call["name"]] = g("name")
             if g("create"):
-                run.note({"kind": "posix", "name": name})
-            a = {"as": g("as"), "name": name, "create": g("create"), "excl": g("excl"), "truncate": g("truncate"),
-                 "access": g("access") or "rw", "size": g("size"), "mode": 0o600 if g("mode") is None else g("mode")}
-        elif op == "shm_unlink":
-            a = {"name": run.posix_name(g("name"))}
-        elif op == "truncate":
-            a = {"size": g("size")}
-            for kind in ("file", "fd", "shm", "memfd"):
-                if g(kind) is not None:
-                    a["source"] = ("file", self._file(g(kind))) if kind == "file" else (kind, g(kind))
-        elif op == "memfd":
-            name = run.memfd_name(g("name"))
-            run.memfds[name] = g("name")
-            run.note({"kind": "memfd", "name": name})
-            a = {"as": g("as"), "name": name, "size": g("size") or 0}
-        elif op == "shmget":
-            key = run.sysv_key(g("key") if g("key") is not None else "private")
-            run.keys[key] = g("as")
-            flags = (0o600 if g("mode") is None else g("mode"))
-            if g("create"):
-                flags |= libc.IPC_CREAT
-            if g("excl"):
-                flags |= libc.IPC_EXCL
-            run.note({"kind": "sysv", "key": key})
-            a = {"as": g("as"), "key": key, "size": g("size"), "flags": flags}
-        elif op == "shmat":
-            seg = g("segment")
-            flags = (libc.SHM_RDONLY if g("readonly") else 0) | (libc.SHM_RND if g("rnd") else 0)
-            a = {"as": g("as"), "shmid": self.segments.get(seg, -1), "flags": flags, "addr": g("addr"),
-                 "size": self.segment_size.get(seg)}
-        elif op == "shmctl":
-            a = {"shmid": self.segments.get(g("segment"), -1), "cmd": g("cmd")}
-        elif op == "fork":
-            a = {"child": g("child")}
-        elif op == "rlimit":
-            a = {"resource": g("resource"), "soft": g("soft"), "hard": g("hard")}
-        elif op == "exit":
-            a = {}
-        else:
-            raise HarnessError(f"operation {op!r} is not implemented by the live side")
-        return a
+                run.note({"kind": "posix", "name": call["name"]})
+        elif step.do == "memfd":
+            run.memfds[call["name"]] = g("name")
+            run.note({"kind": "memfd", "name": call["name"]})
+        elif step.do == "shmget":
+            run.keys[call["key"]] = g("as")
+            run.note({"kind": "sysv", "key": call["key"]})
+        return call
 
-    def _file(self, handle: str) -> str:
+    # the naming model.resolve asks of this side
+    def file(self, handle: str) -> str:
         for path, h in self.run.files.items():
             if h == handle:
                 return path
         return str(self.run.dir / f"missing-{handle}")
+
+    def shmid(self, handle: str) -> int | None:
+        return self.segments.get(handle)
+
+    def segment_size(self, handle: str) -> int | None:
+        return self.segment_sizes.get(handle)
 
     def take_step(self, step) -> dict:
         """Runs one step and observes every process: the step's record (docs/record.md), with
@@ -392,21 +329,13 @@ class Manager:
             self.procs[name].seen = {(v["start"], v["end"]) for v in view["vmas"]}
         return record.step_record(
             step, result=reply["result"], faults=_faults(reply.get("faults")), value=reply.get("value"),
-            note=reply.get("note"), processes=processes, system=self.system(), perturbed=problems or None,
-            exit_status=reply.get("status"), yielded=reply.get("yielded") or None)
+            note=reply.get("note"), call=reply.get("call"), processes=processes, system=self.system(),
+            perturbed=problems or None, exit_status=reply.get("status"), yielded=reply.get("yielded") or None)
 
-    def pads_in_the_way(self, proc: Proc, step) -> list[list[int]]:
-        """The pieces of the worker's pads inside the address range the step asks for
+    def pads_in_the_way(self, proc: Proc, op: str, call: dict) -> list[list[int]]:
+        """The pieces of the worker's pads inside the address range the call asks for
         (model.pads, the same rule the model applies), from the worker's maps as they are now."""
-        def region_addr(handle):
-            r = proc.regions.get(handle)
-            return None if r is None else r[0]
-
-        def segment_size(handle):
-            shmid = self.segments.get(handle)
-            return next((s.size for s in procfs.read_sysvipc_shm() if s.shmid == shmid), None)
-
-        target = padding.target_range(step.do, step.arg, region_addr, segment_size)
+        target = padding.target_range(op, call)
         if target is None:
             return []
         _, vmas = procfs.read_maps(proc.pid)
@@ -481,7 +410,7 @@ class Manager:
                     problems.append(f"{name}: {WRITTEN_BACK}: VMA {key[0]:x}-{key[1]:x} dirty "
                                     f"{was[key][2]} -> {dirty} kB after a {step.do} step")
         written = vm_after.get("nr_written", 0) - vm_before.get("nr_written", 0)
-        touched = self._written_range(step) if reply.get("result") == "ok" else None
+        touched = self._written_range(step, reply.get("call")) if reply.get("result") == "ok" else None
         if not problems and written > 0 and touched and step.proc in after:
             a, b = touched
             for (s, e, _ino, _off), (perms, rss, dirty) in self._disk_file_vmas(after[step.proc]).items():
@@ -492,15 +421,14 @@ class Manager:
                                     f"kernel wrote back {written} page(s) host-wide meanwhile (/proc/vmstat nr_written)")
         return problems
 
-    def _written_range(self, step) -> tuple[int, int] | None:
-        """The page-aligned byte range a successful write touch wrote, from the worker's region table."""
-        if step.do != "touch" or (step.get("access") or "read") != "write":
+    @staticmethod
+    def _written_range(step, call: dict | None) -> tuple[int, int] | None:
+        """The page-aligned byte range a successful write touch wrote: the pages of its call
+        (model.resolve), one access in each."""
+        if step.do != "touch" or call is None or call["access"] != "write":
             return None
-        r = self.procs[step.proc].regions.get(step.get("region")) if step.proc in self.procs else None
-        if r is None:
-            return None
-        start, length = span(r[0], r[1], step.get("pages"), PAGE)
-        return start, start + page_align(length, PAGE)
+        start = call["addr"] - call["addr"] % PAGE
+        return start, start + call["pages"] * PAGE
 
     def names(self) -> dict:
         """The real name of every handle (the record's "names"), for the normal form."""
@@ -510,14 +438,17 @@ class Manager:
 
     def do_step(self, step) -> dict:
         proc = self.procs[step.proc]
-        args = self.resolve(step)
+        try:
+            args = self.resolve(step)
+        except Skip as e:       # the same result the model gives (model.resolve)
+            return {"result": e.result, "call": None}
         fds: list[int] = []
         child_sock = None
         if step.do == "fork":
             child_sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             fds = [theirs.fileno()]
         msg = {"cmd": "step", "op": step.do, "args": args}
-        in_the_way = self.pads_in_the_way(proc, step)
+        in_the_way = self.pads_in_the_way(proc, step.do, args)
         if in_the_way:
             msg["yield"] = in_the_way
         protocol.send(proc.sock, msg, fds)
@@ -531,7 +462,7 @@ class Manager:
         proc.regions = reply.get("regions", proc.regions)
         if step.do == "shmget" and reply["result"] == "ok":
             self.segments[step.get("as")] = reply["value"]["shmid"]
-            self.segment_size[step.get("as")] = step.get("size")
+            self.segment_sizes[step.get("as")] = step.get("size")
             self.run.note({"kind": "sysv", "key": args["key"], "shmid": reply["value"]["shmid"]})
         if step.do == "fork":
             if reply["result"] == "ok":
@@ -549,6 +480,7 @@ class Manager:
         if step.do == "exit" and reply["result"] == "ok":
             proc.alive = False
             reply["status"] = self._reap(proc)
+        reply["call"] = args
         return reply
 
 

@@ -15,6 +15,7 @@ import tempfile
 import time
 
 from model.kernel import Kernel
+from model.resolve import Skip, resolve
 from shmkit import record, registry
 
 RLIMIT_NAMES = {"AS": "as", "DATA": "data", "MEMLOCK": "memlock", "STACK": "stack",
@@ -103,51 +104,64 @@ def _umask() -> int:
 
 
 class _Names:
-    """The real names a live run gives each handle (shmkit.registry.Run's rules)."""
+    """The model side's naming for model.resolve (the live side's is shmkit.manager.Manager):
+    the real names a live run gives each handle (shmkit.registry.Run's rules), and the record's
+    "names"."""
 
     def __init__(self, run):
         self.run = run
         self.names = {"posix": {}, "files": {}, "keys": {}, "memfds": {}, "shmids": {}}
-        self.files = {}
+        self.files: dict[str, str] = {}
+        self.shmids: dict[str, int] = {}
+        self.sizes: dict[str, int] = {}
 
-    def args(self, step) -> dict:
-        a = dict(step.args)
+    def file(self, handle: str) -> str:
+        return self.files.get(handle, f"{self.run.dir}/missing-{handle}")
+
+    def shmid(self, handle: str) -> int | None:
+        return self.shmids.get(handle)
+
+    def segment_size(self, handle: str) -> int | None:
+        return self.sizes.get(handle)
+
+    def call(self, step, regions: dict) -> dict:
+        """The step's call (model.resolve), and the names it creates noted for the record."""
+        call = resolve(step.do, step.arg, regions, self)
         g = step.get
-        run = self.run
-        op = step.do
-        if op == "file":
-            path = run.file_path(g("name"), g("on") or "disk")
-            self.files[g("name")] = path
-            self.names["files"][path] = g("name")
-            a["path"] = path
-            a["seed"] = g("name")
-        elif op in ("open", "evict"):
-            a["path"] = self.files.get(g("file"), f"{run.dir}/missing-{g('file')}")
-        elif op in ("mmap", "truncate") and g("file") is not None:
-            a["path"] = self.files.get(g("file"), f"{run.dir}/missing-{g('file')}")
-        elif op in ("shm_open", "shm_unlink"):
-            a["real_name"] = run.posix_name(g("name"))
-            if op == "shm_open":
-                self.names["posix"][a["real_name"]] = g("name")
-        elif op == "memfd":
-            a["real_name"] = run.memfd_name(g("name"))
-            self.names["memfds"][a["real_name"]] = g("name")
-        elif op == "shmget":
-            key = run.sysv_key(g("key") if g("key") is not None else "private")
-            a["real_key"] = key
-            self.names["keys"][str(key)] = g("as")
-        return a
+        if step.do == "file":
+            self.files[g("name")] = call["path"]
+            self.names["files"][call["path"]] = g("name")
+        elif step.do == "shm_open":
+            self.names["posix"][call["name"]] = g("name")
+        elif step.do == "memfd":
+            self.names["memfds"][call["name"]] = g("name")
+        elif step.do == "shmget":
+            self.names["keys"][str(call["key"])] = g("as")
+        return call
+
+    def done(self, step, out: dict) -> None:
+        if step.do == "shmget" and out["result"] == "ok":
+            self.shmids[step.get("as")] = out["value"]["shmid"]
+            self.sizes[step.get("as")] = step.get("size")
+            self.names["shmids"][str(out["value"]["shmid"])] = step.get("as")
 
 
 def model_step(k: Kernel, names: _Names, step) -> tuple[dict, dict]:
     """Runs one step in the model and observes it: (the step's predicted record, the
-    kernel's raw answer with its trace)."""
-    out = k.step({"index": step.index, "do": step.do, "in": step.proc, "args": names.args(step)})
-    if step.do == "shmget" and out["result"] == "ok":
-        names.names["shmids"][str(out["value"]["shmid"])] = step.get("as")
+    kernel's raw answer with its trace). The model receives the step's call (model.resolve),
+    as the worker does."""
+    regions = {h: (r.addr, r.length) for h, r in k.procs[step.proc].regions.items()}
+    try:
+        call = names.call(step, regions)
+    except Skip as e:
+        call, out = None, {"result": e.result, "faults": None, "value": None, "yielded": [],
+                           "trace": ["skipped: " + e.result["skipped"]]}
+    else:
+        out = k.step({"index": step.index, "do": step.do, "in": step.proc, "args": call})
+    names.done(step, out)
     view = k.observe()
     rec = record.step_record(
-        step, result=out["result"], faults=out["faults"], value=out["value"], note=None,
+        step, result=out["result"], faults=out["faults"], value=out["value"], note=None, call=call,
         processes=view["processes"], system={"dev_shm": view["dev_shm"], "sysv": view["sysv"]},
         perturbed=None, trace=out["trace"], check=k.check(),
         yielded=[list(p) for p in out["yielded"]] if out["yielded"] else None)

@@ -179,6 +179,34 @@ class Normaliser:
             out["pid"] = "<pid>"
         return out
 
+    # a call's addresses within this distance of the edge are the experiment's (made from its
+    # regions, which land at fixed offsets from the edge); an address given as a number stays
+    CALL_ADDR_WINDOW = 1 << 36
+    _CALL_ADDRS = ("addr", "base", "new_addr")
+    _CALL_NAMES = ("path", "name")
+
+    def call(self, c: dict | None) -> dict | None:
+        """A step's call (model.resolve) in normal form: experiment addresses relative to the
+        edge, real names as handles, shmids as @N (a raw negative shmid stays), SysV keys as
+        their handles."""
+        if not isinstance(c, dict):
+            return c
+        out = dict(c)
+        for k in self._CALL_ADDRS:
+            x = out.get(k)
+            if isinstance(x, int) and x and self.edge is not None and abs(x - self.edge) < self.CALL_ADDR_WINDOW:
+                out[k] = self.addr(x)
+        for k in self._CALL_NAMES:
+            if isinstance(out.get(k), str):
+                out[k] = self.name(out[k])
+        if isinstance(out.get("source"), list) and out["source"] and out["source"][0] == "file":
+            out["source"] = ["file", self.name(out["source"][1])]
+        if isinstance(out.get("shmid"), int) and out["shmid"] >= 0:
+            out["shmid"] = self.sym.shmid(out["shmid"])
+        if "key" in out and isinstance(out["key"], int):
+            out["key"] = self.keys.get(out["key"], out["key"]) if out["key"] else "private"
+        return out
+
     def experiment(self) -> dict:
         rec = self.rec
         procs: dict[int, str] = {}
@@ -193,7 +221,7 @@ class Normaliser:
                 procs[p["pid"]] = name
             out["steps"].append({
                 "index": s["index"], "do": s["do"], "in": s["in"], "result": s["result"],
-                "faults": s["faults"], "value": self.value(s.get("value")),
+                "faults": s["faults"], "value": self.value(s.get("value")), "call": self.call(s.get("call")),
                 "perturbed": bool(s.get("perturbed")),
                 "processes": {n: self.process(p, n) for n, p in sorted(s["processes"].items())},
                 **self.system(s, procs),
@@ -225,13 +253,14 @@ def experiment_record(exp, run, *, path: str | None = None, status: str = "ok", 
 
 
 def step_record(step, *, result, faults, value, note, processes: dict, system: dict,
-                perturbed, **more) -> dict:
+                perturbed, call: dict | None = None, **more) -> dict:
     """One step's record, live or predicted: the step as written (index, do, in, args), its
-    result, faults and value, every process's view and the system tables (dev_shm, sysv);
+    result, faults and value, the call the side received (model.resolve; None when the step
+    was skipped before any call), every process's view and the system tables (dev_shm, sysv);
     `perturbed` is the live side's alone (None in a prediction). `more`: exit_status,
     yielded, trace, check, ... (docs/record.md)."""
     return {"index": step.index, "do": step.do, "in": step.proc, "args": step.raw,
-            "result": result, "faults": faults, "value": value, "note": note,
+            "result": result, "faults": faults, "value": value, "note": note, "call": call,
             "processes": processes, **system, "perturbed": perturbed,
             **{k: v for k, v in more.items() if v is not None}}
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from model import flags as _flags
 from model.pages import pages_of
 
 __all__ = [
@@ -69,22 +70,18 @@ TOML_ACCEPTED = "TOML 1.0 as in DESIGN.md"
 RLIMIT_RESOURCES = ("as", "core", "data", "fsize", "memlock", "nofile", "stack")
 
 # MAP_* names (include/uapi/linux/mman.h, asm-generic/mman-common.h), in canonical order.
-MMAP_FLAGS = (
-    "SHARED", "PRIVATE", "SHARED_VALIDATE", "ANONYMOUS", "FIXED", "FIXED_NOREPLACE", "POPULATE",
-    "LOCKED", "NORESERVE", "GROWSDOWN", "STACK", "HUGETLB", "32BIT", "UNINITIALIZED", "SYNC",
-    "NONBLOCK", "DENYWRITE", "EXECUTABLE",
-)
-MMAP_FLAG_ALIASES = {"ANON": "ANONYMOUS"}
-MSYNC_FLAGS = ("SYNC", "ASYNC", "INVALIDATE")  # MS_*
-MREMAP_FLAGS = ("MAYMOVE", "FIXED", "DONTUNMAP")  # MREMAP_*
-MADVICE = (
-    "normal", "random", "sequential", "willneed", "dontneed", "free", "remove", "dontfork",
-    "dofork", "mergeable", "unmergeable", "hugepage", "nohugepage", "dontdump", "dodump",
-    "wipeonfork", "keeponfork", "cold", "pageout", "populate_read", "populate_write", "collapse",
-)
+# The names (and, through model.resolve, the numbers) come from one table, model/flags.py.
+MMAP_FLAGS = tuple(_flags.MAP)  # MAP_*
+MMAP_FLAG_ALIASES = _flags.MAP_ALIASES
+MSYNC_FLAGS = tuple(_flags.MS)  # MS_*
+MREMAP_FLAGS = tuple(_flags.MREMAP)  # MREMAP_*
+MADVICE = tuple(_flags.MADV)
+SHMCTL_CMDS = tuple(_flags.SHMCTL_CMD)
+# A raw number where a name is accepted: what a C long can carry (the live side passes it in a
+# 64-bit register, as the kernel reads it; an int argument takes its low 32 bits).
+RAW_MIN, RAW_MAX = -(2**63), 2**64 - 1
+RAW_ACCEPTED = f"an integer {RAW_MIN}..2**64-1, passed to the kernel as given"
 
-# Handle names are local to the experiment and unique in it.  They must be parseable inside an
-# `addr` such as "buf+2 pages", hence no "+", "-" or spaces.
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
 _NAME_ACCEPTED = 'a name of letters, digits, "_" and "." that starts with a letter or "_"'
 
@@ -216,10 +213,11 @@ _SIZE_RE = re.compile(
     r"\s*(?P<neg>-)?\s*(?P<num>0[xX][0-9A-Fa-f]+(?:_[0-9A-Fa-f]+)*|\d+(?:_\d+)*(?:\.\d+(?:_\d+)*)?)"
     r"\s*(?P<unit>[A-Za-z]+)?\s*\Z"
 )
-_UNITS = {"b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {"b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+          "k": 2**10, "m": 2**20, "g": 2**30}
 SIZE_ACCEPTED = ('a size: an integer number of bytes, or a string "N B|KiB|MiB|GiB|TiB|page|pages"'
                  ' (N: digits, 0x-hex, or a decimal that gives whole bytes; "_" between digits;'
-                 ' "N" alone is bytes)')
+                 ' "N" alone is bytes; k, m, g are KiB, MiB, GiB)')
 
 
 def _page_size_default() -> int:
@@ -401,6 +399,19 @@ class _Choice(_Kind):
         return value.lower()
 
 
+class _ChoiceOrRaw(_Choice):
+    """One of several names (lower case), or a raw integer passed to the kernel as given."""
+
+    def __init__(self, *choices: str) -> None:
+        super().__init__(*choices)
+        self.accepted = self.accepted + ", or " + RAW_ACCEPTED
+
+    def parse(self, value, page_size):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return _raw_int(value, "value", self.accepted)
+        return super().parse(value, page_size)
+
+
 class _Byte(_Kind):
     accepted = "an integer 0..255 (such as 7 or 0x5a)"
 
@@ -419,14 +430,26 @@ class _Size(_Kind):
         return parse_size(value, page_size)
 
 
+def _raw_int(value: Any, what: str, accepted: str) -> int:
+    """A raw number given where a name is accepted: any value a C long can carry."""
+    if not RAW_MIN <= value <= RAW_MAX:
+        raise _Problem(f"{what} {value} does not fit in 64 bits", accepted)
+    return value
+
+
 class _Prot(_Kind):
+    """Letters or names, normalised to "rw"-style letters; an integer is a raw prot (kept an int:
+    mm/mprotect.c do_mprotect_pkey and mm/mmap.c do_mmap decide on unknown bits)."""
+
     accepted = ('"none", or letters from r, w, x in any order ("r", "rw", "rx", "rwx", "rw-"), '
-                'or a list of "read", "write", "exec"')
+                'or a list of "read", "write", "exec", or a raw integer such as 7')
     _LIST = {"read": "r", "write": "w", "exec": "x", "prot_read": "r", "prot_write": "w",
              "prot_exec": "x"}
 
     def parse(self, value, page_size):
         letters: set[str] = set()
+        if isinstance(value, int) and not isinstance(value, bool):
+            return _raw_int(value, "prot", self.accepted)
         if isinstance(value, str):
             text = value.strip().lower()
             if text not in ("none", "prot_none"):
@@ -449,23 +472,30 @@ class _Prot(_Kind):
 
 
 class _Flags(_Kind):
-    """A list of flag names without their prefix, any case; normalised to an upper-case tuple in
-    the canonical order.  Impossible combinations are the kernel's to refuse."""
+    """A list of flag names without their prefix, any case, and raw integers (passed on as
+    given); normalised to an upper-case tuple in the canonical order, then the integers in the
+    order given.  Impossible combinations and unknown bits are the kernel's to refuse."""
 
     def __init__(self, prefix: str, names: tuple[str, ...], aliases: dict | None = None) -> None:
         self.prefix = prefix
         self.names = names
         self.aliases = aliases or {}
-        self.accepted = f"a list of {prefix}* names without the prefix, any case: " + _names(
-            n.lower() for n in names)
+        self.accepted = (f"a list of {prefix}* names without the prefix, any case, and raw integers:"
+                         " " + _names(n.lower() for n in names))
 
     def parse(self, value, page_size):
         if not isinstance(value, (list, tuple)):
             raise _Problem(f"expected an array of names, got {_show(value)}", self.accepted)
         found = set()
+        raw: list[int] = []
         for item in value:
+            if isinstance(item, int) and not isinstance(item, bool):
+                item = _raw_int(item, "flag value", self.accepted)
+                if item not in raw:
+                    raw.append(item)
+                continue
             if not isinstance(item, str):
-                raise _Problem(f"expected a flag name, got {_show(item)} in the list",
+                raise _Problem(f"expected a flag name or an integer, got {_show(item)} in the list",
                                self.accepted)
             name = item.strip().upper()
             if name.startswith(self.prefix):
@@ -475,7 +505,7 @@ class _Flags(_Kind):
                 raise _Problem(f"unknown flag {_show(item)}{_suggest(item, self.names)}",
                                self.accepted)
             found.add(name)
-        return tuple(n for n in self.names if n in found)
+        return tuple(n for n in self.names if n in found) + tuple(raw)
 
 
 class _Mode(_Kind):
@@ -560,6 +590,20 @@ class _Name(_Kind):
         return value
 
 
+class _NameOrRaw(_Name):
+    """A handle of handle_kind, or a raw integer id passed to the kernel as given (shmat/shmctl
+    segment = -1: the kernel's own answer to a shmid it does not know)."""
+
+    def __init__(self, handle_kind: str) -> None:
+        super().__init__(handle_kind, False)
+        self.accepted = f"{_a(handle_kind)} {handle_kind} handle, or {RAW_ACCEPTED}"
+
+    def parse(self, value, page_size):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return _raw_int(value, f"raw {self.handle_kind} id", self.accepted)
+        return super().parse(value, page_size)
+
+
 _ADDR_ACCEPTED = ('an address: an integer, a hex string "0x7f...", or "REGION", "REGION+N pages",'
                   ' "REGION-N pages" (N: a size such as 2, "2 pages" or "2 MiB") with REGION'
                   ' a region handle')
@@ -602,8 +646,9 @@ class _Addr(_Kind):
 class _Pages(_Kind):
     """A half-open page range "A..B" or a page number N (= N..N+1); normalised to (A, B)."""
 
-    accepted = ('a half-open page range "A..B" with A < B inside the region, or a page number N'
-                ' (= "N..N+1"); leave it out for the whole region')
+    accepted = ('a half-open page range "A..B" with A <= B inside the region ("A..A" is empty:'
+                ' a zero length), or a page number N (= "N..N+1"); leave it out for the whole'
+                ' region')
 
     def parse(self, value, page_size):
         if isinstance(value, bool) or not isinstance(value, (int, str)):
@@ -618,8 +663,8 @@ class _Pages(_Kind):
             b = int(m[2].replace("_", "")) if m[2] is not None else a + 1
         if a < 0:
             raise _Problem(f"negative page {a}", self.accepted)
-        if a >= b:
-            raise _Problem(f"empty page range {a}..{b}", self.accepted)
+        if a > b:
+            raise _Problem(f"reversed page range {a}..{b}", self.accepted)
         return (a, b)
 
 
@@ -635,8 +680,17 @@ def _f(name, kind, required=False, default=None) -> _Field:
     return _Field(name, kind, required, default)
 
 
-def _region_fields() -> list[_Field]:
-    return [_f("region", _Name("region", False), True), _f("pages", _Pages())]
+def _region_fields(addr: str = "addr", length: str | None = "length") -> list[_Field]:
+    """A range: a region handle (with `pages`), or an address and a byte length (`addr`,
+    `length`; mremap calls them old_addr, old_length: its addr and length are the new ones)."""
+    out = [_f("region", _Name("region", False)), _f("pages", _Pages()), _f(addr, _ADDR)]
+    return out + ([_f(length, _SIZE)] if length else [])
+
+
+# range field names of each operation that takes a range: (address field, length field)
+RANGE_FIELDS = {op: ("addr", "length") for op in (
+    "munmap", "mprotect", "madvise", "msync", "mlock", "munlock", "touch", "read")}
+RANGE_FIELDS.update(mremap=("old_addr", "old_length"), shmdt=("addr", None))
 
 
 _BOOL = _Bool()
@@ -664,12 +718,12 @@ OPERATIONS: dict[str, tuple[_Field, ...]] = {
                  _f("offset", _SIZE, default=0), _f("addr", _ADDR)],
         "munmap": _region_fields(),
         "mprotect": _region_fields() + [_f("prot", _PROT, True)],
-        "madvise": _region_fields() + [_f("advice", _Choice(*MADVICE), True)],
+        "madvise": _region_fields() + [_f("advice", _ChoiceOrRaw(*MADVICE), True)],
         "msync": _region_fields() + [_f("flags", _Flags("MS_", MSYNC_FLAGS),
                                         default=("SYNC",))],
         "mlock": _region_fields() + [_f("onfault", _BOOL, default=False)],
         "munlock": _region_fields(),
-        "mremap": _region_fields() + [_f("length", _SIZE, True),
+        "mremap": _region_fields("old_addr", "old_length") + [_f("length", _SIZE, True),
                                       _f("flags", _Flags("MREMAP_", MREMAP_FLAGS), default=()),
                                       _f("addr", _ADDR)],
         "touch": _region_fields() + [_f("access", _Choice("read", "write"), default="read"),
@@ -692,12 +746,12 @@ OPERATIONS: dict[str, tuple[_Field, ...]] = {
                    _f("key", _Key(), default="private"), _f("create", _BOOL, default=False),
                    _f("excl", _BOOL, default=False), _f("mode", _MODE, default=0o600)],
         "shmat": [_f("as", _Name("region", True), True),
-                  _f("segment", _Name("segment", False), True),
+                  _f("segment", _NameOrRaw("segment"), True),
                   _f("readonly", _BOOL, default=False), _f("addr", _ADDR),
                   _f("rnd", _BOOL, default=False)],
-        "shmdt": [_f("region", _Name("region", False), True)],
-        "shmctl": [_f("segment", _Name("segment", False), True),
-                   _f("cmd", _Choice("rmid", "stat", "lock", "unlock"), True)],
+        "shmdt": _region_fields(length=None),
+        "shmctl": [_f("segment", _NameOrRaw("segment"), True),
+                   _f("cmd", _ChoiceOrRaw(*SHMCTL_CMDS), True)],
         "fork": [_f("child", _Name("process", True), True)],
         "exit": [],
         "rlimit": [_f("resource", _Resource(), True), _f("soft", _Limit(), True),
@@ -834,6 +888,30 @@ def _future_names(steps: list) -> dict[str, tuple[int, Any]]:
     return future
 
 
+def _check_range(ctx: _StepCtx, op: str, raw: dict, vals: dict, regions: str) -> None:
+    """A range is a region (with pages), or an address with a byte length: exactly one of the
+    two. touch and read at an address without a length access the one byte there.
+    regions: the region handles the process holds (the accepted values of region)."""
+    addr_f, len_f = RANGE_FIELDS[op]
+    by_addr = (f"{addr_f}" + (f" and {len_f}" if len_f else "")
+               + ' (an address: "0x7f...", "REGION+N", "REGION-N", N in bytes, "4k" or "2 pages")')
+    accepted = f"region (and pages), or {by_addr}"
+    if "region" not in raw and addr_f not in raw:
+        raise ctx.err("region", "missing required field", f"{regions}; or {by_addr}")
+    if "region" in raw and addr_f in raw:
+        raise ctx.err("region", f"give exactly one of region, {addr_f} (both given)", accepted)
+    if len_f is None:
+        return
+    if "region" in raw and len_f in raw:
+        raise ctx.err(len_f, f"{len_f} goes with {addr_f}, not with region", accepted)
+    if addr_f in raw and len_f not in raw:
+        if op in ("touch", "read"):
+            vals[len_f] = 1
+        else:
+            raise ctx.err(len_f, f"missing: {addr_f} needs a byte length",
+                          'a size in bytes, "4k" or "2 pages" (0 allowed)')
+
+
 def _validate_step(raw: dict, index: int, file: str, state: _State, page_size: int) -> Step:
     op = raw.get("do")
     ctx = _StepCtx(file, index, op if isinstance(op, str) else None)
@@ -879,7 +957,9 @@ def _validate_step(raw: dict, index: int, file: str, state: _State, page_size: i
             continue
         try:
             value = f.kind.parse(raw[f.name], page_size)
-            if isinstance(f.kind, _Name):
+            if isinstance(f.kind, _Name) and isinstance(value, int):
+                pass                        # a raw id (_NameOrRaw): the kernel's to judge
+            elif isinstance(f.kind, _Name):
                 if f.kind.new:
                     state.check_new(value, f.kind.handle_kind)
                     new.append((value, f.kind.handle_kind))
@@ -888,6 +968,9 @@ def _validate_step(raw: dict, index: int, file: str, state: _State, page_size: i
             elif isinstance(f.kind, _Addr) and value[0] == "rel":
                 state.resolve(value[1], "region", proc, index)
             elif isinstance(f.kind, _Pages):
+                if vals.get("region") is None:
+                    raise _Problem("pages is a page range of a region: region is not given",
+                                   "give region too, or addr and length instead of pages")
                 npages = state.procs[proc].region_pages.get(vals["region"])
                 a, b = value
                 if npages is not None and b > npages:
@@ -903,6 +986,8 @@ def _validate_step(raw: dict, index: int, file: str, state: _State, page_size: i
         vals[f.name] = value
 
     # Cross-field rules.
+    if op in RANGE_FIELDS:
+        _check_range(ctx, op, raw, vals, state.known("region", proc))
     if op == "file":
         if vals["fill"] == "byte":
             vals["value"] = 0x5A if vals["value"] is None else vals["value"]
@@ -941,7 +1026,7 @@ def _validate_step(raw: dict, index: int, file: str, state: _State, page_size: i
         elif op == "shmat":
             pages = state.segment_pages.get(vals["segment"])
         state.add(name, kind, index, op, proc, pages)
-    if op == "mremap":
+    if op == "mremap" and vals["region"] is not None:
         state.procs[proc].region_pages[vals["region"]] = _pages_of(vals["length"], page_size)
     elif op == "exit":
         state.procs[proc].exited_at = index

@@ -38,7 +38,8 @@ import sys
 from model.pads import PAD_ALIGN, PAD_NAME, PAD_ROOM, subtract
 from shmkit import libc, protocol
 from shmkit import _access  # the C loops; imported before the first observation
-from model.pages import page_align, pages_of, span  # the model's rule, shared (model/pages.py)
+from model.pages import page_align  # the model's rule, shared (model/pages.py)
+from model.resolve import resolve  # the one resolver (the manager resolves each step with it)
 
 import posix_ipc  # noqa: E402  (imported now so that their .so mappings exist from the start)
 import sysv_ipc  # noqa: E402
@@ -258,29 +259,18 @@ class Worker:
                 "note": note, "regions": self.regions_table(), "pid": os.getpid()}
 
     # ----- helpers used by operations ---------------------------------------------------
-    def region(self, handle: str) -> Region:
-        r = self.regions.get(handle)
-        if r is None:
-            raise StepFailed({"skipped": f"region '{handle}' does not exist (the call that made it failed)"})
-        return r
-
-    def span(self, args: dict) -> tuple[Region, int, int]:
-        r = self.region(args["region"])
-        return (r, *span(r.addr, r.length, args.get("pages"), PAGE))
-
+    # Every op_* receives the step's call as model.resolve made it (the manager resolves it
+    # against this process's regions): numbers, absolute addresses, byte lengths, real names.
     def fd_of(self, handle: str) -> int:
         fd = self.fds.get(handle)
         if fd is None:
             raise StepFailed({"skipped": f"handle '{handle}' does not exist (the call that made it failed)"})
         return fd
 
-    def resolve_addr(self, addr) -> int:
-        if addr is None:
-            return 0
-        if addr[0] == "abs":
-            return addr[1]
-        _, handle, offset = addr
-        return self.region(handle).addr + offset
+    def _whole(self, args) -> Region | None:
+        """The region a call over a whole region acts on (its handle is marked unmapped or
+        follows a move), or None."""
+        return self.regions.get(args["region"]) if args.get("whole") else None
 
     @staticmethod
     def measured(call, *a):
@@ -344,9 +334,8 @@ class Worker:
         return "ok", None, None, [], None
 
     def op_open(self, args):
-        flags = {"r": os.O_RDONLY, "w": os.O_WRONLY, "rw": os.O_RDWR}[args["mode"]]
         try:
-            fd = os.open(args["path"], flags | os.O_CLOEXEC)
+            fd = os.open(args["path"], args["flags"] | os.O_CLOEXEC)
         except OSError as exc:
             raise StepFailed(_errno_result(exc))
         self.fds[args["as"]] = fd
@@ -377,9 +366,8 @@ class Worker:
             else:
                 fd = self.fd_of(ref)
         try:
-            addr = self.resolve_addr(args.get("addr"))
             res, result, faults = self.measured_result(
-                libc.mmap, addr, args["length"], args["prot"], args["flags"], fd, args.get("offset", 0))
+                libc.mmap, args["addr"], args["length"], args["prot"], args["flags"], fd, args["offset"])
         finally:
             if close_after:
                 os.close(fd)
@@ -389,83 +377,77 @@ class Worker:
         self.regions[args["as"]] = Region(res, length, "mmap")
         return "ok", faults, {"addr": res}, [(res, res + _page_up(length))], None
 
+    @staticmethod
+    def _affected(args) -> list[tuple[int, int]]:
+        start = args["addr"] - args["addr"] % PAGE
+        return [(start, start + _page_up(args["addr"] + args["length"] - start))]
+
+    def _range_call(self, call, args, *extra):
+        _, result, faults = self.measured_result(call, args["addr"], args["length"], *extra)
+        return result, faults, None, self._affected(args), None
+
     def op_munmap(self, args):
-        r, addr, length = self.span(args)
-        _, result, faults = self.measured_result(libc.munmap, addr, length)
-        if result == "ok" and args.get("pages") is None:
+        out = self._range_call(libc.munmap, args)
+        r = self._whole(args)
+        if out[0] == "ok" and r is not None:
             r.mapped = False
-        return result, faults, None, [(addr, addr + _page_up(length))], None
+        return out
 
     def op_mprotect(self, args):
-        _, addr, length = self.span(args)
-        _, result, faults = self.measured_result(libc.mprotect, addr, length, args["prot"])
-        return result, faults, None, [(addr, addr + _page_up(length))], None
+        return self._range_call(libc.mprotect, args, args["prot"])
 
     def op_madvise(self, args):
-        _, addr, length = self.span(args)
-        _, result, faults = self.measured_result(libc.madvise, addr, length, args["advice"])
-        return result, faults, None, [(addr, addr + _page_up(length))], None
+        return self._range_call(libc.madvise, args, args["advice"])
 
     def op_msync(self, args):
-        _, addr, length = self.span(args)
-        _, result, faults = self.measured_result(libc.msync, addr, length, args["flags"])
-        return result, faults, None, [(addr, addr + _page_up(length))], None
+        return self._range_call(libc.msync, args, args["flags"])
 
     def op_mlock(self, args):
-        _, addr, length = self.span(args)
-        _, result, faults = self.measured_result(libc.mlock, addr, length, args.get("onfault", False))
-        return result, faults, None, [(addr, addr + _page_up(length))], None
+        return self._range_call(libc.mlock, args, args["flags"])
 
     def op_munlock(self, args):
-        _, addr, length = self.span(args)
-        _, result, faults = self.measured_result(libc.munlock, addr, length)
-        return result, faults, None, [(addr, addr + _page_up(length))], None
+        return self._range_call(libc.munlock, args)
 
     def op_mremap(self, args):
-        r, addr, length = self.span(args)
-        new_addr = self.resolve_addr(args.get("addr"))
+        addr, length = args["addr"], args["length"]
         res, result, faults = self.measured_result(
-            libc.mremap, addr, length, args["length"], args["flags"], new_addr)
-        affected = [(addr, addr + _page_up(length))]
+            libc.mremap, addr, length, args["new_length"], args["flags"], args["new_addr"])
+        affected = self._affected(args)
         if result != "ok":
             return result, faults, None, affected, None
-        r.addr, r.length = res, args["length"]     # the handle follows the moved range (DESIGN.md)
-        affected.append((res, res + _page_up(args["length"])))
+        r = self.regions.get(args["follow"]) if args.get("follow") else None
+        if r is not None:
+            r.addr, r.length = res, args["new_length"]  # the handle follows the moved range (DESIGN.md)
+        affected.append((res, res + _page_up(args["new_length"])))
         return "ok", faults, {"addr": res}, affected, None
 
     def op_touch(self, args):
-        r, addr, length = self.span(args)
+        addr = args["addr"]
         write = args.get("access") == "write"
-        done, signo, minf, majf, fault_addr = _access.touch(
-            addr, pages_of(length, PAGE), PAGE, write, args.get("value", 1))
-        # "page": the page of the region (not of the touched range) whose access faulted
-        first = (addr - r.addr) // PAGE
+        done, signo, minf, majf, fault_addr = _access.touch(addr, args["pages"], PAGE, write, args.get("value", 1))
+        # "page": the page (counted from the call's base: its region) whose access faulted
+        first = (addr - args["base"]) // PAGE
         result = "ok" if not signo else {"signal": signal.Signals(signo).name, "page": first + done}
-        return result, [minf, majf], None, [(addr, addr + _page_up(length))], None
+        return result, [minf, majf], None, self._affected(args), None
 
     def op_read(self, args):
-        r, addr, length = self.span(args)
-        n = pages_of(length, PAGE)
+        addr, n = args["addr"], args["pages"]
         if len(self.readbuf) < n:
             self.readbuf = bytearray(n)
         done, signo, minf, majf, fault_addr = _access.read(addr, n, PAGE, self.readbuf)
         values = _runs(self.readbuf[:done])
         result = "ok" if not signo else {"signal": signal.Signals(signo).name,
-                                         "page": (addr - r.addr) // PAGE + done}
-        return result, [minf, majf], {"bytes": values}, [(addr, addr + _page_up(length))], None
+                                         "page": (addr - args["base"]) // PAGE + done}
+        return result, [minf, majf], {"bytes": values}, self._affected(args), None
 
     def op_shm_open(self, args):
-        flags = 0
-        if args.get("create"):
-            flags |= posix_ipc.O_CREAT
-        if args.get("excl"):
-            flags |= posix_ipc.O_EXCL
-        if args.get("truncate"):
-            flags |= posix_ipc.O_TRUNC
+        oflag = args["flags"]      # O_* of shm_open(3), model/flags.py
+        flags = (posix_ipc.O_CREAT if oflag & os.O_CREAT else 0) | (posix_ipc.O_EXCL if oflag & os.O_EXCL else 0) \
+            | (posix_ipc.O_TRUNC if oflag & os.O_TRUNC else 0)
         f0 = _access.faults()
         try:
-            obj = posix_ipc.SharedMemory(args["name"], flags=flags, mode=args.get("mode", 0o600),
-                                         read_only=args.get("access") == "r")
+            obj = posix_ipc.SharedMemory(args["name"], flags=flags, mode=args["mode"],
+                                         read_only=oflag & os.O_ACCMODE == os.O_RDONLY)
         except (posix_ipc.Error, ValueError, OSError) as exc:
             raise StepFailed(_ipc_result(exc))
         if args.get("size") is not None:
@@ -518,7 +500,7 @@ class Worker:
         return "ok", None, {"shmid": shmid}, [], None
 
     def op_shmat(self, args):
-        addr = self.resolve_addr(args.get("addr"))
+        addr = args["addr"]
         f0 = _access.faults()
         try:
             obj = sysv_ipc.attach(args["shmid"], addr or None, args["flags"])
@@ -532,21 +514,19 @@ class Worker:
                 [(obj.address, obj.address + _page_up(size))], None)
 
     def op_shmdt(self, args):
-        r = self.region(args["region"])
-        _, result, faults = self.measured_result(libc.shmdt, r.addr)
-        if result == "ok":
+        _, result, faults = self.measured_result(libc.shmdt, args["addr"])
+        r = self._whole(args)
+        if result == "ok" and r is not None:
             r.mapped = False
-        return result, faults, None, [(r.addr, r.addr + _page_up(r.length))], None
+        return result, faults, None, [(r.addr, r.addr + _page_up(r.length))] if r is not None else [], None
 
     def op_shmctl(self, args):
-        cmd = {"rmid": libc.IPC_RMID, "stat": libc.IPC_STAT, "lock": libc.SHM_LOCK,
-               "unlock": libc.SHM_UNLOCK}[args["cmd"]]
         try:
-            ds = libc.shmctl(args["shmid"], cmd)
+            ds = libc.shmctl(args["shmid"], args["cmd"])
         except libc.CallError as exc:
             raise StepFailed(_errno_result(exc))
         value = None
-        if args["cmd"] == "stat":
+        if args["cmd"] == libc.IPC_STAT:
             value = {"size": ds.segsz, "nattch": ds.nattch, "mode": oct(ds.mode & 0o7777)}
         return "ok", None, value, [], None
 
@@ -612,21 +592,26 @@ def _runs(data) -> list[list[int]]:
 
 
 def _warm_up(w: Worker) -> None:
-    """Run the code paths a step uses once (twice: first-call caches), on a scratch mapping."""
-    flags = libc.MAP["PRIVATE"] | libc.MAP["ANONYMOUS"]
+    """Run the code paths a step uses once (twice: first-call caches), on a scratch mapping;
+    the calls come from the one resolver (model.resolve), as a step's do."""
+    steps = [
+        ("mmap", {"as": "_warm", "length": 2 * PAGE, "prot": "rw", "flags": ("PRIVATE", "ANONYMOUS")}),
+        ("touch", {"region": "_warm", "access": "write", "value": 1}),
+        ("touch", {"region": "_warm", "access": "read"}),
+        ("read", {"region": "_warm"}),
+        ("mprotect", {"region": "_warm", "pages": (0, 1), "prot": "r"}),
+        ("madvise", {"region": "_warm", "advice": "dontneed"}),
+        ("msync", {"region": "_warm", "flags": ("SYNC",)}),
+        ("mlock", {"region": "_warm"}),
+        ("munlock", {"region": "_warm"}),
+        ("mremap", {"region": "_warm", "length": 2 * PAGE}),
+        ("munmap", {"region": "_warm"}),
+        ("munmap", {"region": "_warm", "pages": (0, 0)}),  # EINVAL path
+    ]
     for _ in range(2):
-        w.step("mmap", {"as": "_warm", "length": 2 * PAGE, "prot": 3, "flags": flags}, [])
-        w.step("touch", {"region": "_warm", "access": "write", "value": 1}, [])
-        w.step("touch", {"region": "_warm", "access": "read"}, [])
-        w.step("read", {"region": "_warm"}, [])
-        w.step("mprotect", {"region": "_warm", "pages": (0, 1), "prot": 1}, [])
-        w.step("madvise", {"region": "_warm", "advice": libc.MADV["dontneed"]}, [])
-        w.step("msync", {"region": "_warm", "flags": libc.MS["sync"]}, [])
-        w.step("mlock", {"region": "_warm"}, [])
-        w.step("munlock", {"region": "_warm"}, [])
-        w.step("mremap", {"region": "_warm", "length": 2 * PAGE, "flags": 0}, [])
-        w.step("munmap", {"region": "_warm"}, [])
-        w.step("munmap", {"region": "_warm", "pages": (0, 0)}, [])  # EINVAL path
+        for op, args in steps:
+            regions = {h: (r.addr, r.length) for h, r in w.regions.items()}
+            w.step(op, resolve(op, args, regions, None, PAGE), [])
         w.step("noop", {}, [])
         w.regions.clear()
 

@@ -13,6 +13,7 @@ import pytest
 from model.flags import PAGE_SIZE
 from model.kernel import Kernel
 from model.proc import vmflags
+from model.resolve import Direct, run_step
 from model.synthetic import profile, snapshot
 
 BASE = 0x7E0000000000
@@ -24,9 +25,9 @@ def _kernel(soft_dirty: bool) -> Kernel:
 
 def _mmap(k: Kernel, n: int, page: int, pages: int, prot: str = "rw", shared: bool = False) -> dict:
     flags = ("SHARED" if shared else "PRIVATE", "ANONYMOUS", "FIXED")
-    return k.step({"index": n, "do": "mmap", "in": "main",
+    return run_step(k, {"index": n, "do": "mmap", "in": "main",
                    "args": {"as": f"m{n}", "length": pages * PAGE_SIZE, "prot": prot, "flags": flags,
-                            "addr": ("abs", BASE + page * PAGE_SIZE)}})
+                            "addr": ("abs", BASE + page * PAGE_SIZE)}}, Direct())
 
 
 def _ours(k: Kernel):
@@ -51,8 +52,8 @@ def test_soft_dirty_does_not_stop_a_merge():
     (v,) = _ours(k)
     assert v.end - v.start == 8 * PAGE_SIZE and "sd" in vmflags(v)
     # mprotect splits and re-merges keep the bit on every piece
-    out = k.step({"index": 3, "do": "mprotect", "in": "main",
-                  "args": {"region": "m1", "pages": (1, 2), "prot": "r"}})
+    out = run_step(k, {"index": 3, "do": "mprotect", "in": "main",
+                       "args": {"region": "m1", "pages": (1, 2), "prot": "r"}}, Direct())
     assert out["result"] == "ok" and len(_ours(k)) == 3
     assert all("sd" in vmflags(x) for x in _ours(k))
     assert k.check() == []
@@ -70,7 +71,8 @@ def test_write_to_the_huge_zero_page_by_kernel_version(release, faults):
     steps = [("madvise", {"region": "m1", "advice": "hugepage"}),
              ("touch", {"region": "m1", "pages": (0, 1), "access": "read"}),
              ("touch", {"region": "m1", "pages": (0, 1024), "access": "write", "value": 3})]
-    outs = [k.step({"index": n, "do": do, "in": "main", "args": args}) for n, (do, args) in enumerate(steps, 2)]
+    outs = [run_step(k, {"index": n, "do": do, "in": "main", "args": args}, Direct())
+            for n, (do, args) in enumerate(steps, 2)]
     assert [o["result"] for o in outs] == ["ok"] * 3
     assert outs[1]["faults"]["minor"] == 1 and outs[2]["faults"]["minor"] == faults
     assert k.check() == []

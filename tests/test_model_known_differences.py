@@ -254,3 +254,31 @@ access = "read"
     from shmkit.compare import differences
     live, pred = _live_and_model(text, profile, "file-thp.toml")
     assert not differences(live, pred)
+
+
+@linux
+@pytest.mark.live
+@pytest.mark.xfail(strict=True, reason=by_id("byte-in-page").reason)
+def test_byte_in_page(profile):
+    text = """
+about = "a write at the last byte of a page, then a read of its first byte"
+[[step]]
+do = "mmap"
+as = "buf"
+length = "1 page"
+prot = "rw"
+flags = ["private", "anonymous"]
+[[step]]
+do = "touch"
+addr = "buf+4095"
+access = "write"
+value = 9
+[[step]]
+do = "read"
+addr = "buf"
+"""
+    from shmkit.compare import differences
+    live, pred = _live_and_model(text, profile, "byte-in-page.toml")
+    assert live["steps"][2]["value"] == {"bytes": [[0, 1]]}      # the kernel: the byte at buf
+    assert not differences(live, pred)
+

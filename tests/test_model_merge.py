@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import pytest
 
+from model.resolve import Direct, run_step
 from model.flags import (
     PAGE_SHIFT,
     PAGE_SIZE,
@@ -66,8 +67,10 @@ class Scene:
         if _parent is not None:
             self.k, self.log, self.counter = _parent.k, _parent.log, _parent.counter
             self.names = _parent.names
+            self.direct = _parent.direct
             return
         self.k = Kernel(profile(), snapshot())
+        self.direct = Direct()                # the model on its own: a file's name is its path
         self.log: list[str] = []
         self.counter = [0]
         self.names: dict[int, str] = {}      # id(AnonVma) -> "avN", stable over the scenario
@@ -132,7 +135,7 @@ class Scene:
         self.counter[0] += 1
         n = self.counter[0]
         self.log.append(f"--- before step {n} ({self.proc}): {what}\n{self.picture()}")
-        out = self.k.step({"index": n, "do": do, "in": self.proc, "args": args})
+        out = run_step(self.k, {"index": n, "do": do, "in": self.proc, "args": args}, self.direct)
         assert out["result"] == expect, f"step {n} {what}: {out['result']}, expected {expect}\n{self.story()}"
         problems = self.k.check()
         assert problems == [], f"check() after step {n} {what}: {problems}\n{self.story()}"
@@ -188,18 +191,18 @@ class Scene:
         return Scene(self.width, _parent=self, proc=child)
 
     def file(self, path: str, npages: int, handle: str):
-        self._step("file", {"path": path, "size": npages * PAGE}, f"create {path} ({npages} pages)")
-        self._step("open", {"path": path, "as": handle}, f"open {path} as {handle}")
+        self._step("file", {"name": path, "size": npages * PAGE}, f"create {path} ({npages} pages)")
+        self._step("open", {"file": path, "as": handle}, f"open {path} as {handle}")
 
     def shm(self, page: int, npages: int, handle: str = "seg") -> str:
-        self._step("shmget", {"as": handle, "real_key": 0, "size": npages * PAGE, "create": True},
+        self._step("shmget", {"as": handle, "key": "private", "size": npages * PAGE, "create": True},
                    f"shmget IPC_PRIVATE {npages} pages")
         self._step("shmat", {"as": handle + "@", "segment": handle, "addr": ("abs", BASE + page * PAGE)},
                    f"shmat at {page:#x}")
         return handle
 
     def nattch(self, handle: str = "seg") -> int:
-        return self.k.ipc.segments[self.k.seg_handles[handle]].nattch
+        return self.k.ipc.segments[self.direct.shmid(handle)].nattch
 
     # ----- looking --------------------------------------------------------------------------
     def at(self, page: int):
@@ -1147,7 +1150,7 @@ def test_file_mappings_merge_through_one_struct_file():
     s.mmap(4, 2, fd="f", offset=8, shared=True)
     s.expect_row("AAAABB    ", "file offset not in line")
     s.expect(4, pgoff=8)
-    s._step("open", {"path": "/tmp/merge-model", "as": "g"}, "open the file again as g")
+    s._step("open", {"file": "/tmp/merge-model", "as": "g"}, "open the file again as g")
     s.mmap(6, 2, fd="g", offset=10, shared=True)
     s.expect_row("AAAABBCC  ", "another struct file")
     s.mmap(8, 2, fd="f", offset=12, shared=True)

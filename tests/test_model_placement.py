@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from model.resolve import Direct, run_step
 from model.flags import PAGE_SIZE, PMD_SIZE
 from model.kernel import Kernel
 from model.mm import STACK_GUARD_GAP, TASK_SIZE, legacy_base, mmap_base_formula
@@ -55,7 +56,7 @@ def mmap(k: Kernel, length: int, *, prot="rw", flags=ANON, addr=None, expect="ok
     args = {"as": handle or f"r{_n[0]}", "length": length, "prot": prot, "flags": tuple(flags)}
     if addr is not None:
         args["addr"] = ("abs", addr)
-    out = k.step({"index": _n[0], "do": "mmap", "in": "main", "args": args})
+    out = run_step(k, {"index": _n[0], "do": "mmap", "in": "main", "args": args}, Direct())
     assert out["result"] == expect, f"mmap {args}: {out['result']}, expected {expect}\n{maps(k)}"
     assert k.check() == [], k.check()
     return out["value"]["addr"] if expect == "ok" else None
@@ -63,7 +64,7 @@ def mmap(k: Kernel, length: int, *, prot="rw", flags=ANON, addr=None, expect="ok
 
 def step(k: Kernel, do: str, expect="ok", **args):
     _n[0] += 1
-    out = k.step({"index": _n[0], "do": do, "in": "main", "args": args})
+    out = run_step(k, {"index": _n[0], "do": do, "in": "main", "args": args}, Direct())
     assert out["result"] == expect, f"{do} {args}: {out['result']}, expected {expect}\n{maps(k)}"
     assert k.check() == [], k.check()
     return out

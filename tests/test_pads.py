@@ -10,6 +10,7 @@ import pytest
 
 from model import pads
 from model.mm import TASK_SIZE, AddressSpace
+from model.resolve import Skip, resolve
 from model.vma import Vma
 from shmkit.record import normalise
 from shmkit.spec import ExperimentBuilder
@@ -19,10 +20,26 @@ PAGE = 4096
 PAD = "/memfd:shmkit-pad (deleted)"
 
 
+class _Names:
+    """What model.resolve asks of a side's naming: here only segment sizes."""
+
+    def __init__(self, segments):
+        self.segment_size = segments.get
+
+    def shmid(self, handle):
+        return 1
+
+
 def target(op, regions=None, segments=None, **args):
-    regions = regions or {}
-    segments = segments or {}
-    return pads.target_range(op, args, regions.get, segments.get)
+    """The range a step asks for: the step resolved (model.resolve, as both sides do), then
+    model.pads.target_range of its call. A step naming a region its process lacks is skipped
+    (nothing yields)."""
+    regions = {h: (a, PAGE) for h, a in (regions or {}).items()}
+    try:
+        call = resolve(op, args, regions, _Names(segments or {}), PAGE)
+    except Skip:
+        return None
+    return pads.target_range(op, call)
 
 
 # ----- the rule -------------------------------------------------------------------------------

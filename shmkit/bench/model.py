@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+from model.resolve import Direct, run_step
+
 PAGE = 4096
 
 
@@ -44,13 +46,16 @@ class _Sim:
         from model.kernel import Kernel
         from model.synthetic import snapshot
         self.k = Kernel(profile, snapshot("/bin/python3", devices))
+        self.names = Direct()
         self.i = 0
         if fork:
             self.step("fork", "main", child="peer")
 
     def step(self, do, proc, **args):
+        """One step of the model on its own, resolved as a run's steps are (model.resolve;
+        file names are their paths)."""
         self.i += 1
-        out = self.k.step({"index": self.i, "do": do, "in": proc, "args": args})
+        out = run_step(self.k, {"index": self.i, "do": do, "in": proc, "args": args}, self.names)
         if out["result"] != "ok":
             raise RuntimeError(f"model: {do} in {proc}: {out['result']}")
         return out["faults"] or {"minor": 0, "major": 0}
@@ -74,21 +79,21 @@ def _cold_message(sim: _Sim, transport: str, size: int, prod: str, cons: str, ta
     st = sim.step
     if transport in ("posix", "mp-shm"):
         name = f"/shmkit-bench-model-{tag}"
-        _add(p, st("shm_open", prod, **{"as": "ps" + tag}, real_name=name, create=True, excl=True, size=size))
+        _add(p, st("shm_open", prod, **{"as": "ps" + tag}, name=name, create=True, excl=True, size=size))
         _add(p, st("mmap", prod, **{"as": "pm" + tag}, length=length, prot="rw", flags=("SHARED",),
                    shm="ps" + tag, addr=_hint(paddr)))
         _add(p, st("touch", prod, region="pm" + tag, access="write", value=1))
         _add(p, st("munmap", prod, region="pm" + tag))
-        _add(c, st("shm_open", cons, **{"as": "cs" + tag}, real_name=name,
+        _add(c, st("shm_open", cons, **{"as": "cs" + tag}, name=name,
                    access="rw" if transport == "mp-shm" else "r"))
         _add(c, st("mmap", cons, **{"as": "cm" + tag}, length=length,
                    prot="rw" if transport == "mp-shm" else "r", flags=("SHARED",), shm="cs" + tag,
                    addr=_hint(caddr)))
-        st("shm_unlink", cons, real_name=name)
+        st("shm_unlink", cons, name=name)
         _add(c, st("touch", cons, region="cm" + tag, access="read"))
         _add(c, st("munmap", cons, region="cm" + tag))
     elif transport == "memfd":
-        _add(p, st("memfd", prod, **{"as": "pf" + tag}, real_name="shmkit-bench-model-" + tag, size=size))
+        _add(p, st("memfd", prod, **{"as": "pf" + tag}, name="shmkit-bench-model-" + tag, size=size))
         _add(p, st("mmap", prod, **{"as": "pm" + tag}, length=length, prot="rw", flags=("SHARED",),
                    memfd="pf" + tag, addr=_hint(paddr)))
         _add(p, st("touch", prod, region="pm" + tag, access="write", value=1))
@@ -100,7 +105,7 @@ def _cold_message(sim: _Sim, transport: str, size: int, prod: str, cons: str, ta
         _add(c, st("touch", cons, region="cm" + tag, access="read"))
         _add(c, st("munmap", cons, region="cm" + tag))
     elif transport == "sysv":
-        _add(p, st("shmget", prod, **{"as": "g" + tag}, size=size, real_key=0, create=True, mode=0o600))
+        _add(p, st("shmget", prod, **{"as": "g" + tag}, size=size, key="private", create=True, mode=0o600))
         _add(p, st("shmat", prod, **{"as": "pm" + tag}, segment="g" + tag, addr=_hint(paddr), size=length))
         _add(p, st("touch", prod, region="pm" + tag, access="write", value=1))
         _add(p, st("shmdt", prod, region="pm" + tag))
@@ -113,12 +118,12 @@ def _cold_message(sim: _Sim, transport: str, size: int, prod: str, cons: str, ta
         # a new file per message: open(O_CREAT)+ftruncate makes a sparse file whose pages are
         # not in the page cache; the model's nearest file is one whose pages are not cached
         path = os.path.join(tempfile.gettempdir(), f"shmkit-bench-model-{tag}")
-        st("file", prod, path=path, name="f" + tag, size=size, on="disk", cache="cold", fill="zero")
+        st("file", prod, name=path, size=size, on="disk", cache="cold", fill="zero")
         _add(p, st("mmap", prod, **{"as": "pm" + tag}, length=length, prot="rw", flags=("SHARED",),
-                   file="f" + tag, path=path, addr=_hint(paddr)))
+                   file=path, addr=_hint(paddr)))
         _add(p, st("touch", prod, region="pm" + tag, access="write", value=1))
         _add(p, st("munmap", prod, region="pm" + tag))
-        _add(c, st("open", cons, **{"as": "co" + tag}, path=path, mode="r"))
+        _add(c, st("open", cons, **{"as": "co" + tag}, file=path, mode="r"))
         _add(c, st("mmap", cons, **{"as": "cm" + tag}, length=length, prot="r", flags=("SHARED",),
                    fd="co" + tag, addr=_hint(caddr)))
         _add(c, st("touch", cons, region="cm" + tag, access="read"))
@@ -145,16 +150,16 @@ def _warm(sim: _Sim, transport: str, size: int, slots: int, channels: int,
         st("fork", "main", child="peer")
         names = {"main": "ring", "peer": "ring"}
     elif transport in ("posix", "mp-shm"):
-        st("shm_open", "main", **{"as": "s"}, real_name="/shmkit-bench-model-ring", create=True, excl=True, size=total)
+        st("shm_open", "main", **{"as": "s"}, name="/shmkit-bench-model-ring", create=True, excl=True, size=total)
         st("mmap", "main", **{"as": "ring"}, length=total, prot="rw", flags=("SHARED",) + (("POPULATE",) if transport == "posix" else ()),
            shm="s", addr=_hint(addrs[0]))
-        st("shm_open", "peer", **{"as": "s2"}, real_name="/shmkit-bench-model-ring")
+        st("shm_open", "peer", **{"as": "s2"}, name="/shmkit-bench-model-ring")
         st("mmap", "peer", **{"as": "ring2"}, length=total, prot="rw", flags=("SHARED",) + (("POPULATE",) if transport == "posix" else ()),
            shm="s2", addr=_hint(addrs[1]))
-        st("shm_unlink", "main", real_name="/shmkit-bench-model-ring")
+        st("shm_unlink", "main", name="/shmkit-bench-model-ring")
         names = {"main": "ring", "peer": "ring2"}
     elif transport == "memfd":
-        st("memfd", "main", **{"as": "f"}, real_name="shmkit-bench-model-ring", size=total)
+        st("memfd", "main", **{"as": "f"}, name="shmkit-bench-model-ring", size=total)
         st("mmap", "main", **{"as": "ring"}, length=total, prot="rw", flags=("SHARED", "POPULATE"), memfd="f",
            addr=_hint(addrs[0]))
         sim.k.procs["peer"].fds["f"] = sim.k.procs["main"].fds["f"]
@@ -162,7 +167,7 @@ def _warm(sim: _Sim, transport: str, size: int, slots: int, channels: int,
            addr=_hint(addrs[1]))
         names = {"main": "ring", "peer": "ring2"}
     elif transport == "sysv":
-        st("shmget", "main", **{"as": "g"}, size=total, real_key=0, create=True, mode=0o600)
+        st("shmget", "main", **{"as": "g"}, size=total, key="private", create=True, mode=0o600)
         st("shmat", "main", **{"as": "ring"}, segment="g", addr=_hint(addrs[0]), size=total)
         st("touch", "main", region="ring", access="write", value=32)     # sysv_ipc's init_character
         st("shmat", "peer", **{"as": "ring2"}, segment="g", addr=_hint(addrs[1]), size=total)
@@ -170,11 +175,11 @@ def _warm(sim: _Sim, transport: str, size: int, slots: int, channels: int,
         names = {"main": "ring", "peer": "ring2"}
     elif transport == "mmap-file":
         path = os.path.join(tempfile.gettempdir(), "shmkit-bench-model-ring")
-        st("file", "main", path=path, name="ring", size=total, on="disk", fill="zero")
-        st("mmap", "main", **{"as": "ring"}, length=total, prot="rw", flags=("SHARED", "POPULATE"), file="ring",
-           path=path, addr=_hint(addrs[0]))
-        st("mmap", "peer", **{"as": "ring2"}, length=total, prot="rw", flags=("SHARED", "POPULATE"), file="ring",
-           path=path, addr=_hint(addrs[1]))
+        st("file", "main", name=path, size=total, on="disk", fill="zero")
+        st("mmap", "main", **{"as": "ring"}, length=total, prot="rw", flags=("SHARED", "POPULATE"), file=path,
+           addr=_hint(addrs[0]))
+        st("mmap", "peer", **{"as": "ring2"}, length=total, prot="rw", flags=("SHARED", "POPULATE"), file=path,
+           addr=_hint(addrs[1]))
         names = {"main": "ring", "peer": "ring2"}
     else:
         raise ValueError(transport)
