@@ -1,6 +1,7 @@
 """Page tables and page faults: mm/memory.c (handle_mm_fault and the paths below it),
-mm/filemap.c (filemap_fault, filemap_map_pages, read-around), mm/shmem.c (shmem_fault),
-ipc/shm.c (shm_fault), mm/gup.c (populate) and zapping (zap_pte_range).
+mm/filemap.c (filemap_fault, filemap_map_pages), mm/shmem.c (shmem_fault), ipc/shm.c
+(shm_fault), mm/gup.c (populate) and zapping (zap_pte_range). Readahead on a fault is in
+model.readahead, transparent huge pages in model.thp: Memory inherits both.
 
 `access()` runs one process's touch or read over a page range the way the CPU and the
 kernel do: an access to a present PTE that allows it costs nothing; otherwise one fault,
@@ -13,9 +14,11 @@ from __future__ import annotations
 from array import array
 
 from model.flags import VM_PKEY_MASK
-from model.flags import (PMD_SIZE, VM_HUGEPAGE, VM_NOHUGEPAGE, PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
-                         PTE_NONE, PTE_WRITE, PTE_YOUNG, PTE_ZERO, PTRS_PER_PTE, VM_RAND_READ,
-                         VM_READ, VM_EXEC, VM_SEQ_READ, VM_SHARED, VM_WRITE)
+from model.flags import (PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
+                         PTE_NONE, PTE_WRITE, PTE_YOUNG, PTE_ZERO, PTRS_PER_PTE,
+                         VM_READ, VM_EXEC, VM_SHARED, VM_WRITE)
+from model.readahead import ReadaheadOps
+from model.thp import HugePageOps
 from model.vma import AnonVma, Vma
 
 FAULT_AROUND_PAGES = 16   # mm/memory.c fault_around_bytes = 64 KiB (the default; probed per host)
@@ -25,25 +28,6 @@ _PRESENT = bytes(1 if b & PTE_KIND else 0 for b in range(256))
 _WRITABLE = bytes(1 if b & PTE_KIND and b & PTE_WRITE else 0 for b in range(256))
 _YOUNG = bytes((b | PTE_YOUNG) if b & PTE_KIND else b for b in range(256))
 _DIRTY_YOUNG = bytes((b | PTE_YOUNG | PTE_DIRTY) if b & PTE_KIND else b for b in range(256))
-
-
-def _init_ra_size(size: int, maxp: int) -> int:
-    """mm/readahead.c get_init_ra_size()."""
-    new = 1 << max(size - 1, 0).bit_length()
-    if new <= maxp // 32:
-        return new * 4
-    if new <= maxp // 4:
-        return new * 2
-    return maxp
-
-
-def _next_ra_size(cur: int, maxp: int) -> int:
-    """mm/readahead.c get_next_ra_size()."""
-    if cur < maxp // 16:
-        return 4 * cur
-    if cur <= maxp // 2:
-        return 2 * cur
-    return maxp
 
 
 class Fault(Exception):
@@ -61,8 +45,9 @@ def _shared_writable_pte(vma: Vma) -> bool:
                 and not vma.file.write_notify)
 
 
-class Memory:
-    """Fault handling for one kernel (model.kernel.Kernel holds the shared objects)."""
+class Memory(ReadaheadOps, HugePageOps):
+    """Fault handling for one kernel (model.kernel.Kernel holds the shared objects); the
+    readahead (model.readahead) and THP (model.thp) methods are inherited."""
 
     def __init__(self, kernel):
         self.k = kernel
@@ -85,158 +70,6 @@ class Memory:
                 self.k.note("anon_vma_prepare reused the neighbour's anon_vma (find_mergeable_anon_vma)")
                 return
         vma.anon_vma = AnonVma()
-
-    # ----- page cache -----------------------------------------------------------------------
-    def read_around(self, vma: Vma, pgoff: int) -> None:
-        """mm/filemap.c do_sync_mmap_readahead(): VM_RAND_READ (without VM_EXEC) reads no
-        more than the page (filemap_fault's own read), VM_SEQ_READ page_cache_sync_ra(ra_pages),
-        VM_EXEC from the fault to the end of the VMA, otherwise mmap read-around: ra_pages
-        centred on the fault, async_size = ra_pages / 4."""
-        ino = vma.file.inode
-        ra = ino.readahead_pages
-        if vma.flags & (VM_RAND_READ | VM_EXEC) == VM_RAND_READ:
-            if not ino.is_cached(pgoff):
-                ino.add_folio(pgoff, 1)
-            self.k.note("page cache miss: no readahead (VM_RAND_READ) (do_sync_mmap_readahead)")
-            return
-        if vma.flags & VM_SEQ_READ:
-            self.sync_ra(vma, pgoff, ra)
-            return
-        if vma.flags & VM_EXEC:
-            # executable memory "rarely benefits from readahead": from the fault (rounded down
-            # to exec_folio_order(), 0 on x86) up to ra_pages, cut at the end of the VMA, and
-            # async_size 0 (no mark). Measured: file-readahead-exec.toml.
-            start = max(pgoff, vma.pgoff)
-            size = min(start + ra, vma.pgoff + vma.pages) - start
-            vma.file.ra = (start, size, 0, 0)
-            self.ra_order(vma, start, size, 0, 0)
-            self.k.note(f"page cache miss in a VM_EXEC mapping: {size} pages from the fault, "
-                        "bounded by the VMA (do_sync_mmap_readahead)")
-            return
-        start = max(0, pgoff - ra // 2)
-        vma.file.ra = (start, ra, ra // 4, 0)
-        self.ra_order(vma, start, ra, ra // 4, 0)
-        self.k.note(f"page cache miss: read-around of {ra} pages (do_sync_mmap_readahead)")
-
-    def sync_ra(self, vma: Vma, index: int, req: int) -> None:
-        """mm/readahead.c page_cache_sync_ra() for a VM_SEQ_READ fault (req = ra_pages, so
-        ractl_max_pages() is ra_pages). At page 0 (a start of file; mmap faults never move
-        prev_pos) the window is get_init_ra_size(req, max) pages with async_size = size / 2
-        (size > req is impossible here), so its middle page gets PG_readahead. Elsewhere the
-        cached run just before the fault decides (page_cache_prev_miss): a short one is a
-        small random read, do_page_cache_ra(req) with no mark and no state; a run longer than
-        req (only possible doubled, from page 0: miss == ULONG_MAX) starts a window of
-        min(contig + req, max) pages with async_size 1. Measured: file-readahead-marks.toml."""
-        ino = vma.file.inode
-        maxp = ino.readahead_pages
-        if index == 0:
-            size = _init_ra_size(req, maxp)
-            asz = size - req if size > req else size >> 1
-            vma.file.ra = (index, size, asz, 0)
-            self.ra_order(vma, index, size, asz, 0)
-            self.k.note(f"page cache miss at page 0: page_cache_sync_ra reads a {size}-page window "
-                        f"and marks page {index + size - asz} PG_readahead (VM_SEQ_READ)")
-            return
-        contig = 0
-        j = index - 1
-        while j >= 0 and contig < maxp and ino.is_cached(j):
-            contig += 1
-            j -= 1
-        if j < 0:                        # cached from page 0: miss == ULONG_MAX
-            contig *= 2
-        if contig <= req:
-            self.ra_order(vma, index, req, 0, 0, fallback_only=True)
-            self.k.note(f"page cache miss: page_cache_sync_ra reads {req} pages ahead, no mark "
-                        "(do_page_cache_ra: a small random read, VM_SEQ_READ)")
-            return
-        size = min(contig + req, maxp)
-        vma.file.ra = (index, size, 1, 0)
-        self.ra_order(vma, index, size, 1, 0)
-        self.k.note(f"page cache miss after {contig} cached pages: page_cache_sync_ra reads a "
-                    f"{size}-page window (VM_SEQ_READ)")
-
-    def ra_order(self, vma: Vma, start: int, size: int, asz: int, order: int,
-                 fallback_only: bool = False) -> None:
-        """mm/readahead.c page_cache_ra_order(): folios of the window's order (capped by
-        ilog2(size), smaller where the index is not aligned or the end of file is near) from
-        start; the folio holding start + size - async_size gets PG_readahead (ra_alloc_folio).
-        A page already cached ends that loop (filemap_add_folio: -EEXIST) and
-        do_page_cache_ra() -> page_cache_ra_unbounded() reads the rest in order-0 folios,
-        skipping cached pages and marking the same index if it adds it. Nothing past EOF."""
-        ino = vma.file.inode
-        n = ino.npages
-        mark = start + size - asz if asz else -1
-        index = start
-        if ino.large_folios and not fallback_only:
-            limit = min(n - 1, start + size - 1)
-            new_order = min(order, max(size.bit_length() - 1, 0), 9)
-            vma.file.ra = vma.file.ra[:3] + (new_order,) if vma.file.ra else None
-            while index <= limit:
-                o = new_order
-                if index & ((1 << o) - 1):
-                    o = (index & -index).bit_length() - 1
-                while o > 0 and index + (1 << o) - 1 > limit:
-                    o -= 1
-                if any(ino.is_cached(j) for j in range(index, index + (1 << o))):
-                    break
-                ino.add_folio(index, 1 << o)
-                if mark >= 0 and mark & ~((1 << o) - 1) == index:
-                    ino.ra_flag[index:index + (1 << o)] = b"\x01" * (1 << o)
-                index += 1 << o
-            else:
-                return
-        elif not fallback_only and vma.file.ra:
-            vma.file.ra = vma.file.ra[:3] + (0,)    # no large folio support: ra->order = 0
-        # do_page_cache_ra(ractl, size - (index - start), async_size): nr_to_read is cut at
-        # EOF first, and page_cache_ra_unbounded() marks nr_to_read - lookahead_size (no mark
-        # when the lookahead is longer)
-        nr = min(size - (index - start), n - index)
-        mark = index + nr - asz if 0 < asz <= nr else -1
-        for j in range(index, index + max(nr, 0)):
-            if not ino.is_cached(j):
-                ino.add_folio(j, 1)
-                if j == mark:
-                    ino.ra_flag[j] = 1
-
-    def async_readahead(self, vma: Vma, pgoff: int) -> None:
-        """mm/filemap.c do_async_mmap_readahead() -> mm/readahead.c page_cache_async_ra(): a
-        fault that finds a PG_readahead folio (VM_RAND_READ: left alone) clears the mark and
-        reads the next window. At the index the file's readahead state expects (start + size -
-        async_size, rounded down to the folio) the window moves on: start += size, size =
-        get_next_ra_size(); a marked folio the state does not expect (another open of the
-        file, an interleaved stream) starts the window at the next page cache miss after it
-        (page_cache_next_miss), sized from the distance (start - index + ra_pages). Either
-        way async_size = size (the new window's first folio is marked), ra->order grows by 2
-        and the window's end is aligned to it. The faulting page was cached: the fault stays
-        minor. Measured: file-readahead-marks.toml, file-readahead-other-open.toml."""
-        if vma.flags & VM_RAND_READ:
-            return
-        ino = vma.file.inode
-        fa, fb = ino.folio_range(pgoff)
-        ino.ra_flag[fa:fb] = bytes(fb - fa)
-        maxp = ino.readahead_pages
-        start, size, asz, order = vma.file.ra or (0, 0, 0, 0)
-        nr = fb - fa
-        if pgoff == (start + size - asz) & ~(nr - 1):
-            start += size
-            size = max(size, _next_ra_size(size, maxp))
-        else:
-            miss = pgoff + 1
-            while miss < pgoff + 1 + maxp and ino.is_cached(miss):
-                miss += 1
-            if miss - pgoff > maxp:
-                return
-            size = _next_ra_size(miss - pgoff + maxp, maxp)
-            start = miss
-        order += 2
-        align = 1 << min(order, (maxp & -maxp).bit_length() - 1)
-        end = start + size
-        if end & ~(align - 1) > start:
-            size -= end - (end & ~(align - 1))
-        vma.file.ra = (start, size, size, order)
-        self.ra_order(vma, start, size, size, order)
-        self.k.note(f"do_async_mmap_readahead: the PG_readahead page started the next window "
-                    f"({max(0, min(start + size, ino.npages) - start)} pages from {start})")
 
     # ----- PTE changes ----------------------------------------------------------------------
     def map_file_pte(self, vma: Vma, i: int, write: bool, young: bool = True) -> None:
@@ -288,94 +121,6 @@ class Memory:
         return n
 
     # ----- one fault ------------------------------------------------------------------------
-    # ----- transparent huge pages (mm/huge_memory.c) ------------------------------------
-    def thp_eligible(self, vma: Vma) -> bool:
-        """thp_vma_allowable_order() for PMD size on a private anonymous VMA: THP "always"
-        (unless VM_NOHUGEPAGE) or "madvise" with VM_HUGEPAGE."""
-        if vma.file is not None or vma.opaque is not None or vma.flags & VM_SHARED:
-            return False
-        mode = self.k.thp_enabled
-        if vma.flags & VM_NOHUGEPAGE:
-            return False
-        return mode == "always" or (mode == "madvise" and bool(vma.flags & VM_HUGEPAGE))
-
-    @staticmethod
-    def huge_block(vma: Vma, i: int) -> str | None:
-        """What PMD maps page i: "anon" (a THP), "zero" (the huge zero page) or None (PTEs)."""
-        if not vma.huge:
-            return None
-        a = (((vma.start >> PAGE_SHIFT) + i) & ~511) - (vma.start >> PAGE_SHIFT)
-        return vma.huge.get(a)
-
-    def huge_fault(self, mm, vma: Vma, i: int, write: bool, value) -> str | None:
-        """__handle_mm_fault() -> create_huge_pmd()/wp_huge_pmd(): the 2 MiB block around the
-        address, if it lies inside the VMA (thp_vma_suitable_order) and has no PTE table yet
-        (pmd_none), is mapped by one PMD: do_huge_pmd_anonymous_page() maps the huge zero page
-        on a read (use_zero_page) and a new THP on a write; a write to the huge zero page maps
-        a new THP (do_huge_zero_wp_pmd). Returns None to fall back to PTEs."""
-        addr = vma.start + (i << PAGE_SHIFT)
-        haddr = addr & ~(PMD_SIZE - 1)
-        if haddr < vma.start or haddr + PMD_SIZE > vma.end:
-            return None
-        a = (haddr - vma.start) >> PAGE_SHIFT
-        kind = vma.huge.get(a)
-        if kind == "anon":
-            return self.huge_wp(mm, vma, a, i, value)
-        if kind == "zero":
-            if not write:
-                return None
-            if not self.k.huge_zero_wp_thp:
-                # Before 6.13 (1ced09e0331f "mm: allocate THP on hugezeropage wp-fault"),
-                # do_huge_pmd_wp_page() on the huge zero page goes to its fallback:
-                # __split_huge_pmd() leaves 512 zero-page PTEs and the write is an ordinary
-                # do_wp_page() copy of one page. Measured: 513 faults for a 4 MiB write after
-                # a read on Debian 6.1.0-50 and 6.12.118, 2 on 6.18.
-                del vma.huge[a]
-                mm.ptables.add(haddr >> 21)
-                self.k.note("do_huge_pmd_wp_page (before 6.13): a write to the huge zero page splits "
-                            "the PMD into zero-page PTEs and copies one page")
-                return None
-        elif not self.thp_eligible(vma) or (haddr >> 21) in mm.ptables or vma.pte[a:a + 512].count(PTE_NONE) != 512:
-            return None
-        if kind is None:
-            # do_huge_pmd_anonymous_page() calls vmf_anon_prepare() before it looks at the
-            # access: a read that maps the huge zero page gives the VMA an anon_vma too, so a
-            # fork copies its page tables (vma_needs_copy; copy_huge_pmd copies the zero PMD).
-            # Measured: thp-fork-huge-zero.toml, the child reads the block without a fault.
-            self.anon_vma_prepare(mm, vma)
-        if not write and self.k.thp_use_zero_page and kind is None:
-            vma.pte[a:a + 512] = bytes([PTE_ZERO | PTE_YOUNG]) * 512
-            vma.huge[a] = "zero"
-            self.k.note("do_huge_pmd_anonymous_page: a read maps the huge zero page (one PMD, 512 pages)")
-            return "minor"
-        self.anon_vma_prepare(mm, vma)
-        first = self.k.anon.new_run(512, 0)
-        vma.anon_array()[a:a + 512] = array("q", range(first, first + 512))
-        vma.pte[a:a + 512] = bytes([PTE_ANON | PTE_WRITE | PTE_DIRTY | PTE_YOUNG]) * 512
-        if value is not None and write:
-            self.k.anon.data[vma.anon[i]] = value
-        vma.huge[a] = "anon"
-        self.k.note("do_huge_zero_wp_pmd: a write to the huge zero page maps a new THP" if kind == "zero"
-                    else "do_huge_pmd_anonymous_page: one fault maps a 2 MiB THP (512 pages)")
-        return "minor"
-
-    def huge_wp(self, mm, vma: Vma, a: int, i: int, value) -> str | None:
-        """do_huge_pmd_wp_page(): an exclusive THP is reused (the PMD made writable); a shared
-        one is split and the fault falls back to PTE copy-on-write."""
-        ids = vma.anon[a:a + 512]
-        anon = self.k.anon
-        if all(anon.mapcount[p] == 1 for p in ids):
-            for j in range(a, a + 512):
-                vma.pte[j] |= PTE_WRITE | PTE_YOUNG | PTE_DIRTY
-            if value is not None:
-                anon.data[vma.anon[i]] = value
-            self.k.note("do_huge_pmd_wp_page: the only mapping reuses its THP")
-            return "minor"
-        del vma.huge[a]
-        mm.ptables.add((vma.start + (a << PAGE_SHIFT)) >> 21)
-        self.k.note("do_huge_pmd_wp_page: a shared THP is split (__split_huge_pmd); the write copies one page")
-        return None
-
     def fault(self, mm, vma: Vma, i: int, write: bool, value: int) -> str:
         """handle_mm_fault() for page i of vma: returns "minor" or "major"; raises Fault."""
         e = vma.pte[i]
