@@ -109,3 +109,19 @@ def test_model_has_no_import_cycle():
     assert graph["kernel"], "the import graph came out empty: the parser is broken"
     cycle = _cycle(graph)
     assert cycle is None, "import cycle in model/: " + " -> ".join(cycle)
+
+
+def test_no_mixin_shadows_another():
+    """Kernel and Memory are put together from one mixin per file (a system call family);
+    a method defined in two of them would silently hide one (the MRO picks the first)."""
+    from model.kernel import Kernel
+    from model.memory import Memory
+
+    for cls in (Kernel, Memory):
+        owners: dict[str, str] = {}
+        for base in cls.__mro__[:-1]:
+            for name, value in vars(base).items():
+                if name.startswith("__") or not callable(value) and not isinstance(value, (staticmethod, classmethod, property)):
+                    continue
+                assert name not in owners, f"{cls.__name__}: {name} is defined in {owners[name]} and {base.__module__}.{base.__name__}"
+                owners[name] = f"{base.__module__}.{base.__name__}"
