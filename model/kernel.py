@@ -1670,11 +1670,11 @@ class Kernel:
     # ----- POSIX shm, memfd -------------------------------------------------------------------
     def sys_shm_open(self, proc: Process, args: dict):
         """glibc shm_open() = open("/dev/shm/NAME") on tmpfs (mm/shmem.c)."""
-        name = args["real_name"].lstrip("/")
-        if "/" in name:
-            raise errno("EINVAL")
-        if len(name) > 255:
-            raise errno("ENAMETOOLONG")
+        err, name = ipc.shm_name(args["real_name"])    # glibc's name rule (model/ipc.py)
+        if err:
+            raise errno(err)
+        if name in (".", "..") and (args.get("create") or (args.get("access") or "rw") != "r"):
+            raise errno("EINVAL")   # the kernel's EISDIR, which glibc's shm_open turns into EINVAL
         self.alloc_fd(proc)
         ino = self.posix.get(name)
         if ino is None:
@@ -1754,7 +1754,11 @@ class Kernel:
         ino.resize(size)
 
     def sys_shm_unlink(self, proc: Process, args: dict):
-        name = args["real_name"].lstrip("/")
+        err, name = ipc.shm_name(args["real_name"])    # glibc's name rule (model/ipc.py)
+        if err:
+            raise errno(err)
+        if name in (".", ".."):
+            raise errno("EISDIR")   # fs/namei.c do_unlinkat: the last component is not LAST_NORM
         ino = self.posix.get(name)
         if ino is None:
             raise errno("ENOENT")

@@ -290,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="only the summary line")
     r.add_argument("--pause-damon", action="store_true",
                    help="turn the host's DAMON off while the experiments run, and back on after")
+    r.add_argument("--isolation", choices=("auto", "hermetic", "prefix"), default=None,
+                   help="hermetic: each experiment in its own IPC and mount namespace, exact names "
+                        "(default where the host allows it); prefix: run-unique names on the host's "
+                        "(default: $SHMKIT_ISOLATION, else auto)")
     r.set_defaults(func=cmd_run)
     q = sub.add_parser("predict", help="predict every observation of experiments with the model")
     q.add_argument("files", nargs="*", help="experiment files or directories (default: the bundled ones)")
@@ -297,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--snapshot", metavar="RUN.json",
                    help="start from the initial views of a 'shmkit run --json' record instead of a fresh worker")
     q.add_argument("--quiet", action="store_true", help="only the summary line")
+    q.add_argument("--isolation", choices=("auto", "hermetic", "prefix"), default=None,
+                   help="hermetic: each experiment in its own IPC and mount namespace, exact names "
+                        "(default where the host allows it); prefix: run-unique names on the host's "
+                        "(default: $SHMKIT_ISOLATION, else auto)")
     q.set_defaults(func=cmd_predict)
     v = sub.add_parser("validate", help="run experiments live and through the model, compare every field")
     v.add_argument("files", nargs="*", help="experiment files or directories (default: the bundled ones)")
@@ -311,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--pause-damon", action="store_true",
                    help="turn the host's DAMON off while the experiments run, and back on after, "
                         "so smaps Referenced is compared too (otherwise not compared where DAMON runs)")
+    v.add_argument("--isolation", choices=("auto", "hermetic", "prefix"), default=None,
+                   help="hermetic: each experiment in its own IPC and mount namespace, exact names "
+                        "(default where the host allows it); prefix: run-unique names on the host's "
+                        "(default: $SHMKIT_ISOLATION, else auto)")
     v.set_defaults(func=cmd_validate)
     pb = sub.add_parser("probe", help="measure the kernel parameters that cannot be read (fault-around, write-notify, ...)")
     pb.add_argument("--out", metavar="FILE", help="where to store them (default: the state directory)")
@@ -348,9 +360,15 @@ def _dispatch(argv: list[str] | None) -> int:
     from shmkit.registry import UnsafeState
     from shmkit.spec import SpecError
 
+    from shmkit import isolation
+
     args = build_parser().parse_args(argv)
+    isolation.ask(getattr(args, "isolation", None))
     try:
         return args.func(args)
+    except isolation.HostRefuses as e:
+        print(f"shmkit: {e}", file=sys.stderr)
+        return 2
     except SpecError as e:
         print(str(e), file=sys.stderr)
         return 2

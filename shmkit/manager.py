@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from model import pads as padding
-from shmkit import interrupt, libc, procfs, protocol
+from shmkit import interrupt, isolation, libc, procfs, protocol
 from shmkit.observe import PAGE, process_view, residency, system_view, zero_page_pfn
 from shmkit.registry import Run, alive, process_start
 from model.pages import page_align, pages_of
@@ -64,10 +64,19 @@ def _flags(names) -> int:
 class Manager:
     """Runs one experiment once (an attempt). Use run_experiment() for retries."""
 
-    def __init__(self, exp, step_timeout: float = 60.0, zero_pfn: int | None = None):
+    def __init__(self, exp, step_timeout: float = 60.0, zero_pfn: int | None = None,
+                 isolate: str | None = None):
         self.exp = exp
         self.timeout = step_timeout
-        self.run = Run(user=exp.setup.user)
+        # shmkit.isolation: hermetic where the host allows it, unless asked otherwise
+        self.isolation = isolation.choose(isolate or isolation.asked())
+        limits = ipc_limits(exp.setup)
+        if limits and self.isolation != isolation.HERMETIC:
+            raise HarnessError(f"{exp.path}: setup: {', '.join(limits)}: a SysV limit can be set only in "
+                               "the hermetic mode (this run uses the prefix mode); accepted: "
+                               "--isolation hermetic or auto on a host that allows namespaces (root)")
+        self.run = Run(user=exp.setup.user, isolation=self.isolation)
+        self.ns: dict = {}                  # the run's namespaces, as read once the worker is ready
         self.procs: dict[str, Proc] = {}
         self.zero_pfn = zero_pfn
         self.segments: dict[str, int] = {}  # handle -> shmid
@@ -82,7 +91,11 @@ class Manager:
             "name": "main", "manager": os.getpid(), "aslr": setup.aslr, "layout": setup.layout,
             "rlimits": [list(r) for r in setup.rlimits], "user": setup.user, "cwd": str(self.run.dir),
             "run": self.run.run_id,   # on the command line: `shmkit clean` proves a pid is this run's worker
+            "isolation": self.isolation,
         }
+        if self.isolation == isolation.HERMETIC:
+            config["dev_shm_options"] = isolation.dev_shm_options()
+            config["sysctl"] = ipc_limits(setup)
         env = dict(os.environ, PYTHONMALLOC="malloc", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
         env.pop("PYTHONTRACEMALLOC", None)
         with interrupt.deferred():      # a worker that runs is a worker shutdown() knows
@@ -100,7 +113,12 @@ class Manager:
             self.run.note({"kind": "worker", "pid": popen.pid, "start": process_start(popen.pid), "name": "main"})
         ready = self._recv(proc, READY_TIMEOUT, None)
         if "ready" not in ready:
-            raise HarnessError(f"worker did not start: {ready}")
+            raise HarnessError(f"worker did not start: {ready.get('error', ready)}")
+        if self.isolation == isolation.HERMETIC:
+            # what the kernel shows of the run's namespaces (not what was asked for)
+            self.ns = {"ids": isolation.ns_ids(proc.pid),
+                       "ipc_sysctl": isolation.read_ipc_sysctls(proc.pid),
+                       "dev_shm_dev": isolation.dev_number(isolation.dev_shm_dir(proc.pid))}
         proc.pads = ready.get("pads", [])
         _write_back_mapped_files(proc.pid)
         self._record_interp(proc)
@@ -241,8 +259,30 @@ class Manager:
             out[name] = {"pid": proc.pid, "maps": view["lines"], "vmas": view["vmas"], "regions": regions}
         return out
 
+    def ns_pid(self) -> int | None:
+        """A live process of the run, through which its namespaces are read (hermetic mode);
+        None in the prefix mode. When none lives, the namespaces are gone."""
+        if self.isolation != isolation.HERMETIC:
+            return None
+        return next((p.pid for p in self.procs.values() if p.alive), -1)
+
+    def sysv_segments(self) -> list:
+        """/proc/sysvipc/shm as the run's processes see it."""
+        pid = self.ns_pid()
+        if pid is None:
+            return procfs.read_sysvipc_shm()
+        if pid < 0:
+            return []
+        return isolation.in_ipc_ns(pid, procfs.read_sysvipc_shm)
+
     def system(self) -> dict:
-        return system_view(self.run.prefix, set(self.run.keys), set(self.segments.values()))
+        pid = self.ns_pid()
+        if pid is not None and pid < 0:
+            return {"dev_shm": [], "sysv": []}     # the namespaces went with the last process
+        if pid is None:
+            return system_view(self.run.prefix, set(self.run.keys), set(self.segments.values()))
+        # hermetic: the run's /dev/shm and IPC namespace hold nothing but the run's own
+        return system_view("", None, None, dev_shm=isolation.dev_shm_dir(pid), segments=self.sysv_segments())
 
     def perturbation(self, proc: Proc, view: dict, affected: list, op: str) -> list[str]:
         """Interpreter VMAs that changed though the step could not have changed them."""
@@ -407,7 +447,7 @@ class Manager:
 
         def segment_size(handle):
             shmid = self.segments.get(handle)
-            return next((s.size for s in procfs.read_sysvipc_shm() if s.shmid == shmid), None)
+            return next((s.size for s in self.sysv_segments() if s.shmid == shmid), None)
 
         target = padding.target_range(step.do, step.arg, region_addr, segment_size)
         if target is None:
@@ -575,10 +615,12 @@ def _is_worker_of(pid: int, mark: bytes) -> bool:
 def run_attempt(exp, step_timeout: float, zero_pfn) -> dict:
     m = Manager(exp, step_timeout, zero_pfn)
     record = {"path": exp.path, "about": exp.about, "setup": _setup_dict(exp.setup),
-              "run_id": m.run.run_id, "prefix": m.run.prefix, "status": "ok", "steps": []}
+              "run_id": m.run.run_id, "prefix": m.run.name_prefix, "isolation": {"mode": m.isolation},
+              "status": "ok", "steps": []}
     try:
         m.open()
         m.spawn_main()
+        record["isolation"].update(m.ns)
         record["initial"] = {"processes": m.observe(), **m.system()}
         record["pads"] = {"main": m.procs["main"].pads}
         for step in exp.steps:
@@ -599,7 +641,14 @@ def _faults(f):
 
 
 def _setup_dict(s) -> dict:
-    return {"aslr": s.aslr, "layout": s.layout, "rlimits": [list(r) for r in s.rlimits], "user": s.user}
+    out = {"aslr": s.aslr, "layout": s.layout, "rlimits": [list(r) for r in s.rlimits], "user": s.user}
+    out.update(ipc_limits(s))
+    return out
+
+
+def ipc_limits(setup) -> dict[str, int]:
+    """The SysV limits an experiment's [setup] sets in its IPC namespace (shmkit.isolation)."""
+    return {k: getattr(setup, k) for k in isolation.IPC_SYSCTLS if getattr(setup, k, None) is not None}
 
 
 _SUBREAPER_SET = False

@@ -237,9 +237,16 @@ class Run:
 
     run_id: str = field(default_factory=lambda: f"{os.getpid()}-{secrets.token_hex(3)}")
     user: str | None = None
+    # shmkit.isolation: "hermetic" (the workers have their own IPC namespace and /dev/shm: names
+    # and keys are the experiment's own) or "prefix" (run-unique names on the host's)
+    isolation: str = "prefix"
 
     def __post_init__(self) -> None:
-        self.prefix = f"{PREFIX}{self.run_id}-"
+        self.prefix = f"{PREFIX}{self.run_id}-"     # the run's temp dir and registry file
+        self.hermetic = self.isolation == "hermetic"
+        # what a POSIX name, tmpfs file or memfd name carries before the experiment's name
+        self.name_prefix = "" if self.hermetic else self.prefix
+        self._guardian = None             # (pipe write end, Popen) of the guardian (hermetic)
         self.reg_path = registry_path() / f"{self.run_id}.jsonl"
         self.dir = Path(tempfile.gettempdir()) / f"{PREFIX}{self.run_id}"
         self._reg: int | None = None      # the registry file (O_APPEND)
@@ -254,23 +261,29 @@ class Run:
 
     # ----- naming -------------------------------------------------------------------------
     def posix_name(self, name: str) -> str:
-        """The real shm_open name for an experiment's name: '/' + prefix + name.
-        A name the C library refuses ('a/b') is passed on: its errno is the result."""
+        """The real shm_open name for an experiment's name. Hermetic: the name itself, byte
+        for byte (the run has a /dev/shm of its own). Prefix: '/' + prefix + name; a name the
+        C library refuses ('a/b') is passed on: its errno is the result."""
+        if self.hermetic:
+            return name
         return "/" + self.prefix + name.lstrip("/")
 
     def file_path(self, name: str, on: str) -> str:
-        if on == "tmpfs":
-            return f"{DEV_SHM}/{self.prefix}f-{name}"
+        if on == "tmpfs":     # hermetic: in the run's own /dev/shm, apart from POSIX names
+            return f"{DEV_SHM}/{self.name_prefix or PREFIX}f-{name}"
         return str(self.dir / name)
 
     def memfd_name(self, name: str) -> str:
-        return self.prefix + name
+        return self.name_prefix + name
 
     def sysv_key(self, key: int | str) -> int:
-        """A run-unique key for an experiment's integer key: 0x53 ('S') in the top
-        byte, 24 bits from the run id and the key. IPC_PRIVATE stays 0."""
+        """The real key for an experiment's key. Hermetic: the key itself (the run has an
+        IPC namespace of its own). Prefix: a run-unique key, 0x53 ('S') in the top byte, 24
+        bits from the run id and the key. IPC_PRIVATE stays 0."""
         if key == "private":
             return libc.IPC_PRIVATE
+        if self.hermetic:
+            return int(key)
         h = zlib.crc32(f"{self.run_id}:{key}".encode()) & 0xFFFFFF
         k = 0x53000000 | h
         return k if k < 0x80000000 else k - (1 << 32)
@@ -304,10 +317,18 @@ class Run:
         self._made_dir = True
         if uid is not None:
             os.chown(self.dir, uid, gid, follow_symlinks=False)
+        if self.hermetic:
+            self._guardian = start_guardian(self.dir, self._dfd, self._reg, self.reg_path.name)
+
+    # Kernel objects a hermetic run's namespaces hold: they go with the namespaces, and a
+    # registry entry for them could only ever name a host object that is not the run's.
+    NAMESPACED = ("posix", "sysv", "memfd")
 
     def note(self, entry: dict) -> None:
         """Appends one entry and flushes it to the file before the object exists."""
         self.entries.append(entry)
+        if self.hermetic and entry.get("kind") in self.NAMESPACED:
+            return
         os.write(self._reg, (json.dumps(entry) + "\n").encode())
         os.fsync(self._reg)
 
@@ -327,7 +348,70 @@ class Run:
         if self._dfd is not None:
             os.close(self._dfd)
             self._dfd = None
+        if self._guardian is not None:    # its work is done: EOF tells it so
+            wfd, proc = self._guardian
+            self._guardian = None
+            os.close(wfd)
+            try:
+                proc.wait(timeout=10)
+            except Exception:          # subprocess.TimeoutExpired: it finishes on its own
+                pass
         return removed
+
+
+# The guardian of a hermetic run (python -S -c GUARDIAN): a process in a session of its own
+# that outlives the manager. It holds the run's temp dir, its parent directory, the registry
+# directory and the run's registry file open from the moment they were made, and blocks on a
+# pipe only the manager can write. At EOF (the manager closed it, or died: SIGKILL included)
+# it removes the temp dir and the registry file, each only if the name still refers to the
+# very object it holds (samestat), with rmtree's fd-based walk. Workers die with the manager
+# (PR_SET_PDEATHSIG, EOF on their socket); a file one of them makes meanwhile makes rmtree
+# fail with ENOTEMPTY, and the guardian tries again for up to 30 s.
+GUARDIAN = r"""
+import os, shutil, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+r, pfd, dfd, rdfd, regfd = map(int, sys.argv[1:6])
+name, regname = sys.argv[6], sys.argv[7]
+while os.read(r, 64):
+    pass
+def same(n, d, fd):
+    try:
+        return os.path.samestat(os.stat(n, dir_fd=d, follow_symlinks=False), os.fstat(fd))
+    except OSError:
+        return False
+deadline = time.monotonic() + 30
+while same(name, pfd, dfd) and time.monotonic() < deadline:
+    try:
+        shutil.rmtree(name, dir_fd=pfd)
+    except OSError:
+        time.sleep(0.05)
+if same(regname, rdfd, regfd):
+    os.unlink(regname, dir_fd=rdfd)
+"""
+
+
+def start_guardian(run_dir: Path, reg_dfd: int, reg_fd: int, reg_name: str):
+    """Starts the guardian of a hermetic run (see GUARDIAN); returns (pipe write end, Popen)."""
+    import subprocess
+    import sys
+
+    assert shutil.rmtree.avoids_symlink_attacks
+    r, w = os.pipe()                # both O_CLOEXEC: no worker inherits the write end
+    pfd = os.open(run_dir.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    dfd = os.open(run_dir.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+    try:
+        fds = (r, pfd, dfd, reg_dfd, reg_fd)
+        proc = subprocess.Popen([sys.executable, "-S", "-c", GUARDIAN, *map(str, fds), run_dir.name, reg_name],
+                                pass_fds=fds, start_new_session=True, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except BaseException:
+        os.close(w)
+        raise
+    finally:
+        for fd in (r, pfd, dfd):
+            os.close(fd)
+    return w, proc
 
 
 DEV_SHM = "/dev/shm"
