@@ -1755,8 +1755,10 @@ class Kernel:
 
     def sys_shm_unlink(self, proc: Process, args: dict):
         err, name = ipc.shm_name(args["real_name"])    # glibc's name rule (model/ipc.py)
+        if err == "EINVAL":
+            raise errno("ENOENT")   # glibc shm_unlink: a name __shm_get_name refuses is ENOENT
         if err:
-            raise errno(err)
+            raise errno(err)        # ENAMETOOLONG: the kernel's, from unlink()
         if name in (".", ".."):
             raise errno("EISDIR")   # fs/namei.c do_unlinkat: the last component is not LAST_NORM
         ino = self.posix.get(name)

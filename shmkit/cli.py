@@ -60,17 +60,34 @@ def _damon_pause(args):
     return damon.Pause() if getattr(args, "pause_damon", False) else contextlib.nullcontext()
 
 
-def load_all(files: list[str]):
-    """Parses and preflights every file before anything is created."""
-    from shmkit import preflight, spec
+def load_all(files: list[str], bundled: bool = False):
+    """Parses and preflights every file before anything is created. In the prefix mode an
+    experiment that sets SysV limits in its [setup] cannot run (only a hermetic run has an IPC
+    namespace of its own): a file named on the command line is bad input; the bundled ones
+    (`bundled`, no file named) are left out, and a line on stderr says which and why."""
+    from shmkit import isolation, preflight, spec
+    from shmkit.manager import ipc_limits
 
+    mode = isolation.choose(isolation.asked())
     exps = []
     for f in files:
         if not os.path.exists(f):
             raise spec.SpecError(f, None, None, None, "no such file", "a path to an experiment .toml file")
         exps.append(spec.load(f))
+    if mode == isolation.PREFIX:
+        needs = [e for e in exps if ipc_limits(e.setup)]
+        if needs and not bundled:
+            e = needs[0]
+            raise spec.SpecError(e.path, None, None, next(iter(ipc_limits(e.setup))),
+                                 "a SysV limit can be set only in the hermetic mode, and this run "
+                                 "uses the prefix mode", "--isolation hermetic (or auto, as root)",
+                                 section="setup")
+        if needs:
+            print("left out in the prefix mode (they set SysV limits, which needs the hermetic mode): "
+                  + ", ".join(os.path.basename(e.path) for e in needs), file=sys.stderr)
+            exps = [e for e in exps if e not in needs]
     for e in exps:
-        preflight.check(e)
+        preflight.check(e, mode)
     return exps
 
 
@@ -79,7 +96,7 @@ def cmd_run(args) -> int:
     from shmkit.profile import read_profile
 
     files = experiment_files(args.files)
-    exps = load_all(files)
+    exps = load_all(files, bundled=not args.files)
     results = []
     status = 0
     with _damon_pause(args) as pause:
@@ -111,7 +128,7 @@ def cmd_predict(args) -> int:
     from shmkit.profile import read_profile
 
     files = experiment_files(args.files)
-    exps = load_all(files)
+    exps = load_all(files, bundled=not args.files)
     snaps = {}
     if args.snapshot:
         try:
@@ -196,7 +213,7 @@ def cmd_validate(args) -> int:
             out.print(f"host {k}: A {a!r}  B {b!r}", soft_wrap=True)
         return 0
     files = experiment_files(args.files)
-    exps = load_all(files)
+    exps = load_all(files, bundled=not args.files)
     profile, probed = load_or_probe(args.probed)
     results = []
     with _damon_pause(args) as pause, Progress(
@@ -221,6 +238,9 @@ def cmd_validate(args) -> int:
     rate = f"{100 * sm['match_rate']:.2f}%" if sm["match_rate"] is not None else "-"
     out.print(f"{sm['matching']} of {sm['experiments']} experiment(s) match on every field; "
               f"{sm['matched']}/{sm['fields']} fields ({rate})")
+    modes = sorted({(r.get("live") or {}).get("isolation", {}).get("mode", "prefix") for r in results})
+    out.print(f"isolation: {', '.join(modes) or '-'} (--isolation; the record and the HTML report "
+              "say it per experiment)", markup=False)
     for n in sm["not_compared"]:
         out.print(f"not compared: {n['field']} ({n['count']} fields in {n['experiments']} experiment(s)): "
                   f"{n['why']} ({', '.join(n['cause'])}; known difference {n['known_difference']}; "

@@ -180,3 +180,21 @@ def dev_number(path: str) -> str:
 def ns_ids(pid: int) -> dict[str, str]:
     """The namespaces a process is in (readlink /proc/PID/ns/ipc, mnt): 'ipc:[4026531839]'."""
     return {ns: os.readlink(f"/proc/{pid}/ns/{ns}") for ns in ("ipc", "mnt")}
+
+
+def describe(rec: dict) -> str:
+    """One line saying which mode a run (or prediction) record used, for the terminal account
+    and the HTML report."""
+    iso = rec.get("isolation") or {}
+    if iso.get("mode") == HERMETIC:
+        parts = []
+        if iso.get("ids"):
+            parts.append(f"its own IPC namespace {iso['ids'].get('ipc')} and mount namespace "
+                         f"{iso['ids'].get('mnt')}")
+        if iso.get("dev_shm_dev"):
+            parts.append(f"its own tmpfs on /dev/shm (dev {iso['dev_shm_dev']})")
+        if iso.get("ipc_sysctl"):
+            parts.append(", ".join(f"{k} {v}" for k, v in iso["ipc_sysctl"].items()))
+        return "isolation: hermetic (exact names, keys and shmids" + (": " + "; ".join(parts) if parts else "") + ")"
+    return (f"isolation: prefix (names carry the run's prefix {rec.get('prefix') or '?'}, keys are "
+            "run-unique, on the host's /dev/shm and SysV table; a killed run needs `shmkit clean`)")
