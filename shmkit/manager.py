@@ -115,6 +115,7 @@ class Manager:
         if "ready" not in ready:
             raise HarnessError(f"worker did not start: {ready.get('error', ready)}")
         if self.isolation == isolation.HERMETIC:
+            self.run.guard_namespace(proc.pid)
             # what the kernel shows of the run's namespaces (not what was asked for)
             self.ns = {"ids": isolation.ns_ids(proc.pid),
                        "ipc_sysctl": isolation.read_ipc_sysctls(proc.pid),
@@ -612,8 +613,8 @@ def _is_worker_of(pid: int, mark: bytes) -> bool:
     return b"shmkit.worker" in argv and any(mark in a for a in argv)
 
 
-def run_attempt(exp, step_timeout: float, zero_pfn) -> dict:
-    m = Manager(exp, step_timeout, zero_pfn)
+def run_attempt(exp, step_timeout: float, zero_pfn, isolate: str | None = None) -> dict:
+    m = Manager(exp, step_timeout, zero_pfn, isolate)
     record = {"path": exp.path, "about": exp.about, "setup": _setup_dict(exp.setup),
               "run_id": m.run.run_id, "prefix": m.run.name_prefix, "isolation": {"mode": m.isolation},
               "status": "ok", "steps": []}
@@ -664,14 +665,16 @@ def become_subreaper() -> None:
         _SUBREAPER_SET = True
 
 
-def run_experiment(exp, attempts: int = 3, step_timeout: float = 60.0, zero_pfn="auto") -> dict:
-    """Runs an experiment until an attempt has no perturbed step (at most `attempts`)."""
+def run_experiment(exp, attempts: int = 3, step_timeout: float = 60.0, zero_pfn="auto",
+                   isolate: str | None = None) -> dict:
+    """Runs an experiment until an attempt has no perturbed step (at most `attempts`).
+    isolate: auto, hermetic or prefix (shmkit.isolation; None: --isolation or $SHMKIT_ISOLATION)."""
     become_subreaper()
     if zero_pfn == "auto":
         zero_pfn = zero_page_pfn()
     tried = []
     for n in range(1, attempts + 1):
-        rec = run_attempt(exp, step_timeout, zero_pfn)
+        rec = run_attempt(exp, step_timeout, zero_pfn, isolate)
         rec["attempt"] = n
         tried.append(rec)
         if rec["status"] != "perturbed":

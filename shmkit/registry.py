@@ -320,6 +320,19 @@ class Run:
         if self.hermetic:
             self._guardian = start_guardian(self.dir, self._dfd, self._reg, self.reg_path.name)
 
+    def guard_namespace(self, pid: int) -> None:
+        """Hands the guardian an fd on pid's IPC namespace (the run's): if the manager dies,
+        the guardian kills every process left in it (see GUARDIAN)."""
+        import socket
+
+        if self._guardian is None:
+            return
+        fd = os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            socket.send_fds(self._guardian[0], [b"n"], [fd])
+        finally:
+            os.close(fd)
+
     # Kernel objects a hermetic run's namespaces hold: they go with the namespaces, and a
     # registry entry for them could only ever name a host object that is not the run's.
     NAMESPACED = ("posix", "sysv", "memfd")
@@ -349,9 +362,9 @@ class Run:
             os.close(self._dfd)
             self._dfd = None
         if self._guardian is not None:    # its work is done: EOF tells it so
-            wfd, proc = self._guardian
+            sock, proc = self._guardian
             self._guardian = None
-            os.close(wfd)
+            sock.close()
             try:
                 proc.wait(timeout=10)
             except Exception:          # subprocess.TimeoutExpired: it finishes on its own
@@ -361,20 +374,62 @@ class Run:
 
 # The guardian of a hermetic run (python -S -c GUARDIAN): a process in a session of its own
 # that outlives the manager. It holds the run's temp dir, its parent directory, the registry
-# directory and the run's registry file open from the moment they were made, and blocks on a
-# pipe only the manager can write. At EOF (the manager closed it, or died: SIGKILL included)
-# it removes the temp dir and the registry file, each only if the name still refers to the
-# very object it holds (samestat), with rmtree's fd-based walk. Workers die with the manager
-# (PR_SET_PDEATHSIG, EOF on their socket); a file one of them makes meanwhile makes rmtree
-# fail with ENOTEMPTY, and the guardian tries again for up to 30 s.
+# directory and the run's registry file open from the moment they were made, and reads a
+# socket only the manager holds the other end of. The manager sends it, over that socket, an fd
+# on the run's IPC namespace (/proc/PID/ns/ipc) once the main worker has made it: holding it,
+# the namespace's nsfs inode cannot be reused by another namespace. At EOF (the manager closed
+# the socket, or died: SIGKILL included) the guardian
+#  1. kills every process still in the run's IPC namespace, which only the run's workers
+#     can be in (each checked through a pidfd opened before the check: a pid reused meanwhile is
+#     not signalled). A worker forked by a worker does not die with the manager by itself
+#     (PR_SET_PDEATHSIG is not inherited by fork) and may be busy in a long step;
+#  2. drops the namespace fds: with its last process gone the kernel frees the namespace, its
+#     segments (ipc/namespace.c free_ipc_ns) and, with the mount namespace, the /dev/shm tmpfs;
+#  3. removes the temp dir and the registry file, each only if the name still refers to the
+#     very object it holds (samestat), with rmtree's fd-based walk; a file a dying worker makes
+#     meanwhile makes rmtree fail with ENOTEMPTY, and it tries again for up to 30 s.
 GUARDIAN = r"""
-import os, shutil, signal, sys, time
+import os, shutil, signal, socket, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGHUP, signal.SIG_IGN)
 r, pfd, dfd, rdfd, regfd = map(int, sys.argv[1:6])
 name, regname = sys.argv[6], sys.argv[7]
-while os.read(r, 64):
-    pass
+sock = socket.socket(fileno=r)
+ns = []
+while True:
+    data, fds, _, _ = socket.recv_fds(sock, 64, 8)
+    ns += fds
+    if not data and not fds:
+        break
+def in_run(pid):
+    try:
+        st = os.stat(f"/proc/{pid}/ns/ipc")
+    except OSError:
+        return False
+    return any(os.path.samestat(st, os.fstat(fd)) for fd in ns)
+deadline = time.monotonic() + 30
+while ns and time.monotonic() < deadline:
+    found = False
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or not in_run(entry):
+            continue
+        try:
+            pidfd = os.pidfd_open(int(entry))
+        except OSError:
+            continue
+        try:
+            if in_run(entry):
+                found = True
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except OSError:
+            pass
+        finally:
+            os.close(pidfd)
+    if not found:
+        break
+    time.sleep(0.02)
+for fd in ns:
+    os.close(fd)
 def same(n, d, fd):
     try:
         return os.path.samestat(os.stat(n, dir_fd=d, follow_symlinks=False), os.fstat(fd))
@@ -392,26 +447,29 @@ if same(regname, rdfd, regfd):
 
 
 def start_guardian(run_dir: Path, reg_dfd: int, reg_fd: int, reg_name: str):
-    """Starts the guardian of a hermetic run (see GUARDIAN); returns (pipe write end, Popen)."""
+    """Starts the guardian of a hermetic run (see GUARDIAN); returns (our socket end, Popen).
+    Run.guard_namespace() hands it the run's namespace."""
+    import socket
     import subprocess
     import sys
 
     assert shutil.rmtree.avoids_symlink_attacks
-    r, w = os.pipe()                # both O_CLOEXEC: no worker inherits the write end
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)   # both close-on-exec
     pfd = os.open(run_dir.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     dfd = os.open(run_dir.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
     try:
-        fds = (r, pfd, dfd, reg_dfd, reg_fd)
+        fds = (theirs.fileno(), pfd, dfd, reg_dfd, reg_fd)
         proc = subprocess.Popen([sys.executable, "-S", "-c", GUARDIAN, *map(str, fds), run_dir.name, reg_name],
                                 pass_fds=fds, start_new_session=True, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except BaseException:
-        os.close(w)
+        ours.close()
         raise
     finally:
-        for fd in (r, pfd, dfd):
-            os.close(fd)
-    return w, proc
+        theirs.close()
+        os.close(pfd)
+        os.close(dfd)
+    return ours, proc
 
 
 DEV_SHM = "/dev/shm"
