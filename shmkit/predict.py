@@ -164,7 +164,6 @@ def model_step(k: Kernel, names: _Names, step) -> tuple[dict, dict]:
 
 def predict(exp, profile: dict, snapshot: dict, pads: dict, run=None, on_step=None) -> dict:
     """The predicted record of one experiment (docs/record.md, "kind": "predict")."""
-    from shmkit.manager import _setup_dict
 
     mode = snapshot.get("isolation") or "prefix"
     run = run or registry.Run(user=exp.setup.user, isolation=mode)
