@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from model.flags import MS, O_ACCMODE, O_CREAT, O_EXCL, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, ULONG_MASK  # model.resolve's numbers
 
+from model import ipc
 from model.errors import errno
 from model.flags import (PAGE_SIZE, PTE_DIRTY, PTE_FILE, PTE_KIND, PTE_NONE, PTE_WRITE, VM_LOCKED,
                          VM_SHARED)
@@ -292,14 +293,14 @@ class FileOps:
 
     def sys_shm_open(self, proc: Process, args: dict):
         """glibc shm_open() = open("/dev/shm/NAME") on tmpfs (mm/shmem.c)."""
-        name = args["name"].lstrip("/")
         oflag = args["flags"]                      # O_* (model.resolve)
         create, excl = bool(oflag & O_CREAT), bool(oflag & O_EXCL)
         trunc, readonly = bool(oflag & O_TRUNC), oflag & O_ACCMODE == O_RDONLY
-        if "/" in name:
-            raise errno("EINVAL")
-        if len(name) > 255:
-            raise errno("ENAMETOOLONG")
+        err, name = ipc.shm_name(args["name"])     # glibc's name rule (model/ipc.py)
+        if err:
+            raise errno(err)
+        if name in (".", "..") and (create or not readonly):
+            raise errno("EINVAL")   # the kernel's EISDIR, which glibc's shm_open turns into EINVAL
         self.alloc_fd(proc)
         ino = self.posix.get(name)
         if ino is None:
@@ -340,7 +341,13 @@ class FileOps:
         return want & ~bits == 0
 
     def sys_shm_unlink(self, proc: Process, args: dict):
-        name = args["name"].lstrip("/")
+        err, name = ipc.shm_name(args["name"])     # glibc's name rule (model/ipc.py)
+        if err == "EINVAL":
+            raise errno("ENOENT")   # glibc shm_unlink: a name __shm_get_name refuses is ENOENT
+        if err:
+            raise errno(err)        # ENAMETOOLONG: the kernel's, from unlink()
+        if name in (".", ".."):
+            raise errno("EISDIR")   # fs/namei.c do_unlinkat: the last component is not LAST_NORM
         ino = self.posix.get(name)
         if ino is None:
             raise errno("ENOENT")

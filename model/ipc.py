@@ -6,12 +6,22 @@ shmat opens a new struct file on that inode (do_shmat -> alloc_file_clone), so t
 never merge. nattch counts the VMAs that map the segment (shm_open() runs for every new VMA:
 attach, split, fork; shm_close() for every VMA that goes). IPC_RMID sets SHM_DEST and makes
 the key IPC_PRIVATE; the segment is destroyed at once when nothing is attached, else at the
-last detach (shm_destroy)."""
+last detach (shm_destroy).
+
+Shmids follow ipc/util.c ipc_idr_alloc() in a fresh IPC namespace (ipc_init_ids: seq 0,
+last_idx -1), which is what a hermetic run has (shmkit.isolation): the index comes from
+idr_alloc_cyclic() below max(in_use * 3/2, ipc_min_cycle) capped at ipc_mni, the sequence
+number grows each time the index does not move up, shmid = (seq << ipcmni_seq_shift()) + idx.
+In the prefix mode the host's IDR is shared with every other process, and shmids are symbols
+in the normal form.
+
+This file also holds glibc's shm_open() name rule (shm_name), applied before the kernel sees a
+POSIX shm name."""
 from __future__ import annotations
 
-from model.flags import SHMCTL_CMD  # model.resolve's numbers
-
 import itertools
+
+from model.flags import SHMCTL_CMD  # model.resolve's numbers
 
 from model.errors import StepError, errno
 from model.flags import PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, MAP
@@ -24,6 +34,72 @@ SHM_DEST, SHM_LOCKED = 0o1000, 0o2000
 IPC_CREAT, IPC_EXCL = 0o1000, 0o2000
 SHM_RDONLY, SHM_RND, SHM_REMAP = 0o10000, 0o20000, 0o40000
 SHMMIN = 1
+# ipc/util.h: IPCMNI_SHIFT 15 (IPCMNI_EXTEND_SHIFT 24 only with the ipcmni_extend boot option),
+# ipc_min_cycle = RADIX_TREE_MAP_SIZE (64), ipcid_seq_max() = INT_MAX >> ipcmni_seq_shift()
+IPCMNI_SHIFT = 15
+IPCMNI = 1 << IPCMNI_SHIFT
+IPC_MIN_CYCLE = 64
+SEQ_MAX = 0x7FFFFFFF >> IPCMNI_SHIFT
+
+# glibc (posix/shm-directory.c, measured with 2.36): the name is copied after "/dev/shm/" into
+# a buffer of sizeof(SHMDIR) + 4 + NAME_MAX + 1 = 270 bytes
+NAME_MAX = 255
+_SHMDIR = "/dev/shm/"
+_SHM_NAME_BUF = len(_SHMDIR) + 1 + 4 + NAME_MAX + 1
+
+
+def shm_name(name: str) -> tuple[str | None, str]:
+    """glibc __shm_get_name() then the kernel's path walk, for shm_open/shm_unlink:
+    (errno name or None, the name in /dev/shm). Leading slashes are skipped; an empty rest or
+    one holding a slash is EINVAL; a rest the 270-byte buffer cannot hold (more than 260 bytes)
+    is EINVAL in glibc 2.36; a rest of 256..260 bytes reaches open() and the kernel refuses the
+    component (fs/namei.c: longer than NAME_MAX) with ENAMETOOLONG. Lengths are in bytes."""
+    rest = name.lstrip("/")
+    size = len(rest.encode("utf-8", "surrogateescape"))
+    if not rest or "/" in rest:
+        return "EINVAL", rest
+    if len(_SHMDIR) + size + 1 > _SHM_NAME_BUF:
+        return "EINVAL", rest
+    if size > NAME_MAX:
+        return "ENAMETOOLONG", rest
+    return None, rest
+
+
+class IdrAllocator:
+    """ipc/util.c ipc_idr_alloc() over lib/idr.c idr_alloc_cyclic()."""
+
+    def __init__(self):
+        self.seq = 0
+        self.last_idx = -1
+        self.next = 0              # idr->idr_next
+        self.used: set[int] = set()
+
+    def alloc(self) -> int | None:
+        """A new shmid, None when no index is free (ENOSPC)."""
+        max_idx = min(max(len(self.used) * 3 // 2, IPC_MIN_CYCLE), IPCMNI)
+        idx = self._lowest_free(self.next, max_idx)
+        if idx is None and self.next > 0:
+            idx = self._lowest_free(0, max_idx)
+        if idx is None:
+            return None
+        self.next = idx + 1
+        if idx <= self.last_idx:
+            self.seq += 1
+            if self.seq >= SEQ_MAX:
+                self.seq = 0
+        self.last_idx = idx
+        self.used.add(idx)
+        return (self.seq << IPCMNI_SHIFT) + idx
+
+    def _lowest_free(self, start: int, end: int) -> int | None:
+        for i in range(start, end):
+            if i not in self.used:
+                return i
+        return None
+
+    def free(self, shmid: int) -> None:
+        """ipc_rmid -> idr_remove."""
+        self.used.discard(shmid & (IPCMNI - 1))
 
 
 class Segment:
@@ -39,7 +115,7 @@ class SysV:
     def __init__(self, kernel):
         self.k = kernel
         self.segments: dict[int, Segment] = {}
-        self._id = itertools.count(900_000_001)
+        self.ids = IdrAllocator()
         # UCOUNT_RLIMIT_MEMLOCK per user: pages of SHM_LOCKed segments (mm/mlock.c user_shm_lock).
         # The count is system-wide per user; the model starts it at 0 (what the kernel holds for
         # the user from other processes cannot be observed).
@@ -63,6 +139,7 @@ class SysV:
         self._shm_unlock(seg)
         seg.destroyed = True
         self.segments.pop(seg.shmid, None)
+        self.ids.free(seg.shmid)
         self.k.note("shm_destroy: the segment is freed")
 
     def _ipcperms(self, proc, seg: Segment, want: int) -> bool:
@@ -90,9 +167,13 @@ class SysV:
                 raise self._err("ENOSPC")
             if len(self.segments) >= self.k.shmmni:
                 raise self._err("ENOSPC")
-            ino = Inode(SHMEM, self.k.new_ino(), self.k.dev[SHMEM], size, f"/SYSV{key & 0xFFFFFFFF:08x}")
+            shmid = self.ids.alloc()
+            if shmid is None:
+                raise self._err("ENOSPC")
+            # newseg(): file_inode(file)->i_ino = shp->shm_perm.id: maps shows the shmid as inode
+            ino = Inode(SHMEM, shmid, self.k.dev[SHMEM], size, f"/SYSV{key & 0xFFFFFFFF:08x}")
             ino.deleted = True
-            seg = Segment(key, next(self._id), size, flg & 0o777, proc.pid, proc.uid, ino)
+            seg = Segment(key, shmid, size, flg & 0o777, proc.pid, proc.uid, ino)
             self.segments[seg.shmid] = seg
             self.k.note("newseg: a new segment backed by a shmem file SYSV%08x" % (key & 0xFFFFFFFF))
             return None, {"shmid": seg.shmid}
@@ -259,7 +340,8 @@ class SysV:
     def rows(self) -> list[dict]:
         """sysvipc_shm_proc_show(): key, shmid, perms, size, cpid, nattch, rss (bytes)."""
         out = []
-        for seg in sorted(self.segments.values(), key=lambda s: s.shmid):
+        # sysvipc_find_ipc() walks the IDR by index
+        for seg in sorted(self.segments.values(), key=lambda s: s.shmid & (IPCMNI - 1)):
             out.append({"key": seg.key, "shmid": seg.shmid, "size": seg.size, "nattch": seg.nattch,
                         "perms": oct(seg.mode & 0o7777), "cpid": seg.cpid,
                         "rss": seg.inode.cached_pages() * PAGE_SIZE})

@@ -113,6 +113,16 @@ KNOWN_DIFFERENCES = (
                "on the page's physical address and DAMON's random sampling, not on the kernel "
                "paths the model follows.",
         test="test_damon_accessed_bits"),
+    KnownDifference(
+        id="shm-open-directory",
+        what="shm_open(\".\") or shm_open(\"..\") read-only without O_CREAT (hermetic mode: "
+             "exact names) succeeds live and gives a descriptor on the /dev/shm directory (or "
+             "/dev); the model says ENOENT. With O_CREAT or write access both say EINVAL.",
+        reason="glibc's shm_open is open(\"/dev/shm/NAME\", O_NOFOLLOW|O_CLOEXEC|flags): "
+               "\".\" and \"..\" walk to a directory (fs/namei.c handle_dots), which open() "
+               "refuses only for writing or O_CREAT (EISDIR, which glibc turns into EINVAL). "
+               "The model's /dev/shm holds objects, not directories, so it has nothing to open.",
+        test="test_shm_open_directory"),
 )
 
 

@@ -59,17 +59,34 @@ def _damon_pause(args):
     return damon.Pause() if getattr(args, "pause_damon", False) else contextlib.nullcontext()
 
 
-def load_all(files: list[str]):
-    """Parses and preflights every file before anything is created."""
-    from shmkit import preflight, spec
+def load_all(files: list[str], bundled: bool = False):
+    """Parses and preflights every file before anything is created. In the prefix mode an
+    experiment that sets SysV limits in its [setup] cannot run (only a hermetic run has an IPC
+    namespace of its own): a file named on the command line is bad input; the bundled ones
+    (`bundled`, no file named) are left out, and a line on stderr says which and why."""
+    from shmkit import isolation, preflight, spec
+    from shmkit.manager import ipc_limits
 
+    mode = isolation.choose(isolation.asked())
     exps = []
     for f in files:
         if not os.path.exists(f):
             raise spec.SpecError(f, None, None, None, "no such file", "a path to an experiment .toml file")
         exps.append(spec.load(f))
+    if mode == isolation.PREFIX:
+        needs = [e for e in exps if ipc_limits(e.setup)]
+        if needs and not bundled:
+            e = needs[0]
+            raise spec.SpecError(e.path, None, None, next(iter(ipc_limits(e.setup))),
+                                 "a SysV limit can be set only in the hermetic mode, and this run "
+                                 "uses the prefix mode", "--isolation hermetic (or auto, as root)",
+                                 section="setup")
+        if needs:
+            print("left out in the prefix mode (they set SysV limits, which needs the hermetic mode): "
+                  + ", ".join(os.path.basename(e.path) for e in needs), file=sys.stderr)
+            exps = [e for e in exps if e not in needs]
     for e in exps:
-        preflight.check(e)
+        preflight.check(e, mode)
     return exps
 
 
@@ -78,7 +95,7 @@ def cmd_run(args) -> int:
     from shmkit.probe import load_or_probe
 
     files = experiment_files(args.files)
-    exps = load_all(files)
+    exps = load_all(files, bundled=not args.files)
     results = []
     status = 0
     with _damon_pause(args) as pause:
@@ -111,7 +128,7 @@ def cmd_predict(args) -> int:
     from shmkit.probe import load_or_probe
 
     files = experiment_files(args.files)
-    exps = load_all(files)
+    exps = load_all(files, bundled=not args.files)
     snaps = {}
     if args.snapshot:
         try:
@@ -196,7 +213,7 @@ def cmd_validate(args) -> int:
             out.print(f"host {k}: A {a!r}  B {b!r}", soft_wrap=True)
         return 0
     files = experiment_files(args.files)
-    exps = load_all(files)
+    exps = load_all(files, bundled=not args.files)
     if args.progress_file:
         with open(args.progress_file, "a") as pf:
             pf.write(f"profile and probes ({len(exps)} experiments to validate)\n")
@@ -230,6 +247,9 @@ def cmd_validate(args) -> int:
     rate = f"{100 * sm['match_rate']:.2f}%" if sm["match_rate"] is not None else "-"
     out.print(f"{sm['matching']} of {sm['experiments']} experiment(s) match on every field; "
               f"{sm['matched']}/{sm['fields']} fields ({rate})")
+    modes = sorted({(r.get("live") or {}).get("isolation", {}).get("mode", "prefix") for r in results})
+    out.print(f"isolation: {', '.join(modes) or '-'} (--isolation; the record and the HTML report "
+              "say it per experiment)", markup=False)
     for n in sm["not_compared"]:
         out.print(f"not compared: {n['field']} ({n['count']} fields in {n['experiments']} experiment(s)): "
                   f"{n['why']} ({', '.join(n['cause'])}; known difference {n['known_difference']}; "
@@ -401,6 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--probed", metavar="FILE",
                    help="probed kernel parameters for the record's host profile (shmkit probe --out); "
                         "default: the stored ones, probed now if absent")
+    r.add_argument("--isolation", choices=("auto", "hermetic", "prefix"), default=None,
+                   help="hermetic: each experiment in its own IPC and mount namespace, exact names "
+                        "(default where the host allows it); prefix: run-unique names on the host's "
+                        "(default: $SHMKIT_ISOLATION, else auto)")
     r.set_defaults(func=cmd_run)
     q = sub.add_parser("predict", help="predict every observation of experiments with the model")
     q.add_argument("files", nargs="*", help="experiment files or directories (default: the bundled ones)")
@@ -410,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true", help="only the summary line")
     q.add_argument("--probed", metavar="FILE",
                    help="probed kernel parameters (shmkit probe --out); default: the stored ones, probed now if absent")
+    q.add_argument("--isolation", choices=("auto", "hermetic", "prefix"), default=None,
+                   help="hermetic: each experiment in its own IPC and mount namespace, exact names "
+                        "(default where the host allows it); prefix: run-unique names on the host's "
+                        "(default: $SHMKIT_ISOLATION, else auto)")
     q.set_defaults(func=cmd_predict)
     v = sub.add_parser("validate", help="run experiments live and through the model, compare every field")
     v.add_argument("files", nargs="*", help="experiment files or directories (default: the bundled ones)")
@@ -426,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "so smaps Referenced is compared too (otherwise not compared where DAMON runs)")
     v.add_argument("--progress-file", metavar="FILE",
                    help="append a line to FILE as each experiment is done (progress seen from outside)")
+    v.add_argument("--isolation", choices=("auto", "hermetic", "prefix"), default=None,
+                   help="hermetic: each experiment in its own IPC and mount namespace, exact names "
+                        "(default where the host allows it); prefix: run-unique names on the host's "
+                        "(default: $SHMKIT_ISOLATION, else auto)")
     v.set_defaults(func=cmd_validate)
     m = sub.add_parser("matrix", help="validate on this host and on other kernels booted under QEMU, one table")
     m.add_argument("files", nargs="*", help="experiment files or directories (default: the bundled ones)")
@@ -476,9 +508,15 @@ def _dispatch(argv: list[str] | None) -> int:
     from shmkit.registry import UnsafeState
     from shmkit.spec import SpecError
 
+    from shmkit import isolation
+
     args = build_parser().parse_args(argv)
+    isolation.ask(getattr(args, "isolation", None))
     try:
         return args.func(args)
+    except isolation.HostRefuses as e:
+        print(f"shmkit: {e}", file=sys.stderr)
+        return 2
     except SpecError as e:
         print(str(e), file=sys.stderr)
         return 2

@@ -193,7 +193,10 @@ def _experiment(r: dict) -> str:
     c = r["comparison"]
     status = {"match": '<span class="ok">match</span>', "mismatch": '<span class="bad">MISMATCH</span>'}.get(
         r["status"], f'<span class="warn">{_e(r["status"])}</span>')
+    from shmkit.isolation import describe
+
     parts = [f'<h2 id="exp-{_e(stem)}">{_e(stem)} — {status}</h2>', f"<p>{_e(r['about'])}</p>",
+             f'<p class="isolation">{_e(describe(r.get("live") or {}))}</p>',
              f"<p>{c['matched']} of {c['fields']} fields match; live {c.get('live_seconds', 0):.2f} s, "
              f"model {1000 * c.get('model_seconds', 0):.1f} ms</p>"]
     parts += [f'<p class="warn">{_not_compared(n)}</p>' for n in c.get("not_compared") or []]

@@ -176,3 +176,65 @@ def prctl(option: int, arg2: int) -> None:
     if f(option, arg2, 0, 0, 0) == -1:
         code = ctypes.get_errno()
         raise CallError(code, f"prctl: {os.strerror(code)}")
+
+
+def shm_open(name: str, oflag: int, mode: int) -> int:
+    """glibc shm_open(3) as is (posix/shm_open.c, posix/shm-directory.c): its own name rules
+    and errno, which posix_ipc folds into a few exception classes. The name's bytes are the
+    experiment's (surrogateescape: odd bytes pass through)."""
+    f = _libc.shm_open
+    f.argtypes = (ctypes.c_char_p, ctypes.c_int, ctypes.c_uint)
+    f.restype = ctypes.c_int
+    ctypes.set_errno(0)
+    fd = f(name.encode("utf-8", "surrogateescape"), oflag, mode)
+    if fd == -1:
+        code = ctypes.get_errno()
+        raise CallError(code, f"shm_open: {os.strerror(code)}")
+    return fd
+
+
+def shm_unlink(name: str) -> None:
+    f = _libc.shm_unlink
+    f.argtypes = (ctypes.c_char_p,)
+    f.restype = ctypes.c_int
+    ctypes.set_errno(0)
+    if f(name.encode("utf-8", "surrogateescape")) == -1:
+        code = ctypes.get_errno()
+        raise CallError(code, f"shm_unlink: {os.strerror(code)}")
+
+
+# uapi/linux/sched.h, uapi/linux/mount.h
+CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x4000, 0x40000
+
+
+def unshare(flags: int) -> None:
+    """kernel/fork.c ksys_unshare() (Python 3.11 has no os.unshare)."""
+    f = _libc.unshare
+    f.argtypes = (ctypes.c_int,)
+    f.restype = ctypes.c_int
+    if f(flags) == -1:
+        code = ctypes.get_errno()
+        raise CallError(code, f"unshare: {os.strerror(code)}")
+
+
+def setns(fd: int, nstype: int) -> None:
+    """kernel/nsproxy.c setns(): the calling thread joins the namespace fd refers to."""
+    f = _libc.setns
+    f.argtypes = (ctypes.c_int, ctypes.c_int)
+    f.restype = ctypes.c_int
+    if f(fd, nstype) == -1:
+        code = ctypes.get_errno()
+        raise CallError(code, f"setns: {os.strerror(code)}")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    f = _libc.mount
+    f.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+    f.restype = ctypes.c_int
+    enc = (lambda s: None if s is None else s.encode())
+    if f(enc(source), enc(target), enc(fstype), flags, enc(data)) == -1:
+        code = ctypes.get_errno()
+        raise CallError(code, f"mount {target}: {os.strerror(code)}")

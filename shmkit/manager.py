@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from model import pads as padding
-from shmkit import interrupt, libc, procfs, protocol, record
+from shmkit import interrupt, isolation, libc, procfs, protocol, record
 from shmkit.observe import PAGE, process_view, residency, system_view, zero_page_pfn
 from shmkit.registry import Run, alive, process_start
 from model.pages import page_align, pages_of
@@ -54,10 +54,19 @@ class Proc:
 class Manager:
     """Runs one experiment once (an attempt). Use run_experiment() for retries."""
 
-    def __init__(self, exp, step_timeout: float = 60.0, zero_pfn: int | None = None):
+    def __init__(self, exp, step_timeout: float = 60.0, zero_pfn: int | None = None,
+                 isolate: str | None = None):
         self.exp = exp
         self.timeout = step_timeout
-        self.run = Run(user=exp.setup.user)
+        # shmkit.isolation: hermetic where the host allows it, unless asked otherwise
+        self.isolation = isolation.choose(isolate or isolation.asked())
+        limits = ipc_limits(exp.setup)
+        if limits and self.isolation != isolation.HERMETIC:
+            raise HarnessError(f"{exp.path}: setup: {', '.join(limits)}: a SysV limit can be set only in "
+                               "the hermetic mode (this run uses the prefix mode); accepted: "
+                               "--isolation hermetic or auto on a host that allows namespaces (root)")
+        self.run = Run(user=exp.setup.user, isolation=self.isolation)
+        self.ns: dict = {}                  # the run's namespaces, as read once the worker is ready
         self.procs: dict[str, Proc] = {}
         self.zero_pfn = zero_pfn
         self.segments: dict[str, int] = {}  # handle -> shmid
@@ -73,7 +82,11 @@ class Manager:
             "name": "main", "manager": os.getpid(), "aslr": setup.aslr, "layout": setup.layout,
             "rlimits": [list(r) for r in setup.rlimits], "user": setup.user, "cwd": str(self.run.dir),
             "run": self.run.run_id,   # on the command line: `shmkit clean` proves a pid is this run's worker
+            "isolation": self.isolation,
         }
+        if self.isolation == isolation.HERMETIC:
+            config["dev_shm_options"] = isolation.dev_shm_options()
+            config["sysctl"] = ipc_limits(setup)
         env = dict(os.environ, PYTHONMALLOC="malloc", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
         env.pop("PYTHONTRACEMALLOC", None)
         with interrupt.deferred():      # a worker that runs is a worker shutdown() knows
@@ -91,7 +104,13 @@ class Manager:
             self.run.note({"kind": "worker", "pid": popen.pid, "start": process_start(popen.pid), "name": "main"})
         ready = self._recv(proc, READY_TIMEOUT, None)
         if "ready" not in ready:
-            raise HarnessError(f"worker did not start: {ready}")
+            raise HarnessError(f"worker did not start: {ready.get('error', ready)}")
+        if self.isolation == isolation.HERMETIC:
+            self.run.guard_namespace(proc.pid)
+            # what the kernel shows of the run's namespaces (not what was asked for)
+            self.ns = {"ids": isolation.ns_ids(proc.pid),
+                       "ipc_sysctl": isolation.read_ipc_sysctls(proc.pid),
+                       "dev_shm_dev": isolation.dev_number(isolation.dev_shm_dir(proc.pid))}
         proc.pads = ready.get("pads", [])
         _write_back_mapped_files(proc.pid)
         self._record_interp(proc)
@@ -233,8 +252,30 @@ class Manager:
         self.last_view = out
         return out
 
+    def ns_pid(self) -> int | None:
+        """A live process of the run, through which its namespaces are read (hermetic mode);
+        None in the prefix mode. When none lives, the namespaces are gone."""
+        if self.isolation != isolation.HERMETIC:
+            return None
+        return next((p.pid for p in self.procs.values() if p.alive), -1)
+
+    def sysv_segments(self) -> list:
+        """/proc/sysvipc/shm as the run's processes see it."""
+        pid = self.ns_pid()
+        if pid is None:
+            return procfs.read_sysvipc_shm()
+        if pid < 0:
+            return []
+        return isolation.in_ipc_ns(pid, procfs.read_sysvipc_shm)
+
     def system(self) -> dict:
-        return system_view(self.run.prefix, set(self.run.keys), set(self.segments.values()))
+        pid = self.ns_pid()
+        if pid is not None and pid < 0:
+            return {"dev_shm": [], "sysv": []}     # the namespaces went with the last process
+        if pid is None:
+            return system_view(self.run.prefix, set(self.run.keys), set(self.segments.values()))
+        # hermetic: the run's /dev/shm and IPC namespace hold nothing but the run's own
+        return system_view("", None, None, dev_shm=isolation.dev_shm_dir(pid), segments=self.sysv_segments())
 
     def perturbation(self, proc: Proc, view: dict, affected: list, op: str) -> list[str]:
         """Interpreter VMAs that changed though the step could not have changed them."""
@@ -566,12 +607,13 @@ def _is_worker_of(pid: int, mark: bytes) -> bool:
     return b"shmkit.worker" in argv and any(mark in a for a in argv)
 
 
-def run_attempt(exp, step_timeout: float, zero_pfn) -> dict:
-    m = Manager(exp, step_timeout, zero_pfn)
+def run_attempt(exp, step_timeout: float, zero_pfn, isolate: str | None = None) -> dict:
+    m = Manager(exp, step_timeout, zero_pfn, isolate)
     rec = record.experiment_record(exp, m.run)
     try:
         m.open()
         m.spawn_main()
+        rec["isolation"].update(m.ns)
         rec["initial"] = {"processes": m.observe(), **m.system()}
         rec["pads"] = {"main": m.procs["main"].pads}
         for step in exp.steps:
@@ -591,6 +633,11 @@ def _faults(f):
     return None if f is None else {"minor": f[0], "major": f[1]}
 
 
+def ipc_limits(setup) -> dict[str, int]:
+    """The SysV limits an experiment's [setup] sets in its IPC namespace (shmkit.isolation)."""
+    return {k: getattr(setup, k) for k in isolation.IPC_SYSCTLS if getattr(setup, k, None) is not None}
+
+
 _SUBREAPER_SET = False
 
 
@@ -604,14 +651,16 @@ def become_subreaper() -> None:
         _SUBREAPER_SET = True
 
 
-def run_experiment(exp, attempts: int = 3, step_timeout: float = 60.0, zero_pfn="auto") -> dict:
-    """Runs an experiment until an attempt has no perturbed step (at most `attempts`)."""
+def run_experiment(exp, attempts: int = 3, step_timeout: float = 60.0, zero_pfn="auto",
+                   isolate: str | None = None) -> dict:
+    """Runs an experiment until an attempt has no perturbed step (at most `attempts`).
+    isolate: auto, hermetic or prefix (shmkit.isolation; None: --isolation or $SHMKIT_ISOLATION)."""
     become_subreaper()
     if zero_pfn == "auto":
         zero_pfn = zero_page_pfn()
     tried = []
     for n in range(1, attempts + 1):
-        rec = run_attempt(exp, step_timeout, zero_pfn)
+        rec = run_attempt(exp, step_timeout, zero_pfn, isolate)
         rec["attempt"] = n
         tried.append(rec)
         if rec["status"] != "perturbed":

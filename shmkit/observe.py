@@ -84,13 +84,17 @@ def process_view(pid: int) -> dict:
     return {"lines": text.splitlines(), "vmas": records}
 
 
-def system_view(prefix: str, keys: set[int], shmids: set[int]) -> dict:
-    """The run's own /dev/shm entries and SysV segments."""
+def system_view(prefix: str, keys: set[int] | None, shmids: set[int] | None,
+                dev_shm: str = "/dev/shm", segments: list | None = None) -> dict:
+    """The run's own /dev/shm entries and SysV segments. Prefix mode: the host's, filtered by
+    the run's prefix, keys and shmids. Hermetic mode (keys None): every entry of the run's own
+    /dev/shm (dev_shm: /proc/PID/root/dev/shm) and every segment of its IPC namespace
+    (segments: read there, shmkit.isolation.in_ipc_ns)."""
     shm = [{"name": e.name, "size": e.size, "mode": oct(e.mode & 0o7777)}
-           for e in list_dev_shm(prefix=prefix)]
+           for e in list_dev_shm(root=dev_shm, prefix=prefix)]
     sysv = []
-    for s in read_sysvipc_shm():
-        if (s.key and s.key in keys) or s.shmid in shmids:
+    for s in (read_sysvipc_shm() if segments is None else segments):
+        if keys is None or (s.key and s.key in keys) or s.shmid in shmids:
             sysv.append({"key": s.key, "shmid": s.shmid, "size": s.size, "nattch": s.nattch,
                          "perms": oct(s.perms), "cpid": s.cpid, "rss": getattr(s, "rss", None)})
     return {"dev_shm": shm, "sysv": sysv}

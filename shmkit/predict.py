@@ -77,9 +77,17 @@ def snapshot_from_record(rec: dict, profile: dict, run_dir: str | None = None) -
     procs = {n: {"pid": p["pid"], "vmas": p["vmas"]}
              for n, p in rec["initial"]["processes"].items()}
     privileged = os.getuid() == 0 and user is None
-    return {"processes": procs, "setup": setup, "rlimits": rl, "uid": uid,
+    iso = rec.get("isolation") or {}
+    devices = host_devices(run_dir or tempfile.gettempdir())
+    snap = {"processes": procs, "setup": setup, "rlimits": rl, "uid": uid,
             "privileged": privileged, "caps": _cap_eff() if privileged else 0,
-            "devices": host_devices(run_dir or tempfile.gettempdir()), "umask": _umask()}
+            "devices": devices, "umask": _umask(), "isolation": iso.get("mode") or "prefix"}
+    if snap["isolation"] == "hermetic":
+        # the run's own tmpfs on /dev/shm and its IPC namespace's limits, as the live run read them
+        if iso.get("dev_shm_dev"):
+            devices["tmpfs"] = iso["dev_shm_dev"]
+        snap["ipc_sysctl"] = dict(iso.get("ipc_sysctl") or {})
+    return snap
 
 
 def _cap_eff() -> int | None:
@@ -170,8 +178,13 @@ def model_step(k: Kernel, names: _Names, step) -> tuple[dict, dict]:
 
 def predict(exp, profile: dict, snapshot: dict, pads: dict, run=None, on_step=None) -> dict:
     """The predicted record of one experiment (docs/record.md, "kind": "predict")."""
-    run = run or registry.Run(user=exp.setup.user)
+
+    mode = snapshot.get("isolation") or "prefix"
+    run = run or registry.Run(user=exp.setup.user, isolation=mode)
     names = _Names(run)
+    if snapshot.get("ipc_sysctl"):
+        # hermetic: the SysV limits are those of the run's own IPC namespace, not the host's
+        profile = {**profile, "sysctl": {**(profile.get("sysctl") or {}), **snapshot["ipc_sysctl"]}}
     t0 = time.perf_counter()
     k = Kernel(profile, snapshot)
     initial = k.observe()
@@ -195,7 +208,8 @@ def fresh_snapshot(exp, profile: dict):
     try:
         m.open()
         m.spawn_main()
-        rec = {"setup": record.setup_record(exp.setup), "initial": {"processes": m.observe()}}
+        rec = {"setup": record.setup_record(exp.setup), "initial": {"processes": m.observe()},
+               "isolation": {"mode": m.isolation, **m.ns}}
         pads = {"main": m.procs["main"].pads}
     finally:
         m.close()

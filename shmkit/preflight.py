@@ -29,7 +29,19 @@ def _read_int(path: str) -> int:
         return int(f.read().split()[0])
 
 
-def check(exp) -> None:
+# ipc/shm.c shm_init_ns: a fresh IPC namespace's limits (include/uapi/linux/shm.h SHMMAX,
+# SHMALL = ULONG_MAX - (1 << 24), SHMMNI = 4096)
+NS_DEFAULTS = {"shmmax": (1 << 64) - 1 - (1 << 24), "shmall": (1 << 64) - 1 - (1 << 24), "shmmni": 4096}
+
+
+def check(exp, mode: str | None = None) -> None:
+    """Refuses what cannot fit. In the hermetic mode (shmkit.isolation) the SysV limits are the
+    run's own namespace's (its [setup], else a fresh namespace's defaults) and no segment of
+    the host counts: reaching them is a result (EINVAL, ENOSPC), not a harm to the host; the
+    memory the segments take still must fit."""
+    from shmkit import isolation
+
+    mode = mode or isolation.choose(isolation.asked())
     page = os.sysconf("SC_PAGE_SIZE")
     shm = os.statvfs("/dev/shm")
     shm_free = shm.f_bavail * shm.f_frsize
@@ -37,10 +49,15 @@ def check(exp) -> None:
     disk_free = tmp.f_bavail * tmp.f_frsize - (1 << 30)  # keep 1 GiB for everybody else
     mem_avail = read_meminfo().get("MemAvailable", 0) * 1024
     fsize = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    shmmax = _read_int("/proc/sys/kernel/shmmax")
-    shmall = _read_int("/proc/sys/kernel/shmall")
-    shmmni = _read_int("/proc/sys/kernel/shmmni")
-    segments = read_sysvipc_shm()
+    if mode == isolation.HERMETIC:
+        shmmax = exp.setup.shmmax if exp.setup.shmmax is not None else NS_DEFAULTS["shmmax"]
+        shmall = shmmni = None          # the namespace's own: reaching them is the experiment's result
+        segments = []
+    else:
+        shmmax = _read_int("/proc/sys/kernel/shmmax")
+        shmall = _read_int("/proc/sys/kernel/shmall")
+        shmmni = _read_int("/proc/sys/kernel/shmmni")
+        segments = read_sysvipc_shm()
     sysv_used = sum(pages_of(s.size, page) for s in segments)
 
     def fail(step, field, problem, accepted):
@@ -77,10 +94,10 @@ def check(exp) -> None:
             if size <= shmmax:
                 sysv_pages += pages_of(size, page)      # ipc/shm.c newseg(): numpages
                 sysv_count += 1
-                if sysv_pages + sysv_used > shmall:
+                if shmall is not None and sysv_pages + sysv_used > shmall:
                     fail(step, "size", f"{sysv_pages} pages in all exceed what SHMALL leaves "
                          f"({shmall} pages, {sysv_used} in use)", "a smaller size")
-                if sysv_count + len(segments) > shmmni:
+                if shmmni is not None and sysv_count + len(segments) > shmmni:
                     fail(step, "size", f"{sysv_count} more segments exceed SHMMNI ({shmmni}, "
                          f"{len(segments)} in use)", "fewer segments")
                 if sysv_pages * page > mem_avail:

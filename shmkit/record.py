@@ -17,6 +17,12 @@ of one experiment, or a run and a prediction, can be compared field by field:
 - inode numbers of the run's objects and of internal shm files, shmids and pids
   become ``#N``, ``@N`` and process names, numbered by first appearance.
 
+In the hermetic mode (record "isolation": {"mode": "hermetic"}, shmkit.isolation) the run has
+its own /dev/shm and IPC namespace: POSIX names, memfd names, SysV keys and shmids are the
+experiment's own or the fresh namespace's, the same in every run, and are compared as they
+are (no ``<shm:...>``, ``<memfd:...>``, ``<key:...>`` or ``@N``), SysV rows in the order the
+kernel lists them. File paths (the run's temp dir) and inode numbers are symbols in both modes.
+
 In memory a record always holds every process's full view (`maps` and `vmas`) at every
 step. On disk (format 2) the interpreter's VMAs, which hardly change, are written once per
 process and then as changes (`compact`, `expand`; docs/record.md "Compact processes").
@@ -68,10 +74,13 @@ class Normaliser:
         self.pids = {}
         prefix = rec.get("prefix", "")
         names = rec.get("names", {})
+        self.hermetic = (rec.get("isolation") or {}).get("mode") == "hermetic"
         subs: list[tuple[str, str]] = []
         for path, handle in names.get("files", {}).items():
             kind = "tmpfs" if path.startswith("/dev/shm/") else "disk"
             subs.append((path, f"<{kind}:{handle}>"))
+        if self.hermetic:           # exact names and keys: compared as they are
+            names = {"files": names.get("files", {})}
         for real, handle in names.get("posix", {}).items():
             subs.append(("/dev/shm" + real, f"/dev/shm/<shm:{handle}>"))
             subs.append((real.lstrip("/"), f"<shm:{handle}>"))
@@ -84,6 +93,8 @@ class Normaliser:
         subs.sort(key=lambda p: -len(p[0]))
         self.subs = subs
         self.keys = {int(k): h for k, h in names.get("keys", {}).items()}
+        if self.hermetic:
+            self.sym.shmid = lambda shmid: shmid      # a fresh namespace's, the same every run
         self.prefix = prefix
 
     def addr(self, x: int) -> str:
@@ -104,7 +115,8 @@ class Normaliser:
     def _internal(self, vma: dict) -> bool:
         p = vma["path"]
         return (vma["dev"] == "00:01" or p.startswith("/dev/zero") or p.startswith("/SYSV")
-                or p.startswith("/memfd:") or self.prefix in p or "<" in self.name(p))
+                or p.startswith("/memfd:") or bool(self.prefix and self.prefix in p)
+                or p.startswith("/dev/shm/") or "<" in self.name(p))
 
     def enter(self, step: dict) -> None:
         """Before the processes of a step are normalised, in step order: the pad pieces its
@@ -119,7 +131,11 @@ class Normaliser:
         interp = self.is_interp(v, proc)
         start = "$interp" if interp else self.addr(v["start"])
         end = "$interp" if interp else self.addr(v["end"])
-        ino = self.sym.inode(v["dev"], v["inode"]) if v["inode"] and self._internal(v) else v["inode"]
+        ino = v["inode"]
+        if self.hermetic and v["path"].startswith("/SYSV"):
+            pass        # ipc/shm.c newseg: a segment's inode number is its shmid, compared as it is
+        elif (ino or v["path"].startswith("/SYSV")) and self._internal(v):   # a shmid may be 0
+            ino = self.sym.inode(v["dev"], ino)
         out = {"start": start, "end": end, "size": v["end"] - v["start"], "perms": v["perms"],
                "offset": v["offset"], "dev": v["dev"], "inode": ino, "path": self.name(v["path"])}
         if not interp:
@@ -156,10 +172,13 @@ class Normaliser:
         sysv = []
         for row in s.get("sysv", []):
             r = dict(row)
-            r["key"] = self.keys.get(row["key"], row["key"]) if row["key"] else "private"
+            if not self.hermetic:
+                r["key"] = self.keys.get(row["key"], row["key"]) if row["key"] else "private"
             r["shmid"] = self.sym.shmid(row["shmid"])
             r["cpid"] = procs.get(row["cpid"], "?")
             sysv.append(r)
+        if self.hermetic:       # ids the same every run: the kernel's own order (IDR index)
+            return {"dev_shm": shm, "sysv": sysv}
         # /proc/sysvipc/shm lists segments in IDR index order, and ipc_idr_alloc() allocates
         # indexes cyclically (idr_alloc_cyclic) across every process on the host: a later
         # segment can sit before an earlier one. The table is a set; its normal order is the
@@ -240,8 +259,12 @@ def normalise(rec: dict) -> dict:
 
 def setup_record(setup) -> dict:
     """An experiment's [setup] as the record keeps it (spec.Setup)."""
-    return {"aslr": setup.aslr, "layout": setup.layout, "rlimits": [list(r) for r in setup.rlimits],
-            "user": setup.user}
+    out = {"aslr": setup.aslr, "layout": setup.layout, "rlimits": [list(r) for r in setup.rlimits],
+           "user": setup.user}
+    # the SysV limits of the run's own IPC namespace, when the experiment sets them (hermetic)
+    out.update({k: getattr(setup, k) for k in ("shmmax", "shmall", "shmmni")
+                if getattr(setup, k, None) is not None})
+    return out
 
 
 def experiment_record(exp, run, *, path: str | None = None, status: str = "ok", **more) -> dict:
@@ -249,7 +272,8 @@ def experiment_record(exp, run, *, path: str | None = None, status: str = "ok", 
     the run that named its objects (registry.Run), its steps (filled in as they run).
     `more`: initial, pads, ... as docs/record.md lists them."""
     return {"path": exp.path if path is None else path, "about": exp.about, "setup": setup_record(exp.setup),
-            "run_id": run.run_id, "prefix": run.prefix, "status": status, "steps": [], **more}
+            "run_id": run.run_id, "prefix": run.name_prefix, "isolation": {"mode": run.isolation},
+            "status": status, "steps": [], **more}
 
 
 def step_record(step, *, result, faults, value, note, processes: dict, system: dict,

@@ -237,9 +237,16 @@ class Run:
 
     run_id: str = field(default_factory=lambda: f"{os.getpid()}-{secrets.token_hex(3)}")
     user: str | None = None
+    # shmkit.isolation: "hermetic" (the workers have their own IPC namespace and /dev/shm: names
+    # and keys are the experiment's own) or "prefix" (run-unique names on the host's)
+    isolation: str = "prefix"
 
     def __post_init__(self) -> None:
-        self.prefix = f"{PREFIX}{self.run_id}-"
+        self.prefix = f"{PREFIX}{self.run_id}-"     # the run's temp dir and registry file
+        self.hermetic = self.isolation == "hermetic"
+        # what a POSIX name, tmpfs file or memfd name carries before the experiment's name
+        self.name_prefix = "" if self.hermetic else self.prefix
+        self._guardian = None             # (socket, Popen) of the guardian (hermetic)
         self.reg_path = registry_path() / f"{self.run_id}.jsonl"
         self.dir = Path(tempfile.gettempdir()) / f"{PREFIX}{self.run_id}"
         self._reg: int | None = None      # the registry file (O_APPEND)
@@ -255,23 +262,29 @@ class Run:
 
     # ----- naming -------------------------------------------------------------------------
     def posix_name(self, name: str) -> str:
-        """The real shm_open name for an experiment's name: '/' + prefix + name.
-        A name the C library refuses ('a/b') is passed on: its errno is the result."""
+        """The real shm_open name for an experiment's name. Hermetic: the name itself, byte
+        for byte (the run has a /dev/shm of its own). Prefix: '/' + prefix + name; a name the
+        C library refuses ('a/b') is passed on: its errno is the result."""
+        if self.hermetic:
+            return name
         return "/" + self.prefix + name.lstrip("/")
 
     def file_path(self, name: str, on: str) -> str:
-        if on == "tmpfs":
-            return f"{DEV_SHM}/{self.prefix}f-{name}"
+        if on == "tmpfs":     # hermetic: in the run's own /dev/shm, apart from POSIX names
+            return f"{DEV_SHM}/{self.name_prefix or PREFIX}f-{name}"
         return str(self.dir / name)
 
     def memfd_name(self, name: str) -> str:
-        return self.prefix + name
+        return self.name_prefix + name
 
     def sysv_key(self, key: int | str) -> int:
-        """A run-unique key for an experiment's integer key: 0x53 ('S') in the top
-        byte, 24 bits from the run id and the key. IPC_PRIVATE stays 0."""
+        """The real key for an experiment's key. Hermetic: the key itself (the run has an
+        IPC namespace of its own). Prefix: a run-unique key, 0x53 ('S') in the top byte, 24
+        bits from the run id and the key. IPC_PRIVATE stays 0."""
         if key == "private":
             return libc.IPC_PRIVATE
+        if self.hermetic:
+            return int(key)
         h = zlib.crc32(f"{self.run_id}:{key}".encode()) & 0xFFFFFF
         k = 0x53000000 | h
         return k if k < 0x80000000 else k - (1 << 32)
@@ -306,10 +319,31 @@ class Run:
         self._made_dir = True
         if uid is not None:
             os.chown(self.dir, uid, gid, follow_symlinks=False)
+        if self.hermetic:
+            self._guardian = start_guardian(self.dir, self._dfd, self._reg, self.reg_path.name)
+
+    def guard_namespace(self, pid: int) -> None:
+        """Hands the guardian an fd on pid's IPC namespace (the run's): if the manager dies,
+        the guardian kills every process left in it (see GUARDIAN)."""
+        import socket
+
+        if self._guardian is None:
+            return
+        fd = os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            socket.send_fds(self._guardian[0], [b"n"], [fd])
+        finally:
+            os.close(fd)
+
+    # Kernel objects a hermetic run's namespaces hold: they go with the namespaces, and a
+    # registry entry for them could only ever name a host object that is not the run's.
+    NAMESPACED = ("posix", "sysv", "memfd")
 
     def note(self, entry: dict) -> None:
         """Appends one entry and flushes it to the file before the object exists."""
         self.entries.append(entry)
+        if self.hermetic and entry.get("kind") in self.NAMESPACED:
+            return
         os.write(self._reg, (json.dumps(entry) + "\n").encode())
         os.fsync(self._reg)
 
@@ -329,10 +363,118 @@ class Run:
         if self._dfd is not None:
             os.close(self._dfd)
             self._dfd = None
+        if self._guardian is not None:    # its work is done: EOF tells it so
+            sock, proc = self._guardian
+            self._guardian = None
+            sock.close()
+            try:
+                proc.wait(timeout=10)
+            except Exception:          # subprocess.TimeoutExpired: it finishes on its own
+                pass
         if self._user_lock is not None:
             os.close(self._user_lock)   # releases the flock
             self._user_lock = None
         return removed
+
+
+# The guardian of a hermetic run (python -S -c GUARDIAN): a process in a session of its own
+# that outlives the manager. It holds the run's temp dir, its parent directory, the registry
+# directory and the run's registry file open from the moment they were made, and reads a
+# socket only the manager holds the other end of. The manager sends it, over that socket, an fd
+# on the run's IPC namespace (/proc/PID/ns/ipc) once the main worker has made it: holding it,
+# the namespace's nsfs inode cannot be reused by another namespace. At EOF (the manager closed
+# the socket, or died: SIGKILL included) the guardian
+#  1. kills every process still in the run's IPC namespace, which only the run's workers
+#     can be in (each checked through a pidfd opened before the check: a pid reused meanwhile is
+#     not signalled). A worker forked by a worker does not die with the manager by itself
+#     (PR_SET_PDEATHSIG is not inherited by fork) and may be busy in a long step;
+#  2. drops the namespace fds: with its last process gone the kernel frees the namespace, its
+#     segments (ipc/namespace.c free_ipc_ns) and, with the mount namespace, the /dev/shm tmpfs;
+#  3. removes the temp dir and the registry file, each only if the name still refers to the
+#     very object it holds (samestat), with rmtree's fd-based walk; a file a dying worker makes
+#     meanwhile makes rmtree fail with ENOTEMPTY, and it tries again for up to 30 s.
+GUARDIAN = r"""
+import os, shutil, signal, socket, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+r, pfd, dfd, rdfd, regfd = map(int, sys.argv[1:6])
+name, regname = sys.argv[6], sys.argv[7]
+sock = socket.socket(fileno=r)
+ns = []
+while True:
+    data, fds, _, _ = socket.recv_fds(sock, 64, 8)
+    ns += fds
+    if not data and not fds:
+        break
+def in_run(pid):
+    try:
+        st = os.stat(f"/proc/{pid}/ns/ipc")
+    except OSError:
+        return False
+    return any(os.path.samestat(st, os.fstat(fd)) for fd in ns)
+deadline = time.monotonic() + 30
+while ns and time.monotonic() < deadline:
+    found = False
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or not in_run(entry):
+            continue
+        try:
+            pidfd = os.pidfd_open(int(entry))
+        except OSError:
+            continue
+        try:
+            if in_run(entry):
+                found = True
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except OSError:
+            pass
+        finally:
+            os.close(pidfd)
+    if not found:
+        break
+    time.sleep(0.02)
+for fd in ns:
+    os.close(fd)
+def same(n, d, fd):
+    try:
+        return os.path.samestat(os.stat(n, dir_fd=d, follow_symlinks=False), os.fstat(fd))
+    except OSError:
+        return False
+deadline = time.monotonic() + 30
+while same(name, pfd, dfd) and time.monotonic() < deadline:
+    try:
+        shutil.rmtree(name, dir_fd=pfd)
+    except OSError:
+        time.sleep(0.05)
+if same(regname, rdfd, regfd):
+    os.unlink(regname, dir_fd=rdfd)
+"""
+
+
+def start_guardian(run_dir: Path, reg_dfd: int, reg_fd: int, reg_name: str):
+    """Starts the guardian of a hermetic run (see GUARDIAN); returns (our socket end, Popen).
+    Run.guard_namespace() hands it the run's namespace."""
+    import socket
+    import subprocess
+    import sys
+
+    assert shutil.rmtree.avoids_symlink_attacks
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)   # both close-on-exec
+    pfd = os.open(run_dir.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    dfd = os.open(run_dir.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+    try:
+        fds = (theirs.fileno(), pfd, dfd, reg_dfd, reg_fd)
+        proc = subprocess.Popen([sys.executable, "-S", "-c", GUARDIAN, *map(str, fds), run_dir.name, reg_name],
+                                pass_fds=fds, start_new_session=True, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+        os.close(pfd)
+        os.close(dfd)
+    return ours, proc
 
 
 def user_lock(dfd: int, uid: int) -> int:

@@ -37,7 +37,9 @@ def _args(raw: dict) -> str:
 
 def render(rec: dict, color: bool = False) -> str:
     n = Normaliser(rec)
-    lines = [f"== {rec['path']}", f"   {rec['about']}"]
+    from shmkit.isolation import describe
+
+    lines = [f"== {rec['path']}", f"   {rec['about']}", f"   {describe(rec)}"]
     if rec.get("attempts", 1) > 1:
         lines.append(f"   (attempts: {rec['attempts']})")
     prev: dict[str, set[str]] = {name: set(n.process(p)["maps"]) for name, p in

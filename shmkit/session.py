@@ -33,6 +33,7 @@ class Session:
             initial = {"processes": self.m.observe(), **self.m.system()}
             self.live = record.experiment_record(probe, self.m.run, path="<session>", initial=initial,
                                                  pads={"main": self.m.procs["main"].pads})
+            self.live["isolation"].update(self.m.ns)
             self.names = _Names(self.m.run)
             self.kernel = Kernel(profile, snapshot_from_record(self.live, profile, str(self.m.run.dir.parent)))
             self.pred = dict(self.live, steps=[], initial=self.kernel.observe())

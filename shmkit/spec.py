@@ -286,6 +286,11 @@ class Setup:
     # (resource, soft, hard), sorted by resource; None = unlimited (RLIM_INFINITY).
     rlimits: tuple[tuple[str, int | None, int | None], ...] = ()
     user: str | None = None
+    # the SysV limits of the run's own IPC namespace (hermetic mode only, shmkit.isolation);
+    # None: the fresh namespace's defaults (ipc/shm.c shm_init_ns)
+    shmmax: int | None = None
+    shmall: int | None = None
+    shmmni: int | None = None
 
 
 @dataclass(frozen=True)
@@ -729,12 +734,12 @@ OPERATIONS: dict[str, tuple[_Field, ...]] = {
         "touch": _region_fields() + [_f("access", _Choice("read", "write"), default="read"),
                                      _f("value", _Byte())],  # default 1 with access = "write"
         "read": _region_fields(),
-        "shm_open": [_f("as", _Name("shm", True), True), _f("name", _Str(), True),
+        "shm_open": [_f("as", _Name("shm", True), True), _f("name", _Str(nonempty=False), True),
                      _f("create", _BOOL, default=False), _f("excl", _BOOL, default=False),
                      _f("truncate", _BOOL, default=False),
                      _f("access", _Choice("r", "rw"), default="rw"), _f("size", _SIZE),
                      _f("mode", _MODE, default=0o600)],
-        "shm_unlink": [_f("name", _Str(), True)],
+        "shm_unlink": [_f("name", _Str(nonempty=False), True)],
         # truncate(2) of a file by name, or ftruncate(2) of an open handle (fd, shm, memfd)
         "truncate": [_f("file", _Name("file", False)), _f("fd", _Name("fd", False)),
                      _f("shm", _Name("shm", False)), _f("memfd", _Name("memfd", False)),
@@ -1034,7 +1039,12 @@ def _validate_step(raw: dict, index: int, file: str, state: _State, page_size: i
     return Step(index, op, proc, tuple(sorted(vals.items())), copy.deepcopy(raw))
 
 
-_SETUP_FIELDS = ("aslr", "layout", "rlimits", "user")
+_SETUP_FIELDS = ("aslr", "layout", "rlimits", "user", "shmmax", "shmall", "shmmni")
+# ipc/ipc_sysctl.c: shmmax (bytes) and shmall (pages) are unsigned longs, shmmni an int from
+# 0 to IPCMNI (32768, ipc/util.h)
+_IPC_LIMITS = {"shmmax": ("bytes: an integer or a size string", 1 << 64),
+               "shmall": ("pages: an integer", 1 << 64),
+               "shmmni": ("segments: an integer from 0 to 32768", 32769)}
 _LIMIT = _Limit()
 _RLIMITS_ACCEPTED = ("a table of resource = limit, or resource = { soft = limit, hard = limit }"
                      " (hard defaults to soft), resources: " + _names(RLIMIT_RESOURCES) +
@@ -1091,7 +1101,20 @@ def _validate_setup(raw: Any, file: str, page_size: int) -> Setup:
         except _Problem as e:
             raise err(where, e.problem, e.accepted) from None
         rlimits[name] = (name, soft, hard)
-    return Setup(aslr, layout, tuple(sorted(rlimits.values())), user)
+    limits = {}
+    for key, (accepted, top) in _IPC_LIMITS.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        accepted = f"{accepted}, set in the run's own IPC namespace (hermetic mode)"
+        try:
+            n = parse_size(value, page_size) if key == "shmmax" else value
+        except _Problem as e:
+            raise err(key, e.problem, accepted) from None
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < top:
+            raise err(key, f"expected {accepted.split(':')[0]}, got {_show(value)}", accepted)
+        limits[key] = n
+    return Setup(aslr, layout, tuple(sorted(rlimits.values())), user, **limits)
 
 
 _TOP_FIELDS = ("about", "format", "setup", "step")
@@ -1268,6 +1291,9 @@ def _setup_raw(setup: Setup) -> dict:
                           for name, soft, hard in setup.rlimits}
     if setup.user is not None:
         raw["user"] = setup.user
+    for key in _IPC_LIMITS:
+        if getattr(setup, key) is not None:
+            raw[key] = getattr(setup, key)
     return raw
 
 
@@ -1302,7 +1328,7 @@ class ExperimentBuilder:
     """
 
     def __init__(self, about: str = "", aslr: bool = True, layout: str = "topdown",
-                 rlimits: dict | None = None, user: str | None = None) -> None:
+                 rlimits: dict | None = None, user: str | None = None, **limits: int) -> None:
         self.about = about
         self.setup: dict[str, Any] = {}
         if aslr is not True:
@@ -1313,6 +1339,7 @@ class ExperimentBuilder:
             self.setup["rlimits"] = _to_raw(rlimits)
         if user is not None:
             self.setup["user"] = user
+        self.setup.update(limits)       # shmmax, shmall, shmmni: validated by build()
         self.steps: list[dict] = []
 
     def step(self, do: str, **fields: Any) -> ExperimentBuilder:

@@ -441,33 +441,28 @@ class Worker:
         return result, [minf, majf], {"bytes": values}, self._affected(args), None
 
     def op_shm_open(self, args):
-        oflag = args["flags"]      # O_* of shm_open(3), model/flags.py
-        flags = (posix_ipc.O_CREAT if oflag & os.O_CREAT else 0) | (posix_ipc.O_EXCL if oflag & os.O_EXCL else 0) \
-            | (posix_ipc.O_TRUNC if oflag & os.O_TRUNC else 0)
+        """glibc shm_open(3) called as is (libc.shm_open): its name rules and its errno are
+        the step's result. `size` is our own ftruncate, so the object stays if it fails."""
+        oflag = args["flags"]      # O_* of shm_open(3), model/flags.py (model.resolve)
         f0 = _access.faults()
         try:
-            obj = posix_ipc.SharedMemory(args["name"], flags=flags, mode=args["mode"],
-                                         read_only=oflag & os.O_ACCMODE == os.O_RDONLY)
-        except (posix_ipc.Error, ValueError, OSError) as exc:
-            raise StepFailed(_ipc_result(exc))
+            fd = libc.shm_open(args["name"], oflag, args["mode"])
+        except OSError as exc:
+            raise StepFailed(_errno_result(exc))
+        self.fds[args["as"]] = fd
         if args.get("size") is not None:
             try:
-                os.ftruncate(obj.fd, args["size"])
+                os.ftruncate(fd, args["size"])
             except OSError as exc:
-                # the object stays (posix_ipc would have unlinked it: we call ftruncate ourselves)
-                self.fds[args["as"]] = obj.fd
-                self.keep[args["as"]] = obj
                 raise StepFailed(_errno_result(exc), note="shm_open succeeded; ftruncate failed")
         f1 = _access.faults()
-        self.fds[args["as"]] = obj.fd
-        self.keep[args["as"]] = obj
         return "ok", [f1[0] - f0[0], f1[1] - f0[1]], None, [], None
 
     def op_shm_unlink(self, args):
         try:
-            posix_ipc.unlink_shared_memory(args["name"])
-        except (posix_ipc.Error, ValueError, OSError) as exc:
-            raise StepFailed(_ipc_result(exc))
+            libc.shm_unlink(args["name"])
+        except OSError as exc:
+            raise StepFailed(_errno_result(exc))
         return "ok", None, None, [], None
 
     def op_truncate(self, args):
@@ -665,6 +660,14 @@ def main(argv: list[str] | None = None) -> None:
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != config["manager"]:
         os._exit(1)
+    if config.get("isolation") == "hermetic":
+        from shmkit import isolation
+
+        try:
+            isolation.enter(config)     # own IPC and mount namespaces, own /dev/shm, shm sysctls
+        except (OSError, ValueError) as exc:
+            protocol.send(socket.socket(fileno=fd), {"error": f"hermetic isolation failed: {exc}"})
+            os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the manager's to handle
     _pin_to_one_cpu()
     libc.mallopt(libc.M_MMAP_MAX, 0)

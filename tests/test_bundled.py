@@ -117,18 +117,21 @@ def _worker_pids(rec: dict) -> set[int]:
 def _leftovers(rec: dict) -> list[str]:
     """Objects of this run still present after run_experiment returned."""
     left = []
-    prefix = rec["prefix"]
+    hermetic = rec["isolation"]["mode"] == "hermetic"
+    # hermetic: names and keys are the experiment's own, in the run's namespaces; on the host
+    # only the temp dir carries the run id, and a segment there made by a worker is a leak
+    prefix = f"shmkit-{rec['run_id']}-" if hermetic else rec["prefix"]
     assert prefix, "record without a run prefix"
     for name in os.listdir("/dev/shm"):
         if name.startswith(prefix):
             left.append(f"/dev/shm/{name}")
     names = rec.get("names", {})
-    keys = {int(k) for k in names.get("keys", {}) if int(k) != 0}
+    keys = set() if hermetic else {int(k) for k in names.get("keys", {}) if int(k) != 0}
     shmids = {int(s) for s in names.get("shmids", {})}
     pids = _worker_pids(rec)
     for seg in _sysv_segments():
         key, shmid, cpid = int(seg["key"]), int(seg["shmid"]), int(seg["cpid"])
-        if (key and key in keys) or (shmid in shmids and cpid in pids):
+        if (key and key in keys) or (shmid in shmids and cpid in pids) or (hermetic and cpid in pids):
             left.append(f"SysV shmid {shmid} key {key:#x} cpid {cpid}")
     run_dir = Path(tempfile.gettempdir()) / prefix.rstrip("-")
     if run_dir.exists():

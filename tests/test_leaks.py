@@ -18,6 +18,14 @@ from tests.interrupts import Trial, check_stopped
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
+
+@pytest.fixture(autouse=True)
+def prefix_mode(monkeypatch):
+    """These tests are the prefix mode's (shmkit.isolation): objects on the host's /dev/shm
+    and SysV table, each written to the registry first, and `shmkit clean` after a SIGKILL.
+    The hermetic mode's SIGKILL test is tests/test_hermetic.py."""
+    monkeypatch.setenv("SHMKIT_ISOLATION", "prefix")
+
 LONG = '''
 about = "objects of every kind, then a step that takes a while"
 [[step]]

@@ -282,3 +282,26 @@ addr = "buf"
     assert live["steps"][2]["value"] == {"bytes": [[0, 1]]}      # the kernel: the byte at buf
     assert not differences(live, pred)
 
+
+def _hermetic() -> tuple[bool, str]:
+    from shmkit import isolation
+    return isolation.probe() if sys.platform.startswith("linux") else (False, "not Linux")
+
+
+@linux
+@pytest.mark.live
+@pytest.mark.skipif(not _hermetic()[0], reason="needs the hermetic mode (exact names): " + _hermetic()[1])
+@pytest.mark.xfail(strict=True, reason=by_id("shm-open-directory").reason)
+def test_shm_open_directory(profile, monkeypatch):
+    monkeypatch.setenv("SHMKIT_ISOLATION", "hermetic")
+    text = """
+about = "shm_open of '.' read-only, without O_CREAT"
+[[step]]
+do = "shm_open"
+as = "dot"
+name = "/."
+access = "r"
+"""
+    from shmkit.compare import differences
+    live, pred = _live_and_model(text, profile, "shm-open-directory.toml")
+    assert not differences(live, pred)

@@ -486,7 +486,8 @@ def test_a_killed_run_is_still_cleaned_and_its_worker_killed(tmp_path):
     exp = tmp_path / "exp.toml"
     exp.write_text(EXP + '[[step]]\ndo = "fork"\nchild = "kid"\n'
                    '[[step]]\ndo = "file"\nin = "kid"\nname = "big"\nsize = "3 GiB"\nfill = "random"\n')
-    env = _env(SHMKIT_STATE=state)
+    # the prefix mode's `clean` (a hermetic run needs none: tests/test_hermetic.py)
+    env = _env(SHMKIT_STATE=state, SHMKIT_ISOLATION="prefix")
     proc = subprocess.Popen([sys.executable, "-m", "shmkit", "run", str(exp), "--attempts", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     entries, deadline = [], time.monotonic() + 120
