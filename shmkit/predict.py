@@ -189,6 +189,8 @@ def predict(exp, profile: dict, snapshot: dict, pads: dict, run=None, on_step=No
     k = Kernel(profile, snapshot)
     initial = k.observe()
     rec = record.experiment_record(exp, run, initial=initial, pads=pads, cleaned=[], attempt=1, attempts=1)
+    if mode == "hermetic":      # the device the model gave the run's /dev/shm (the live run's)
+        rec["isolation"]["dev_shm_dev"] = (snapshot.get("devices") or {}).get("tmpfs")
     for step in exp.steps:
         st, out = model_step(k, names, step)
         rec["steps"].append(st)

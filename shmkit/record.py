@@ -21,7 +21,9 @@ In the hermetic mode (record "isolation": {"mode": "hermetic"}, shmkit.isolation
 its own /dev/shm and IPC namespace: POSIX names, memfd names, SysV keys and shmids are the
 experiment's own or the fresh namespace's, the same in every run, and are compared as they
 are (no ``<shm:...>``, ``<memfd:...>``, ``<key:...>`` or ``@N``), SysV rows in the order the
-kernel lists them. File paths (the run's temp dir) and inode numbers are symbols in both modes.
+kernel lists them. File paths (the run's temp dir) and inode numbers are symbols in both modes,
+and so is the device number of the run's own /dev/shm tmpfs (``<dev_shm>``: a new anonymous
+device at every mount).
 
 In memory a record always holds every process's full view (`maps` and `vmas`) at every
 step. On disk (format 2) the interpreter's VMAs, which hardly change, are written once per
@@ -74,7 +76,10 @@ class Normaliser:
         self.pids = {}
         prefix = rec.get("prefix", "")
         names = rec.get("names", {})
-        self.hermetic = (rec.get("isolation") or {}).get("mode") == "hermetic"
+        iso = rec.get("isolation") or {}
+        self.hermetic = iso.get("mode") == "hermetic"
+        # the run's own /dev/shm tmpfs gets a new anonymous device number at every mount
+        self.dev_shm_dev = iso.get("dev_shm_dev") if self.hermetic else None
         subs: list[tuple[str, str]] = []
         for path, handle in names.get("files", {}).items():
             kind = "tmpfs" if path.startswith("/dev/shm/") else "disk"
@@ -136,8 +141,9 @@ class Normaliser:
             pass        # ipc/shm.c newseg: a segment's inode number is its shmid, compared as it is
         elif (ino or v["path"].startswith("/SYSV")) and self._internal(v):   # a shmid may be 0
             ino = self.sym.inode(v["dev"], ino)
+        dev = "<dev_shm>" if self.dev_shm_dev and v["dev"] == self.dev_shm_dev else v["dev"]
         out = {"start": start, "end": end, "size": v["end"] - v["start"], "perms": v["perms"],
-               "offset": v["offset"], "dev": v["dev"], "inode": ino, "path": self.name(v["path"])}
+               "offset": v["offset"], "dev": dev, "inode": ino, "path": self.name(v["path"])}
         if not interp:
             out["smaps_kb"] = v.get("smaps_kb", {})
             out["vmflags"] = list(v.get("vmflags") or [])
