@@ -67,6 +67,9 @@ class Manager:
     def __init__(self, exp, step_timeout: float = 60.0, zero_pfn: int | None = None):
         self.exp = exp
         self.timeout = step_timeout
+        # a worker's start (interpreter, heap, warm-up, pads) may take as long as a step: under
+        # QEMU's TCG (shmkit matrix, --guest-step-timeout) it took over 60 s on a loaded host
+        self.ready_timeout = max(READY_TIMEOUT, step_timeout)
         self.run = Run(user=exp.setup.user)
         self.procs: dict[str, Proc] = {}
         self.zero_pfn = zero_pfn
@@ -99,7 +102,7 @@ class Manager:
             proc = Proc("main", popen.pid, ours, None, popen)
             self.procs["main"] = proc
             self.run.note({"kind": "worker", "pid": popen.pid, "start": process_start(popen.pid), "name": "main"})
-        ready = self._recv(proc, READY_TIMEOUT, None)
+        ready = self._recv(proc, self.ready_timeout, None)
         if "ready" not in ready:
             raise HarnessError(f"worker did not start: {ready}")
         proc.pads = ready.get("pads", [])
@@ -539,7 +542,7 @@ class Manager:
                 self.run.note({"kind": "worker", "pid": pid, "start": process_start(pid), "name": args["child"]})
                 child = Proc(args["child"], pid, child_sock, proc.name)
                 self.procs[child.name] = child
-                ready = self._recv(child, READY_TIMEOUT, step.index)
+                ready = self._recv(child, self.ready_timeout, step.index)
                 child.regions = ready.get("regions", {})
                 child.pads = proc.pads
                 self._record_interp(child)
