@@ -67,6 +67,9 @@ class Manager:
                                "--isolation hermetic or auto on a host that allows namespaces (root)")
         self.run = Run(user=exp.setup.user, isolation=self.isolation)
         self.ns: dict = {}                  # the run's namespaces, as read once the worker is ready
+        # a worker's start (interpreter, heap, warm-up, pads) may take as long as a step: under
+        # QEMU's TCG (shmkit matrix, --guest-step-timeout) it took over 60 s on a loaded host
+        self.ready_timeout = max(READY_TIMEOUT, step_timeout)
         self.procs: dict[str, Proc] = {}
         self.zero_pfn = zero_pfn
         self.segments: dict[str, int] = {}  # handle -> shmid
@@ -102,7 +105,7 @@ class Manager:
             proc = Proc("main", popen.pid, ours, None, popen)
             self.procs["main"] = proc
             self.run.note({"kind": "worker", "pid": popen.pid, "start": process_start(popen.pid), "name": "main"})
-        ready = self._recv(proc, READY_TIMEOUT, None)
+        ready = self._recv(proc, self.ready_timeout, None)
         if "ready" not in ready:
             raise HarnessError(f"worker did not start: {ready.get('error', ready)}")
         if self.isolation == isolation.HERMETIC:
@@ -511,7 +514,7 @@ class Manager:
                 self.run.note({"kind": "worker", "pid": pid, "start": process_start(pid), "name": args["child"]})
                 child = Proc(args["child"], pid, child_sock, proc.name)
                 self.procs[child.name] = child
-                ready = self._recv(child, READY_TIMEOUT, step.index)
+                ready = self._recv(child, self.ready_timeout, step.index)
                 child.regions = ready.get("regions", {})
                 child.pads = proc.pads
                 self._record_interp(child)
