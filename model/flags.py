@@ -50,14 +50,24 @@ MAP = {"SHARED": 0x01, "PRIVATE": 0x02, "SHARED_VALIDATE": 0x03, "FIXED": 0x10, 
        "GROWSDOWN": 0x0100, "DENYWRITE": 0x0800, "EXECUTABLE": 0x1000, "LOCKED": 0x2000,
        "NORESERVE": 0x4000, "POPULATE": 0x8000, "NONBLOCK": 0x10000, "STACK": 0x20000,
        "HUGETLB": 0x40000, "SYNC": 0x80000, "FIXED_NOREPLACE": 0x100000, "UNINITIALIZED": 0x4000000,
-       "32BIT": 0x40}
+       "32BIT": 0x40,
+       # include/uapi/asm-generic/hugetlb_encode.h: log2(huge page size) << MAP_HUGE_SHIFT
+       "HUGE_2MB": 21 << 26, "HUGE_1GB": 30 << 26}
+MAP_HUGE_SHIFT, MAP_HUGE_MASK = 26, 0x3f
 MAP_TYPE = 0x0f
 # include/linux/mman.h LEGACY_MAP_MASK: what MAP_SHARED_VALIDATE accepts on a file whose f_op
-# has no FOP_MMAP_SYNC (MAP_HUGE_2MB/1GB are not expressible in an experiment file). Neither
-# MAP_FIXED_NOREPLACE nor MAP_SYNC is in it.
+# has no FOP_MMAP_SYNC, MAP_HUGE_2MB and MAP_HUGE_1GB included. Neither MAP_FIXED_NOREPLACE nor
+# MAP_SYNC is in it.
 LEGACY_MAP_MASK = sum(MAP[n] for n in (
     "SHARED", "PRIVATE", "FIXED", "ANONYMOUS", "DENYWRITE", "EXECUTABLE", "UNINITIALIZED",
-    "GROWSDOWN", "LOCKED", "NORESERVE", "POPULATE", "NONBLOCK", "STACK", "HUGETLB", "32BIT"))
+    "GROWSDOWN", "LOCKED", "NORESERVE", "POPULATE", "NONBLOCK", "STACK", "HUGETLB", "32BIT",
+    "HUGE_2MB", "HUGE_1GB"))
+
+# include/uapi/linux/fcntl.h F_SEAL_*
+F_SEAL = {"seal": 0x1, "shrink": 0x2, "grow": 0x4, "write": 0x8, "future_write": 0x10}
+F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE, F_SEAL_FUTURE_WRITE = 0x1, 0x2, 0x4, 0x8, 0x10
+# include/uapi/asm-generic/mman-common.h MCL_*
+MCL = {"current": 1, "future": 2, "onfault": 4}
 
 # Page-table entry bits of one byte per page (model.pagetable)
 PTE_NONE, PTE_ZERO, PTE_FILE, PTE_ANON = 0, 1, 2, 3   # what the entry maps (low two bits)
@@ -65,6 +75,9 @@ PTE_KIND = 0x3
 PTE_WRITE = 0x4      # pte_write
 PTE_DIRTY = 0x8      # pte_dirty
 PTE_YOUNG = 0x10     # pte_young (accessed)
+# a guard-region PTE marker (mm/madvise.c madvise_guard_install, 6.13+): no page (kind
+# PTE_NONE), and any access is SIGSEGV (mm/memory.c handle_pte_marker)
+PTE_GUARD = 0x80
 
 
 def prot_of(text: str) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 
-from model.flags import PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, MAP
+from model.flags import PAGE_SHIFT, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, MAP
 from model.objects import SHMEM, Inode
 from model.pages import page_align, pages_of
 from model.vma import OpenFile
@@ -26,6 +26,7 @@ class Segment:
     def __init__(self, key: int, shmid: int, size: int, mode: int, cpid: int, uid: int, inode: Inode):
         self.key, self.shmid, self.size, self.mode = key, shmid, size, mode
         self.cpid, self.uid, self.inode = cpid, uid, inode
+        self.cuid = uid           # shm_perm.cuid: the creator (IPC_SET changes uid, never cuid)
         self.nattch = 0
         self.destroyed = False
         self.lock_uid = None      # shp->mlock_ucounts: the user SHM_LOCK charged, or None
@@ -119,22 +120,28 @@ class SysV:
             raise self._err("EINVAL")
         addr = self.k.resolve_addr(proc, args.get("addr"))
         readonly = bool(args.get("readonly"))
+        remap = bool(args.get("remap"))
         flags = MAP["SHARED"]
         if addr:
             if addr & (PAGE_SIZE - 1):
                 if args.get("rnd"):
                     addr &= ~(PAGE_SIZE - 1)
+                    if not addr and remap:
+                        raise self._err("EINVAL")   # SHM_RND|SHM_REMAP rounded down to 0
                 else:
                     raise self._err("EINVAL")
             flags |= MAP["FIXED"]
-        want = 0o4 | (0 if readonly else 0o2)
+        elif remap:
+            raise self._err("EINVAL")               # SHM_REMAP needs an address
+        # SHM_EXEC: PROT_EXEC, and the segment's mode must grant execute (S_IXUGO)
+        want = 0o4 | (0 if readonly else 0o2) | (0o1 if args.get("exec") else 0)
         if not self._ipcperms(proc, seg, want):
             raise self._err("EACCES")
         size = seg.inode.size
-        if addr and proc.mm.overlapping(addr, addr + size):
-            raise self._err("EINVAL")
+        if addr and not remap and proc.mm.overlapping(addr, addr + size):
+            raise self._err("EINVAL")               # SHM_REMAP: MAP_FIXED replaces what is there
         f = OpenFile(seg.inode, readable=True, writable=not readonly, kind="shm", segment=seg)
-        prot = PROT_READ | (0 if readonly else PROT_WRITE)
+        prot = PROT_READ | (0 if readonly else PROT_WRITE) | (PROT_EXEC if args.get("exec") else 0)
         try:
             faults, value = self.k.do_mmap(proc, f, addr, size, prot, flags, 0, "shmat")
         except StepError:
@@ -203,6 +210,15 @@ class SysV:
             return None, {"size": seg.size, "nattch": seg.nattch, "mode": oct(seg.mode & 0o7777)}
         if cmd in ("lock", "unlock"):
             return self._do_lock(proc, seg, cmd == "lock")
+        if cmd == "set":
+            # shmctl_down -> ipcctl_obtain_check(): CAP_SYS_ADMIN, the creator or the owner,
+            # else EPERM; ipc_update_perm() takes the permission bits (S_IRWXUGO) of the new
+            # mode, keeping SHM_DEST and SHM_LOCKED
+            if not (proc.privileged or proc.uid in (seg.uid, seg.cuid)):
+                raise self._err("EPERM")
+            seg.mode = (seg.mode & ~0o777) | (args["mode"] & 0o777)
+            self.k.note("IPC_SET: the segment's permission bits are replaced")
+            return None
         raise self._err("EINVAL")
 
     def _do_lock(self, proc, seg: Segment, lock: bool):

@@ -25,12 +25,18 @@ from array import array
 from collections import Counter
 
 from model import ipc, pads
+from model.errors import StepError, errno
+from model.fileio import FileIO
+from model.guard import GUARD_SINCE, Guard
+from model.mlockall import LockAll
+from model.seals import Seals
 from model.flags import (MAP, MAP_TYPE, PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE,
                          PTE_KIND, PTE_NONE, PTE_WRITE, PTE_YOUNG, VM_ACCOUNT, VM_DONTCOPY,
                          VM_GROWSDOWN, VM_HUGEPAGE, VM_LOCKED, VM_LOCKONFAULT, VM_MAYEXEC,
                          VM_MAYREAD, VM_MAYSHARE, VM_MAYWRITE, VM_NOHUGEPAGE, VM_NORESERVE,
                          VM_RAND_READ, VM_READ, VM_SEQ_READ, VM_SHARED, VM_WRITE, VM_EXEC,
                          calc_vm_prot_bits, map_flags, prot_of)
+from model.flags import MAP_HUGE_MASK, MAP_HUGE_SHIFT
 from model.flags import (LEGACY_MAP_MASK, PROT_EXEC, PROT_WRITE, VM_ACCESS_FLAGS, VM_DONTEXPAND, VM_SOFTDIRTY,
                          VM_HUGETLB, VM_PKEY_BIT0, VM_PKEY_MASK, VM_SYNC, calc_vm_flag_bits)
 from model.flags import (PMD_SIZE, PTE_ZERO, VM_DONTDUMP, VM_DONTEXPAND, VM_MERGEABLE,  # madvise, fork
@@ -45,18 +51,6 @@ from model.vma import AnonVma, OpenFile, Vma
 RLIM_INFINITY = None
 # include/uapi/linux/capability.h
 CAP_IPC_LOCK, CAP_SYS_RESOURCE = 14, 24
-
-
-class StepError(Exception):
-    """The call failed: result is {"errno": NAME} (or {"skipped": ...})."""
-
-    def __init__(self, result: dict, faults=None):
-        super().__init__(result)
-        self.result, self.faults = result, faults
-
-
-def errno(name: str, faults=None):
-    return StepError({"errno": name}, faults)
 
 
 def _mount_has(mount: dict | None, option: str) -> bool:
@@ -100,7 +94,7 @@ def effective_mmap_min_addr(profile: dict) -> int:
                lsm if isinstance(lsm, int) and config.get("SECURITY") else 0)
 
 
-class Kernel:
+class Kernel(FileIO, Seals, LockAll, Guard):
     def __init__(self, profile: dict, snapshot: dict):
         self.profile = profile
         sysctl = profile.get("sysctl", {})
@@ -451,11 +445,14 @@ class Kernel:
                 # hstate_sizelog(0): the default hstate, none without hugetlb; the length is
                 # rounded up to the huge page (ALIGN, in an unsigned long) and the mapping gets
                 # a hugetlbfs file (hugetlb_file_setup(HUGETLB_ANON_FILE, VM_NORESERVE))
-                if self.hugetlb is None:
+                # MAP_HUGE_2MB / MAP_HUGE_1GB: hstate_sizelog(log2 of the size), EINVAL when the
+                # host has no hstate of that size
+                hs = self.hstate_sizelog((flags >> MAP_HUGE_SHIFT) & MAP_HUGE_MASK)
+                if hs is None:
                     raise errno("EINVAL", f0)
-                hsize = (self.hugetlb.get("size_kb") or 2048) << 10
+                hsize = (hs.get("size_kb") or 2048) << 10
                 length = ((length + hsize - 1) & ~(hsize - 1)) & ((1 << 64) - 1)
-                hugetlb = True
+                hugetlb = hs
         addr = self.resolve_addr(proc, args.get("addr"))
         try:
             faults, value = self.do_mmap(proc, file, addr, length, prot, flags, off >> PAGE_SHIFT,
@@ -467,7 +464,7 @@ class Kernel:
         return faults, value
 
     def do_mmap(self, proc: Process, file: OpenFile | None, addr: int, length: int, prot: int,
-                flags: int, pgoff: int, region_kind: str = "mmap", hugetlb: bool = False):
+                flags: int, pgoff: int, region_kind: str = "mmap", hugetlb: dict | bool = False):
         """mm/mmap.c do_mmap(), checks in the kernel's order. hugetlb: an anonymous MAP_HUGETLB
         mapping, whose file (hugetlbfs, opened O_RDWR) the model does not build."""
         mm = proc.mm
@@ -493,7 +490,8 @@ class Kernel:
             raise errno("ENOMEM")
         # PROT_EXEC alone takes the execute-only protection key (execute_only_pkey)
         pkey = VM_PKEY_BIT0 if prot == PROT_EXEC and self.pkeys else 0
-        vm_flags = calc_vm_prot_bits(prot) | pkey | calc_vm_flag_bits(flags) \
+        # mm->def_flags: VM_LOCKED (| VM_LOCKONFAULT) after mlockall(MCL_FUTURE)
+        vm_flags = calc_vm_prot_bits(prot) | pkey | calc_vm_flag_bits(flags) | mm.def_flags \
             | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
         mtype = flags & MAP_TYPE
         thp = False
@@ -504,7 +502,7 @@ class Kernel:
             # ext4's f_op->get_unmapped_area is thp_get_unmapped_area, with the hint; whether it
             # pads is decided by the offset and length (model.mm.thp_pad_ok)
             thp = True
-        if hugetlb and fixed and addr & (((self.hugetlb.get("size_kb") or 2048) << 10) - 1):
+        if hugetlb and fixed and addr & (((hugetlb.get("size_kb") or 2048) << 10) - 1):
             raise errno("EINVAL")      # hugetlb_get_unmapped_area(): prepare_hugepage_range
         where = mm.get_unmapped_area(length, addr, fixed, thp_align=thp and not fixed,
                                      pgoff=pgoff if file else 0, map32=bool(flags & MAP["32BIT"]))
@@ -549,6 +547,8 @@ class Kernel:
                     raise errno("EINVAL")
             else:
                 raise errno("EINVAL")
+            if file is not None:
+                vm_flags = self.memfd_check_seals_mmap(file, vm_flags)
         else:
             # MAP_SHARED_VALIDATE means nothing without a file: only SHARED and PRIVATE (and
             # MAP_DROPPABLE, not expressible) are types of anonymous mappings
@@ -570,7 +570,7 @@ class Kernel:
                                 hugetlb=hugetlb)
 
     def mmap_region(self, proc, file, addr, length, vm_flags, pgoff, flags, region_kind,
-                    hugetlb: bool = False):
+                    hugetlb: dict | bool = False):
         """mm/vma.c mmap_region() -> __mmap_region(): limits, account, the file's ->mmap, unmap
         what MAP_FIXED covers, merge or insert, then populate for MAP_POPULATE / VM_LOCKED."""
         mm = proc.mm
@@ -585,7 +585,7 @@ class Kernel:
                 raise errno("ENOMEM")
             vm_flags |= VM_ACCOUNT
         if hugetlb:
-            self.hugetlbfs_file_mmap(vm_flags | VM_HUGETLB | VM_DONTEXPAND, pgoff, npages)
+            self.hugetlbfs_file_mmap(vm_flags | VM_HUGETLB | VM_DONTEXPAND, pgoff, npages, hugetlb)
         if file is not None and vm_flags & VM_SYNC and file.inode.kind == DISK \
                 and self.disk_mmap_sync and not self.disk_dax:
             # ext4_file_mmap_prepare(): !daxdev_mapping_supported() -> -EOPNOTSUPP. MAP_SYNC
@@ -622,18 +622,29 @@ class Kernel:
             mm.locked_vm += npages
         value = {"addr": addr}
         minor = major = 0
-        if vm_flags & VM_LOCKED or flags & (MAP["POPULATE"] | MAP["NONBLOCK"]) == MAP["POPULATE"]:
+        # do_mmap(): populate when (vm_flags & (VM_LOCKED|VM_LOCKONFAULT)) == VM_LOCKED
+        if vm_flags & (VM_LOCKED | VM_LOCKONFAULT) == VM_LOCKED \
+                or flags & (MAP["POPULATE"] | MAP["NONBLOCK"]) == MAP["POPULATE"]:
             minor, major = self.mem.populate(mm, addr, addr + length)
             self.note("mm_populate: the pages were faulted in during the call (counted in it)")
         return self._faults(minor, major), value
 
-    def hugetlbfs_file_mmap(self, vm_flags: int, pgoff: int, npages: int) -> None:
+    def hstate_sizelog(self, log: int) -> dict | None:
+        """mm/hugetlb.c hstate_sizelog(): 0 is the default hstate, otherwise the hstate of
+        2^log bytes (the profile's hugetlb_pools), None when the host has none."""
+        if not log:
+            return self.hugetlb
+        size_kb = (1 << log) >> 10
+        return next((p for p in self.profile.get("hugetlb_pools") or () if p.get("size_kb") == size_kb),
+                    None)
+
+    def hugetlbfs_file_mmap(self, vm_flags: int, pgoff: int, npages: int, h: dict) -> None:
         """fs/hugetlbfs/inode.c hugetlbfs_file_mmap(): the offset must be huge page aligned,
         then hugetlb_reserve_pages() (skipped for VM_NORESERVE) -> hugetlb_acct_memory() ->
         gather_surplus_pages(): ENOMEM when the free pages not yet reserved are too few and no
         surplus page may be allocated (vm.nr_overcommit_hugepages). A mapping that gets its
-        pages is not modelled (no hugetlbfs file, no huge page faults): the step is skipped."""
-        h = self.hugetlb
+        pages is not modelled (no hugetlbfs file, no huge page faults): the step is skipped.
+        h: the hstate's pool (the default one, or the MAP_HUGE_* size's)."""
         per = ((h.get("size_kb") or 2048) << 10) >> PAGE_SHIFT
         if pgoff & (per - 1):
             raise errno("EINVAL")
@@ -865,6 +876,8 @@ class Kernel:
         f0 = self._faults()
         _, start, length = self.span(proc, args)
         advice = args["advice"].lower()
+        if advice in ("guard_install", "guard_remove") and self.release < GUARD_SINCE:
+            raise errno("EINVAL", f0)        # madvise_behavior_valid(): unknown before 6.13
         if start & (PAGE_SIZE - 1):
             raise errno("EINVAL", f0)
         end = start + page_align(length)
@@ -911,11 +924,14 @@ class Kernel:
             self.note(f"madvise_update_vma sets the VMA flags for MADV_{advice.upper()}"
                       + (" (ksm_madvise: ksmd merges nothing until /sys/kernel/mm/ksm/run is 1)"
                          if advice == "mergeable" and set_ else ""))
-        elif advice in ("dontneed", "free"):
-            # madvise_dontneed_free_valid_vma(): not VM_LOCKED (nor VM_PFNMAP, nor hugetlb)
-            if vma.opaque is not None or vma.flags & VM_LOCKED:
+        elif advice in ("guard_install", "guard_remove"):
+            self.madvise_guard(proc, vma, start, end, advice == "guard_install")
+        elif advice in ("dontneed", "free", "dontneed_locked"):
+            # madvise_dontneed_free_valid_vma(): not VM_LOCKED (nor VM_PFNMAP, nor hugetlb);
+            # MADV_DONTNEED_LOCKED (5.18+) allows VM_LOCKED
+            if vma.opaque is not None or (vma.flags & VM_LOCKED and advice != "dontneed_locked"):
                 raise errno("EINVAL")
-            if advice == "dontneed":
+            if advice != "free":
                 n = self.mem.zap(vma, a, b)
                 self.note(f"madvise_dontneed_single_vma: zap_page_range_single dropped {n} PTE(s)")
             else:
@@ -1730,6 +1746,8 @@ class Kernel:
             ino = f.inode
         size = args["size"]
         self.newsize_ok(proc, ino, size)
+        if ino.is_shmem:
+            self.seals_allow_resize(ino, size)
         self.truncate(ino, size)
         self.note("do_truncate -> notify_change -> setattr: the file is " +
                   ("shrunk" if size < ino.size else "resized"))
@@ -1742,6 +1760,7 @@ class Kernel:
         even_cows=1: the private COW copies of MAP_PRIVATE mappings past holebegin are zapped
         too (measured: a later access to them is a SIGBUS; the copy of the page holding the new
         end stays), unlike a hole punch (fallocate_punch_hole)."""
+        kept = []
         if size < ino.size:
             first = pages_of(size)       # a partial last page stays (truncate_inode_partial_folio)
             self.unmap_file_pages(ino, first, ino.npages, even_cows=True)
@@ -1749,9 +1768,16 @@ class Kernel:
                 self.punch_hole(ino, first, ino.npages)
             else:
                 # truncate_inode_pages_range: a large folio that straddles the new end goes
-                # through truncate_inode_partial_folio, as for a hole punch
-                self.fallocate_punch_hole(ino, first, ino.npages)
+                # through truncate_inode_partial_folio, as for a hole punch; a dirty one that
+                # does not split stays in the page cache whole, its pages past the new end
+                # included (zeroed). Measured (truncate-grow-shrink-sigbus.toml): grown back,
+                # the file reads them with a minor fault, dirty, no I/O.
+                old = ino.npages
+                self.fallocate_punch_hole(ino, first, old)
+                kept = [(j, ino.cached[j], ino.folio[j]) for j in range(first, old) if ino.is_cached(j)]
         ino.resize(size)
+        for j, state, head in kept:
+            ino.cached[j], ino.folio[j] = state, head
 
     def sys_shm_unlink(self, proc: Process, args: dict):
         name = args["real_name"].lstrip("/")
@@ -1771,6 +1797,8 @@ class Kernel:
         self.alloc_fd(proc)
         ino = Inode(SHMEM, self.new_ino(), self.dev[SHMEM], 0, "/memfd:" + name)
         ino.deleted = True
+        if args.get("sealing"):
+            ino.seals = 0                # MFD_ALLOW_SEALING: F_SEAL_SEAL cleared
         if args.get("size"):
             # the live side's ftruncate: a failure leaves no handle
             self.newsize_ok(proc, ino, args["size"])

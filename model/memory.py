@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from array import array
 
-from model.flags import VM_PKEY_MASK
+from model.flags import PTE_GUARD, VM_PKEY_MASK
 from model.flags import (PMD_SIZE, VM_HUGEPAGE, VM_NOHUGEPAGE, PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
                          PTE_NONE, PTE_WRITE, PTE_YOUNG, PTE_ZERO, PTRS_PER_PTE, VM_RAND_READ,
                          VM_READ, VM_EXEC, VM_SEQ_READ, VM_SHARED, VM_WRITE)
@@ -93,7 +93,7 @@ class Memory:
         VM_EXEC from the fault to the end of the VMA, otherwise mmap read-around: ra_pages
         centred on the fault, async_size = ra_pages / 4."""
         ino = vma.file.inode
-        ra = ino.readahead_pages
+        ra = vma.file.ra_pages or ino.readahead_pages
         if vma.flags & (VM_RAND_READ | VM_EXEC) == VM_RAND_READ:
             if not ino.is_cached(pgoff):
                 ino.add_folio(pgoff, 1)
@@ -128,7 +128,7 @@ class Memory:
         req (only possible doubled, from page 0: miss == ULONG_MAX) starts a window of
         min(contig + req, max) pages with async_size 1. Measured: file-readahead-marks.toml."""
         ino = vma.file.inode
-        maxp = ino.readahead_pages
+        maxp = vma.file.ra_pages or ino.readahead_pages
         if index == 0:
             size = _init_ra_size(req, maxp)
             asz = size - req if size > req else size >> 1
@@ -214,7 +214,7 @@ class Memory:
         ino = vma.file.inode
         fa, fb = ino.folio_range(pgoff)
         ino.ra_flag[fa:fb] = bytes(fb - fa)
-        maxp = ino.readahead_pages
+        maxp = vma.file.ra_pages or ino.readahead_pages
         start, size, asz, order = vma.file.ra or (0, 0, 0, 0)
         nr = fb - fa
         if pgoff == (start + size - asz) & ~(nr - 1):
@@ -379,6 +379,9 @@ class Memory:
     def fault(self, mm, vma: Vma, i: int, write: bool, value: int) -> str:
         """handle_mm_fault() for page i of vma: returns "minor" or "major"; raises Fault."""
         e = vma.pte[i]
+        if e & PTE_GUARD:
+            # handle_pte_marker(): a guard marker is VM_FAULT_SIGSEGV (not counted as a fault)
+            raise Fault("SIGSEGV", "the page is a guard region (MADV_GUARD_INSTALL marker)")
         kind = e & PTE_KIND
         block = self.huge_block(vma, i)
         if block is not None or (kind == PTE_NONE and self.thp_eligible(vma)):

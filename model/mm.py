@@ -78,6 +78,9 @@ class AddressSpace:
         # "stack_guard_gap=" (the profile's stack_guard_gap_pages; Kernel sets it)
         self.stack_guard_gap = STACK_GUARD_GAP
         self.locked_vm = 0   # pages in VM_LOCKED VMAs (mm->locked_vm)
+        # mm->def_flags: VM_LOCKED (| VM_LOCKONFAULT) after mlockall(MCL_FUTURE); a new mm
+        # (fork: mm_init keeps only VM_INIT_DEF_MASK, never the lock bits) starts without
+        self.def_flags = 0
         # of those, pages no VMA holds locked any more: mremap MREMAP_DONTUNMAP clears VM_LOCKED
         # on the old VMA and leaves locked_vm as it was (mm/mremap.c dontunmap_complete)
         self.locked_vm_stale = 0

@@ -30,6 +30,7 @@ class OpenFile:
     kind: str = "file"          # file | shm (a SysV attach: ipc/shm.c shm_file_operations)
     segment: object = None      # the SysV segment of a shm file
     ra: tuple | None = None     # file->f_ra: (start, size, async_size) of the last readahead
+    ra_pages: int | None = None  # file->f_ra.ra_pages when fadvise changed it (None: the bdi's)
     id: int = field(default_factory=lambda: next(_file_ids))
 
     @property

@@ -34,6 +34,8 @@ MAP = {
     "EXECUTABLE": 0x1000, "LOCKED": 0x2000, "NORESERVE": 0x4000, "POPULATE": 0x8000,
     "NONBLOCK": 0x10000, "STACK": 0x20000, "HUGETLB": 0x40000, "SYNC": 0x80000,
     "FIXED_NOREPLACE": 0x100000, "UNINITIALIZED": 0x4000000,
+    # asm-generic/hugetlb_encode.h: log2 of the huge page size << MAP_HUGE_SHIFT (26)
+    "HUGE_2MB": 21 << 26, "HUGE_1GB": 30 << 26,
 }
 
 MADV = {
@@ -41,8 +43,19 @@ MADV = {
     "free": 8, "remove": 9, "dontfork": 10, "dofork": 11, "mergeable": 12,
     "unmergeable": 13, "hugepage": 14, "nohugepage": 15, "dontdump": 16, "dodump": 17,
     "wipeonfork": 18, "keeponfork": 19, "cold": 20, "pageout": 21,
-    "populate_read": 22, "populate_write": 23, "collapse": 25,
+    "populate_read": 22, "populate_write": 23, "dontneed_locked": 24, "collapse": 25,
+    # 6.13+: guard regions (mm/madvise.c madvise_guard_install/remove). Not exposed:
+    # MADV_HWPOISON (100) and MADV_SOFT_OFFLINE (101) take pages out of the host's memory.
+    "guard_install": 102, "guard_remove": 103,
 }
+
+# uapi/linux/fadvise.h (POSIX_FADV_DONTNEED/NOREUSE are 4/5 on every arch but s390)
+FADV = {"normal": 0, "random": 1, "sequential": 2, "willneed": 3, "dontneed": 4, "noreuse": 5}
+# asm-generic/mman-common.h
+MCL = {"current": 1, "future": 2, "onfault": 4}
+# uapi/linux/fcntl.h
+F_ADD_SEALS, F_GET_SEALS = 1033, 1034
+F_SEAL = {"seal": 0x1, "shrink": 0x2, "grow": 0x4, "write": 0x8, "future_write": 0x10}
 
 MS = {"async": 1, "invalidate": 2, "sync": 4}
 MREMAP = {"maymove": 1, "fixed": 2, "dontunmap": 4}
@@ -63,6 +76,8 @@ SHM_LOCK = 11
 SHM_UNLOCK = 12
 SHM_RDONLY = 0o10000
 SHM_RND = 0o20000
+SHM_REMAP = 0o40000
+SHM_EXEC = 0o100000
 
 # linux/prctl.h
 PR_SET_PDEATHSIG = 1
@@ -170,11 +185,12 @@ class ShmidDs(ctypes.Structure):
     ]
 
 
-def shmctl(shmid: int, cmd: int) -> ShmidDs:
+def shmctl(shmid: int, cmd: int, ds: ShmidDs | None = None) -> ShmidDs:
+    """shmctl(2); ds is what IPC_SET reads (uid, gid, mode)."""
     f = _libc.shmctl
     f.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
     f.restype = ctypes.c_int
-    ds = ShmidDs()
+    ds = ds if ds is not None else ShmidDs()
     ctypes.set_errno(0)
     if f(shmid, cmd, ctypes.byref(ds)) == -1:
         code = ctypes.get_errno()
@@ -190,6 +206,25 @@ def shmdt(addr: int) -> None:
     if f(ctypes.c_void_p(addr)) == -1:
         code = ctypes.get_errno()
         raise CallError(code, f"shmdt: {os.strerror(code)}")
+
+
+def mlockall(flags: int) -> None:
+    _plain("mlockall", flags)
+
+
+def munlockall() -> None:
+    _plain("munlockall")
+
+
+def _plain(name: str, *args: int) -> None:
+    """A libc wrapper that takes ints and returns 0 or -1 with errno."""
+    f = getattr(_libc, name)
+    f.argtypes = (ctypes.c_int,) * len(args)
+    f.restype = ctypes.c_int
+    ctypes.set_errno(0)
+    if f(*args) == -1:
+        code = ctypes.get_errno()
+        raise CallError(code, f"{name}: {os.strerror(code)}")
 
 
 def mallopt(param: int, value: int) -> bool:

@@ -246,7 +246,7 @@ class Manager:
 
     def perturbation(self, proc: Proc, view: dict, affected: list, op: str) -> list[str]:
         """Interpreter VMAs that changed though the step could not have changed them."""
-        if op == "fork":
+        if op in ("fork", "mlockall-populate"):
             return []
         problems = []
         now = {(v["start"], v["end"]): v for v in view["vmas"]}
@@ -322,15 +322,27 @@ class Manager:
         elif op == "shm_unlink":
             a = {"name": run.posix_name(g("name"))}
         elif op == "truncate":
-            a = {"size": g("size")}
-            for kind in ("file", "fd", "shm", "memfd"):
-                if g(kind) is not None:
-                    a["source"] = ("file", self._file(g(kind))) if kind == "file" else (kind, g(kind))
+            a = {"size": g("size"), "source": self._source(step)}
+        elif op == "write":
+            a = {"source": self._source(step), "offset": g("offset") or 0, "length": g("length"),
+                 "value": 1 if g("value") is None else g("value")}
+        elif op == "fadvise":
+            a = {"source": self._source(step), "offset": g("offset") or 0, "length": g("length") or 0,
+                 "advice": libc.FADV[g("advice")]}
+        elif op == "seal":
+            a = {"source": self._source(step), "seals": sum(libc.F_SEAL[f.lower()] for f in g("seals"))}
+        elif op == "mlockall":
+            a = {"flags": sum(libc.MCL[f.lower()] for f in g("flags"))}
+        elif op == "munlockall":
+            a = {}
+        elif op == "settle":
+            a = {"path": self._file(g("file")) if g("file") is not None else None,
+                 "seconds": 0.2 if g("seconds") is None else g("seconds")}
         elif op == "memfd":
             name = run.memfd_name(g("name"))
             run.memfds[name] = g("name")
             run.note({"kind": "memfd", "name": name})
-            a = {"as": g("as"), "name": name, "size": g("size") or 0}
+            a = {"as": g("as"), "name": name, "size": g("size") or 0, "sealing": bool(g("sealing"))}
         elif op == "shmget":
             key = run.sysv_key(g("key") if g("key") is not None else "private")
             run.keys[key] = g("as")
@@ -343,11 +355,12 @@ class Manager:
             a = {"as": g("as"), "key": key, "size": g("size"), "flags": flags}
         elif op == "shmat":
             seg = g("segment")
-            flags = (libc.SHM_RDONLY if g("readonly") else 0) | (libc.SHM_RND if g("rnd") else 0)
+            flags = (libc.SHM_RDONLY if g("readonly") else 0) | (libc.SHM_RND if g("rnd") else 0) \
+                | (libc.SHM_REMAP if g("remap") else 0) | (libc.SHM_EXEC if g("exec") else 0)
             a = {"as": g("as"), "shmid": self.segments.get(seg, -1), "flags": flags, "addr": g("addr"),
                  "size": self.segment_size.get(seg)}
         elif op == "shmctl":
-            a = {"shmid": self.segments.get(g("segment"), -1), "cmd": g("cmd")}
+            a = {"shmid": self.segments.get(g("segment"), -1), "cmd": g("cmd"), "mode": g("mode")}
         elif op == "fork":
             a = {"child": g("child")}
         elif op == "rlimit":
@@ -357,6 +370,14 @@ class Manager:
         else:
             raise HarnessError(f"operation {op!r} is not implemented by the live side")
         return a
+
+    def _source(self, step) -> tuple[str, str]:
+        """The object a file operation acts on: ("file", path) for a file by name, or
+        (kind, handle) for an open descriptor (fd, shm, memfd)."""
+        for kind in ("file", "fd", "shm", "memfd"):
+            if step.get(kind) is not None:
+                return ("file", self._file(step.get(kind))) if kind == "file" else (kind, step.get(kind))
+        raise HarnessError(f"step {step.index} (do={step.do}) names no file or descriptor")
 
     def _file(self, handle: str) -> str:
         for path, h in self.run.files.items():
@@ -374,7 +395,7 @@ class Manager:
         problems = []
         for name, view in processes.items():
             aff = reply.get("affected", []) if name == step.proc else []
-            problems += [f"{name}: {p}" for p in self.perturbation(self.procs[name], view, aff, step.do)]
+            problems += [f"{name}: {p}" for p in self.perturbation(self.procs[name], view, aff, _kind_of(step))]
         problems += self._khugepaged(processes)
         if problems:  # say what the kernel was doing meanwhile, if /proc/vmstat shows it
             moved = procfs.background_activity(vm_before, procfs.read_vmstat())
@@ -489,6 +510,10 @@ class Manager:
                 self._record_interp(proc)
             else:
                 child_sock.close()
+        if _kind_of(step) == "mlockall-populate":
+            # mlockall(MCL_CURRENT) locks and faults in the interpreter's own VMAs too: what
+            # they hold now is the new reference for the next steps
+            self._record_interp(proc)
         if step.do == "exit" and reply["result"] == "ok":
             proc.alive = False
             reply["status"] = self._reap(proc)
@@ -553,6 +578,14 @@ def _write_back_mapped_files(pid: int) -> None:
             pass
         finally:
             os.close(fd)
+
+
+def _kind_of(step) -> str:
+    """The step's operation, or "mlockall-populate" for an mlockall that faults in every VMA
+    of the process (MCL_CURRENT without MCL_ONFAULT: mm/mlock.c sys_mlockall -> mm_populate(0,
+    TASK_SIZE)), which changes the interpreter's VMAs as fork does."""
+    flags = [f.lower() for f in step.get("flags") or ()] if step.do == "mlockall" else []
+    return "mlockall-populate" if "current" in flags and "onfault" not in flags else step.do
 
 
 def _fingerprint(v: dict) -> tuple:

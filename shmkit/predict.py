@@ -123,7 +123,7 @@ class _Names:
             a["seed"] = g("name")
         elif op in ("open", "evict"):
             a["path"] = self.files.get(g("file"), f"{run.dir}/missing-{g('file')}")
-        elif op in ("mmap", "truncate") and g("file") is not None:
+        elif op in ("mmap", "truncate", "write", "fadvise", "settle") and g("file") is not None:
             a["path"] = self.files.get(g("file"), f"{run.dir}/missing-{g('file')}")
         elif op in ("shm_open", "shm_unlink"):
             a["real_name"] = run.posix_name(g("name"))
