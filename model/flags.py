@@ -15,6 +15,7 @@ PTRS_PER_PTE = PMD_SIZE // PAGE_SIZE
 VM_READ, VM_WRITE, VM_EXEC, VM_SHARED = 0x1, 0x2, 0x4, 0x8
 VM_MAYREAD, VM_MAYWRITE, VM_MAYEXEC, VM_MAYSHARE = 0x10, 0x20, 0x40, 0x80
 VM_GROWSDOWN = 0x100
+VM_MAYBE_GUARD = 0x800   # 6.18+: a guard region was installed in the VMA (smaps "gu")
 VM_LOCKED = 0x2000
 VM_SEQ_READ, VM_RAND_READ = 0x8000, 0x10000
 VM_DONTCOPY, VM_DONTEXPAND, VM_LOCKONFAULT = 0x20000, 0x40000, 0x80000
@@ -37,7 +38,7 @@ VM_PKEY_MASK = 0xF << 32
 # order; model.proc.vmflags renders them). "sd" (VM_SOFTDIRTY) can be set only with
 # CONFIG_MEM_SOFT_DIRTY (Debian's kernels have it; this host's does not).
 VMFLAG_NAMES = {VM_READ: "rd", VM_WRITE: "wr", VM_EXEC: "ex", VM_SHARED: "sh", VM_MAYREAD: "mr",
-                VM_MAYWRITE: "mw", VM_MAYEXEC: "me", VM_MAYSHARE: "ms", VM_GROWSDOWN: "gd",
+                VM_MAYWRITE: "mw", VM_MAYEXEC: "me", VM_MAYSHARE: "ms", VM_GROWSDOWN: "gd", VM_MAYBE_GUARD: "gu",
                 VM_LOCKED: "lo", VM_SEQ_READ: "sr", VM_RAND_READ: "rr", VM_DONTCOPY: "dc",
                 VM_DONTEXPAND: "de", VM_LOCKONFAULT: "lf", VM_ACCOUNT: "ac", VM_NORESERVE: "nr",
                 VM_WIPEONFORK: "wf", VM_DONTDUMP: "dd", VM_SOFTDIRTY: "sd", VM_HUGEPAGE: "hg", VM_NOHUGEPAGE: "nh",
@@ -58,7 +59,15 @@ MAP_TYPE = 0x0f
 # include/linux/mman.h LEGACY_MAP_MASK: what MAP_SHARED_VALIDATE accepts on a file whose f_op
 # has no FOP_MMAP_SYNC, MAP_HUGE_2MB and MAP_HUGE_1GB included. Neither MAP_FIXED_NOREPLACE nor
 # MAP_SYNC is in it.
-LEGACY_MAP_MASK = sum(MAP[n] for n in (
+def _or(values) -> int:
+    out = 0
+    for v in values:
+        out |= v
+    return out
+
+
+# (an OR, not a sum: MAP_HUGE_2MB, MAP_HUGE_1GB and MAP_UNINITIALIZED share bits)
+LEGACY_MAP_MASK = _or(MAP[n] for n in (
     "SHARED", "PRIVATE", "FIXED", "ANONYMOUS", "DENYWRITE", "EXECUTABLE", "UNINITIALIZED",
     "GROWSDOWN", "LOCKED", "NORESERVE", "POPULATE", "NONBLOCK", "STACK", "HUGETLB", "32BIT",
     "HUGE_2MB", "HUGE_1GB"))
@@ -102,4 +111,4 @@ def calc_vm_flag_bits(flags: int) -> int:
 
 
 def map_flags(names) -> int:
-    return sum(MAP[n.upper()] for n in names)
+    return _or(MAP[n.upper()] for n in names)

@@ -4,9 +4,11 @@ model.kernel.Kernel."""
 from __future__ import annotations
 
 from model.errors import errno
-from model.flags import PTE_GUARD, PTE_KIND, PTE_NONE, VM_DONTEXPAND, VM_HUGETLB, VM_LOCKED
+from model.flags import (PTE_GUARD, PTE_KIND, PTE_NONE, VM_DONTEXPAND, VM_HUGETLB, VM_LOCKED,
+                         VM_MAYBE_GUARD)
 
 GUARD_SINCE = (6, 13)
+MAYBE_GUARD_SINCE = (6, 18)   # VM_MAYBE_GUARD, smaps "gu" (measured on 6.18)
 
 
 class Guard:
@@ -21,6 +23,10 @@ class Guard:
         if vma.opaque is not None or vma.flags & bad:
             raise errno("EINVAL")
         a, b = vma.index(start), vma.index(end)
+        if install and self.release >= MAYBE_GUARD_SINCE:
+            # vma_flag_set_atomic(VM_MAYBE_GUARD_BIT): the whole VMA, no split; never cleared
+            # by MADV_GUARD_REMOVE
+            vma.flags |= VM_MAYBE_GUARD
         if install:
             if vma.file is None:
                 self.mem.anon_vma_prepare(proc.mm, vma)
