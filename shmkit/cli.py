@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -76,7 +75,7 @@ def load_all(files: list[str]):
 
 def cmd_run(args) -> int:
     from shmkit import manager, record, report
-    from shmkit.profile import read_profile
+    from shmkit.probe import load_or_probe
 
     files = experiment_files(args.files)
     exps = load_all(files)
@@ -95,7 +94,8 @@ def cmd_run(args) -> int:
     print(f"{ok} of {len(results)} experiment(s) ran with every step clean"
           + ("" if ok == len(results) else "; see PERTURBED/ABORTED above"))
     if args.json:
-        doc = record.document("run", results, read_profile().to_dict(), __version__)
+        # the record's host is a model input (predict --snapshot): the same profile validate uses
+        doc = record.document("run", results, load_or_probe(args.probed)[0], __version__)
         if pause is not None:
             doc["damon_pause"] = pause.account()
         record.write_json(doc, args.json)
@@ -108,7 +108,7 @@ def cmd_predict(args) -> int:
 
     from shmkit import predict as pred
     from shmkit import record, report
-    from shmkit.profile import read_profile
+    from shmkit.probe import load_or_probe
 
     files = experiment_files(args.files)
     exps = load_all(files)
@@ -123,7 +123,7 @@ def cmd_predict(args) -> int:
                   "accepted: the JSON file of docs/record.md", file=sys.stderr)
             return 2
     else:
-        host = read_profile().to_dict()
+        host = load_or_probe(args.probed)[0]
     results = []
     bad = 0
     for exp in exps:
@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="only the summary line")
     r.add_argument("--pause-damon", action="store_true",
                    help="turn the host's DAMON off while the experiments run, and back on after")
+    r.add_argument("--probed", metavar="FILE",
+                   help="probed kernel parameters for the record's host profile (shmkit probe --out); "
+                        "default: the stored ones, probed now if absent")
     r.set_defaults(func=cmd_run)
     q = sub.add_parser("predict", help="predict every observation of experiments with the model")
     q.add_argument("files", nargs="*", help="experiment files or directories (default: the bundled ones)")
@@ -297,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--snapshot", metavar="RUN.json",
                    help="start from the initial views of a 'shmkit run --json' record instead of a fresh worker")
     q.add_argument("--quiet", action="store_true", help="only the summary line")
+    q.add_argument("--probed", metavar="FILE",
+                   help="probed kernel parameters (shmkit probe --out); default: the stored ones, probed now if absent")
     q.set_defaults(func=cmd_predict)
     v = sub.add_parser("validate", help="run experiments live and through the model, compare every field")
     v.add_argument("files", nargs="*", help="experiment files or directories (default: the bundled ones)")
@@ -330,16 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     """The process's entry point. Ctrl-C, SIGTERM and SIGHUP stop the command, which removes what
     it created and exits 128 + the signal's number; a signal ignored on entry stays ignored
     (shmkit.interrupt). When this returns, the three are ignored (interrupt.disarm)."""
-    interrupt.install()
-    try:
-        status = _dispatch(argv)
-        interrupt.disarm()              # decided: a later signal changes nothing
-        return status
-    except KeyboardInterrupt:
-        interrupt.disarm()              # only the first signal raises: nothing more comes
-    name = signal.Signals(interrupt.received() or signal.SIGINT).name
-    print(f"shmkit: interrupted ({name}); everything this run created was removed", file=sys.stderr)
-    return interrupt.exit_status(130)
+    return interrupt.run_command(_dispatch, argv, "shmkit: interrupted ({signal}); everything this run "
+                                 "created was removed")
 
 
 def _dispatch(argv: list[str] | None) -> int:

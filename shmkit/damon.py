@@ -31,6 +31,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from shmkit.procfs import read_text
+
 ADMIN = "kernel/mm/damon/admin/kdamonds"
 # DAMON's special-purpose modules: each runs one kdamond on the physical address space
 # (mm/damon/reclaim.c, lru_sort.c, stat.c) and is switched by its "enabled" parameter.
@@ -42,14 +44,6 @@ VIRTUAL = ("vaddr", "fvaddr")
 
 class DamonError(Exception):
     """Pausing or restoring DAMON failed; the message says what to do by hand."""
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def _int(text: str | None) -> int | None:
@@ -74,11 +68,11 @@ def _filters(scheme: str) -> list[str]:
     out = []
     for kind in ("core_filters", "ops_filters", "filters"):
         for f in _indexed(os.path.join(scheme, kind)):
-            ftype = _read(os.path.join(f, "type"))
+            ftype = read_text(os.path.join(f, "type"))
             if ftype is None:
                 continue
-            allow = _read(os.path.join(f, "allow"))
-            matching = _read(os.path.join(f, "matching"))
+            allow = read_text(os.path.join(f, "allow"))
+            matching = read_text(os.path.join(f, "matching"))
             text = f"{ftype} {'allow' if allow == 'Y' else 'reject'}"
             out.append(text + ("" if matching in (None, "Y") else " non-matching"))
     return out
@@ -88,14 +82,14 @@ def _context(ctx: str) -> dict[str, Any]:
     attrs = os.path.join(ctx, "monitoring_attrs", "intervals")
     targets = []
     for t in _indexed(os.path.join(ctx, "targets")):
-        regions = [[_int(_read(os.path.join(r, "start"))), _int(_read(os.path.join(r, "end")))]
+        regions = [[_int(read_text(os.path.join(r, "start"))), _int(read_text(os.path.join(r, "end")))]
                    for r in _indexed(os.path.join(t, "regions"))]
-        targets.append({"pid": _int(_read(os.path.join(t, "pid_target"))), "regions": regions})
-    schemes = [{"action": _read(os.path.join(s, "action")), "filters": _filters(s)}
+        targets.append({"pid": _int(read_text(os.path.join(t, "pid_target"))), "regions": regions})
+    schemes = [{"action": read_text(os.path.join(s, "action")), "filters": _filters(s)}
                for s in _indexed(os.path.join(ctx, "schemes"))]
-    return {"operations": _read(os.path.join(ctx, "operations")),
-            "sample_us": _int(_read(os.path.join(attrs, "sample_us"))),
-            "aggr_us": _int(_read(os.path.join(attrs, "aggr_us"))),
+    return {"operations": read_text(os.path.join(ctx, "operations")),
+            "sample_us": _int(read_text(os.path.join(attrs, "sample_us"))),
+            "aggr_us": _int(read_text(os.path.join(attrs, "aggr_us"))),
             "targets": targets, "schemes": schemes}
 
 
@@ -110,16 +104,16 @@ def read_damon(sysfs: str = "/sys") -> dict[str, Any] | None:
     admin = os.path.join(sysfs, ADMIN)
     kdamonds = []
     for k in _indexed(admin):
-        kdamonds.append({"index": int(os.path.basename(k)), "state": _read(os.path.join(k, "state")),
-                         "pid": _int(_read(os.path.join(k, "pid"))),
+        kdamonds.append({"index": int(os.path.basename(k)), "state": read_text(os.path.join(k, "state")),
+                         "pid": _int(read_text(os.path.join(k, "pid"))),
                          "contexts": [_context(c) for c in _indexed(os.path.join(k, "contexts"))]})
     modules = {}
     for name in MODULES:
         params = os.path.join(sysfs, "module", name, "parameters")
-        enabled = _read(os.path.join(params, "enabled"))
+        enabled = read_text(os.path.join(params, "enabled"))
         if enabled is not None:
             modules[name] = {"enabled": enabled == "Y",
-                             "kdamond_pid": _int(_read(os.path.join(params, "kdamond_pid")))}
+                             "kdamond_pid": _int(read_text(os.path.join(params, "kdamond_pid")))}
     if not kdamonds and not modules and not os.path.isdir(admin):
         return None
     return {"kdamonds": kdamonds, "modules": modules}
@@ -311,7 +305,7 @@ class Pause:
         for p in self.paused:
             if "restored" in p:
                 continue
-            now = _read(p["path"])
+            now = read_text(p["path"])
             if now is not None and now.strip() in ("on", "Y"):
                 p["restored"] = False
                 note = f"{p['what']} was turned back on by someone else during the run"

@@ -101,3 +101,21 @@ def deferred():
         if not _depth and _first is not None and not _raised:
             _raised = True
             raise Interrupted(_first)
+
+
+def run_command(dispatch, argv, interrupted: str) -> int:
+    """A command's main(): install(), run dispatch(argv) and return its status, disarm() once it
+    is decided. On the first Ctrl-C, SIGTERM or SIGHUP: print `interrupted` (with the signal's
+    name put in for {signal}) to stderr and return 128 + the signal's number."""
+    import sys
+
+    install()
+    try:
+        status = dispatch(argv)
+        disarm()                        # decided: a later signal changes nothing
+        return status
+    except KeyboardInterrupt:
+        disarm()                        # only the first signal raises: nothing more comes
+    name = signal.Signals(received() or signal.SIGINT).name
+    print(interrupted.format(signal=name), file=sys.stderr)
+    return exit_status(130)

@@ -20,7 +20,7 @@ from model import pads as padding
 from shmkit import interrupt, libc, procfs, protocol
 from shmkit.observe import PAGE, process_view, residency, system_view, zero_page_pfn
 from shmkit.registry import Run, alive, process_start
-from model.pages import page_align, pages_of
+from model.pages import page_align, pages_of, span
 
 PR_SET_CHILD_SUBREAPER = 36
 READY_TIMEOUT = 60.0
@@ -73,6 +73,7 @@ class Manager:
         self.segments: dict[str, int] = {}  # handle -> shmid
         self.segment_size: dict[str, int] = {}
         self.collapsed: int | None = None   # khugepaged's pages_collapsed at the last observation
+        self.last_view: dict = {}           # the processes as the last observation saw them
 
     # ----- process management --------------------------------------------------------
     def spawn_main(self) -> Proc:
@@ -239,6 +240,7 @@ class Manager:
                 regions[handle] = {"addr": addr, "length": length, "mapped": mapped, "kind": kind,
                                    **(res.to_dict() if res else {})}
             out[name] = {"pid": proc.pid, "maps": view["lines"], "vmas": view["vmas"], "regions": regions}
+        self.last_view = out
         return out
 
     def system(self) -> dict:
@@ -390,15 +392,18 @@ class Manager:
         the perturbations found. After a perturbed step the interpreter's VMAs are recorded
         again, so the next step is judged against this state, not the perturbed one."""
         vm_before = procfs.read_vmstat()
+        before = self.last_view
         reply = self.do_step(step)
         processes = self.observe()
+        vm_after = procfs.read_vmstat()
         problems = []
         for name, view in processes.items():
             aff = reply.get("affected", []) if name == step.proc else []
             problems += [f"{name}: {p}" for p in self.perturbation(self.procs[name], view, aff, _kind_of(step))]
         problems += self._khugepaged(processes)
+        problems += self._writeback(step, reply, before, processes, vm_before, vm_after)
         if problems:  # say what the kernel was doing meanwhile, if /proc/vmstat shows it
-            moved = procfs.background_activity(vm_before, procfs.read_vmstat())
+            moved = procfs.background_activity(vm_before, vm_after)
             problems.append("kernel background activity during the step: " + (
                 ", ".join(f"{k} +{v}" for k, v in moved.items()) if moved
                 else "none seen in /proc/vmstat"))
@@ -466,6 +471,66 @@ class Manager:
         return [f"{KHUGEPAGED} {self.collapsed - before} huge page(s) on this host since the "
                 "last observation (khugepaged/pages_collapsed), and this run has memory it may collapse"]
 
+    def _disk_file_vmas(self, view: dict) -> dict:
+        """The VMAs of a process that map one of the run's own disk files (not /dev/shm):
+        (start, end, inode, offset) -> (perms, Rss kB, dirty kB)."""
+        own = str(self.run.dir) + "/"
+        out = {}
+        for v in view["vmas"]:
+            if v["path"].startswith(own) and v["path"] in self.run.files:
+                k = v.get("smaps_kb", {})
+                out[(v["start"], v["end"], v["inode"], v["offset"])] = (
+                    v["perms"], k.get("Rss") or 0, (k.get("Private_Dirty") or 0) + (k.get("Shared_Dirty") or 0))
+        return out
+
+    def _writeback(self, step, reply: dict, before: dict, after: dict, vm_before: dict,
+                   vm_after: dict) -> list[str]:
+        """The kernel's flusher writing back the run's own mapped disk files during a step.
+        Writeback cleans a mapped page (mm/page-writeback.c:folio_clear_dirty_for_io ->
+        folio_mkclean clears the pte's dirty bit), so smaps moves it from *_Dirty to *_Clean
+        at a moment no model can know: the dirty_expire_centisecs timer, or another process
+        pushing the host past dirty_background_ratio (measured: under CI writing gigabytes,
+        mmap-shared-file showed Private_Clean where every page had been written).
+        Two signs, both from the kernel's own rules rather than from the model:
+        - after a step that cannot clean a page (CANNOT_CLEAN: no msync, fsync, fadvise,
+          truncate, unmap or zap), the dirty total of a disk-file VMA that is still there
+          went down;
+        - a successful write touch of a shared disk-file mapping left fewer dirty kB in a VMA
+          than it wrote there while /proc/vmstat nr_written moved during the step (every page
+          the step wrote must be dirty: mm/memory.c:wp_page_shared / do_shared_fault ->
+          folio_mark_dirty, and pte_mkdirty on the write fault)."""
+        if step.do not in CANNOT_CLEAN:
+            return []
+        problems = []
+        for name, view in after.items():
+            now = self._disk_file_vmas(view)
+            was = self._disk_file_vmas(before[name]) if name in before else {}
+            for key, (perms, rss, dirty) in now.items():
+                if key in was and dirty < was[key][2]:
+                    problems.append(f"{name}: {WRITTEN_BACK}: VMA {key[0]:x}-{key[1]:x} dirty "
+                                    f"{was[key][2]} -> {dirty} kB after a {step.do} step")
+        written = vm_after.get("nr_written", 0) - vm_before.get("nr_written", 0)
+        touched = self._written_range(step) if reply.get("result") == "ok" else None
+        if not problems and written > 0 and touched and step.proc in after:
+            a, b = touched
+            for (s, e, _ino, _off), (perms, rss, dirty) in self._disk_file_vmas(after[step.proc]).items():
+                must = (min(b, e) - max(a, s)) // 1024     # kB the step wrote in this VMA
+                if "s" in perms and must > 0 and dirty < must:
+                    problems.append(f"{step.proc}: {WRITTEN_BACK}: the step wrote {must} kB of the shared "
+                                    f"disk-file VMA {s:x}-{e:x} and only {dirty} kB of it are dirty; the "
+                                    f"kernel wrote back {written} page(s) host-wide meanwhile (/proc/vmstat nr_written)")
+        return problems
+
+    def _written_range(self, step) -> tuple[int, int] | None:
+        """The page-aligned byte range a successful write touch wrote, from the worker's region table."""
+        if step.do != "touch" or (step.get("access") or "read") != "write":
+            return None
+        r = self.procs[step.proc].regions.get(step.get("region")) if step.proc in self.procs else None
+        if r is None:
+            return None
+        start, length = span(r[0], r[1], step.get("pages"), PAGE)
+        return start, start + page_align(length, PAGE)
+
     def names(self) -> dict:
         """The real name of every handle (the record's "names"), for the normal form."""
         run = self.run
@@ -520,6 +585,11 @@ class Manager:
         return reply
 
 
+WRITTEN_BACK = "mapped file pages written back by the kernel"
+# Operations that cannot make a resident page of a mapped file clean (see Manager._writeback).
+CANNOT_CLEAN = frozenset({"noop", "touch", "read", "mmap", "mprotect", "mlock", "munlock", "open",
+                          "shm_open", "shm_unlink", "memfd", "shmget", "shmat", "shmctl", "rlimit",
+                          "fork", "write", "mlockall", "munlockall", "settle"})
 LOST_PAGES = "lost pages or dirtiness the step did not touch"
 KHUGEPAGED = "khugepaged collapsed"
 _THP = "/sys/kernel/mm/transparent_hugepage"

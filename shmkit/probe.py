@@ -152,8 +152,9 @@ def default_path() -> Path:
 
 
 def load_or_probe(path: str | None = None) -> tuple[dict, dict]:
-    """The kernel profile for validate, with the probed values (stored ones when they were
-    measured on this kernel since this boot, otherwise probed now and stored)."""
+    """The model's inputs, assembled here alone: the kernel profile with the probed values
+    (stored ones when they were measured on this kernel since this boot, otherwise probed now
+    and stored). validate, predict, run's record and bench's model all take it from here."""
     from shmkit.profile import read_profile
 
     profile = read_profile().to_dict()

@@ -383,6 +383,16 @@ def _read_pid_file(pid: int | str, name: str, procfs: str) -> bytes:
         raise
 
 
+def read_text(path: str) -> str | None:
+    """A small kernel file's text without its trailing newline (sysfs, /proc/sys); None if
+    it cannot be read (absent on this kernel, no permission)."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def _read_file(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()

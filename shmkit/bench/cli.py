@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import sys
 
 from shmkit import interrupt
@@ -200,17 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     """Ctrl-C, SIGTERM, SIGHUP: the pair is killed, everything removed, exit 128 + the signal's
     number; a signal ignored on entry stays ignored (shmkit.interrupt)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    interrupt.install()
-    try:
-        status = _dispatch(argv)
-        interrupt.disarm()              # decided: a later signal changes nothing
-        return status
-    except KeyboardInterrupt:
-        interrupt.disarm()              # only the first signal raises: nothing more comes
-    name = signal.Signals(interrupt.received() or signal.SIGINT).name
-    print(f"shmkit bench: interrupted ({name}); the workers were killed and everything they created "
-          "was removed", file=sys.stderr)
-    return interrupt.exit_status(130)
+    return interrupt.run_command(_dispatch, argv, "shmkit bench: interrupted ({signal}); the workers were "
+                                 "killed and everything they created was removed")
 
 
 def _dispatch(argv: list[str]) -> int:

@@ -30,11 +30,12 @@ _CACHE: dict = {}
 
 
 def host() -> tuple[dict, dict]:
-    """The host's kernel profile and device numbers, read once."""
+    """The host's kernel profile (with the probed values: the same model inputs validate and
+    predict use, shmkit.probe.load_or_probe) and device numbers, read once."""
     if "host" not in _CACHE:
         from shmkit.predict import host_devices
-        from shmkit.profile import read_profile
-        _CACHE["host"] = (read_profile().to_dict(), host_devices(tempfile.gettempdir()))
+        from shmkit.probe import load_or_probe
+        _CACHE["host"] = (load_or_probe()[0], host_devices(tempfile.gettempdir()))
     return _CACHE["host"]
 
 

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from shmkit import __version__, interrupt
+from shmkit.procfs import read_text
 from shmkit.bench import FORMAT, cleanup, stats
 from shmkit.bench.matrix import SHM, Series, slots_for
 
@@ -119,18 +120,10 @@ class Lock:
         os.close(self.fd)
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
 def metadata(cpus: list[int] | None) -> dict:
     """What pyperf records about the system, plus the settings that shape IPC."""
     cpu_model = None
-    for line in (_read("/proc/cpuinfo") or "").splitlines():
+    for line in (read_text("/proc/cpuinfo") or "").splitlines():
         if line.startswith("model name"):
             cpu_model = line.split(":", 1)[1].strip()
             break
@@ -139,14 +132,14 @@ def metadata(cpus: list[int] | None) -> dict:
     if os.path.isdir(base):
         for idx in sorted(os.listdir(base)):
             if idx.startswith("index"):
-                lvl, typ, size = (_read(f"{base}/{idx}/{k}") for k in ("level", "type", "size"))
+                lvl, typ, size = (read_text(f"{base}/{idx}/{k}") for k in ("level", "type", "size"))
                 cache[f"L{lvl} {typ}"] = size
-    gov = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    gov = read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
     mem_kb = None
-    for line in (_read("/proc/meminfo") or "").splitlines():
+    for line in (read_text("/proc/meminfo") or "").splitlines():
         if line.startswith("MemTotal:"):
             mem_kb = int(line.split()[1])
-    flags = (next((ln for ln in (_read("/proc/cpuinfo") or "").splitlines() if ln.startswith("flags")), "")
+    flags = (next((ln for ln in (read_text("/proc/cpuinfo") or "").splitlines() if ln.startswith("flags")), "")
              .split(":", 1)[-1].split())
     return {
         "hostname": platform.node(),
@@ -159,17 +152,17 @@ def metadata(cpus: list[int] | None) -> dict:
         "hypervisor": "hypervisor" in flags,
         "cache": cache,
         "cpu_governor": gov or "not readable (no cpufreq in this VM)",
-        "isolated_cpus": _read("/sys/devices/system/cpu/isolated") or "",
-        "thp_enabled": _read("/sys/kernel/mm/transparent_hugepage/enabled"),
-        "thp_shmem_enabled": _read("/sys/kernel/mm/transparent_hugepage/shmem_enabled"),
-        "aslr": _read("/proc/sys/kernel/randomize_va_space"),
+        "isolated_cpus": read_text("/sys/devices/system/cpu/isolated") or "",
+        "thp_enabled": read_text("/sys/kernel/mm/transparent_hugepage/enabled"),
+        "thp_shmem_enabled": read_text("/sys/kernel/mm/transparent_hugepage/shmem_enabled"),
+        "aslr": read_text("/proc/sys/kernel/randomize_va_space"),
         "mem_total_kb": mem_kb,
         "page_size": os.sysconf("SC_PAGE_SIZE"),
-        "pipe_max_size": _read("/proc/sys/fs/pipe-max-size"),
-        "wmem_max": _read("/proc/sys/net/core/wmem_max"),
-        "dirty_expire_centisecs": _read("/proc/sys/vm/dirty_expire_centisecs"),
-        "loadavg_start": _read("/proc/loadavg"),
-        "boot_id": _read("/proc/sys/kernel/random/boot_id"),
+        "pipe_max_size": read_text("/proc/sys/fs/pipe-max-size"),
+        "wmem_max": read_text("/proc/sys/net/core/wmem_max"),
+        "dirty_expire_centisecs": read_text("/proc/sys/vm/dirty_expire_centisecs"),
+        "loadavg_start": read_text("/proc/loadavg"),
+        "boot_id": read_text("/proc/sys/kernel/random/boot_id"),
         "python": sys.version.split()[0],
         "python_executable": sys.executable,
         "shmkit": __version__,
@@ -183,7 +176,7 @@ def _fs_type() -> str | None:
     import tempfile
     tmp = os.path.realpath(tempfile.gettempdir())
     best, fs = "", None
-    for line in (_read("/proc/mounts") or "").splitlines():
+    for line in (read_text("/proc/mounts") or "").splitlines():
         parts = line.split()
         if len(parts) > 2 and tmp.startswith(parts[1]) and len(parts[1]) > len(best):
             best, fs = parts[1], f"{parts[2]} on {parts[0]} ({parts[1]})"
@@ -192,7 +185,7 @@ def _fs_type() -> str | None:
 
 def _cpu_busy() -> float:
     """Seconds of CPU time the whole host spent busy (or stolen by the hypervisor)."""
-    line = (_read("/proc/stat") or "cpu 0").splitlines()[0].split()
+    line = (read_text("/proc/stat") or "cpu 0").splitlines()[0].split()
     v = [int(x) for x in line[1:9]] + [0] * 8
     user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
@@ -311,7 +304,7 @@ class Orchestrator:
         others = _cpu_busy() - busy0 - (_children_cpu() - kids0)
         ncpu = len(os.sched_getaffinity(0)) or 1
         b["others_cpu"] = max(0.0, others / (b["wall_seconds"] * ncpu))
-        b["loadavg"] = _read("/proc/loadavg")
+        b["loadavg"] = read_text("/proc/loadavg")
         vals, secs = [], []
         for res in b["runs"]:
             for v in res["values"]:
@@ -392,7 +385,7 @@ class Orchestrator:
                 self.swept += cleanup.sweep(self.pid, self.pids, keep_dir=False)
             doc["cleanup"] = {"swept": self.swept, "leftovers": cleanup.leftovers(self.pid, self.pids)}
             doc["seconds"] = time.perf_counter() - t0
-            doc["metadata"]["loadavg_end"] = _read("/proc/loadavg")
+            doc["metadata"]["loadavg_end"] = read_text("/proc/loadavg")
         ratios(doc)
         if any(b["error"] or b["errors"] for b in doc["benchmarks"]):
             doc["status"] = "failed"
