@@ -8,6 +8,7 @@ from model.flags import (PTE_GUARD, PTE_KIND, PTE_NONE, VM_DONTEXPAND, VM_HUGETL
                          VM_MAYBE_GUARD)
 
 GUARD_SINCE = (6, 13)
+FILE_GUARD_SINCE = (6, 15)    # "mm: allow guard regions in file-backed and read-only mappings"
 MAYBE_GUARD_SINCE = (6, 18)   # VM_MAYBE_GUARD, smaps "gu" (measured on 6.18)
 
 
@@ -22,6 +23,8 @@ class Guard:
         bad = VM_DONTEXPAND | VM_HUGETLB | (0 if not install else VM_LOCKED)
         if vma.opaque is not None or vma.flags & bad:
             raise errno("EINVAL")
+        if self.release < FILE_GUARD_SINCE and not vma.is_anonymous:
+            raise errno("EINVAL")    # 6.13, 6.14: anonymous memory only (not measured here)
         a, b = vma.index(start), vma.index(end)
         if install and self.release >= MAYBE_GUARD_SINCE:
             # vma_flag_set_atomic(VM_MAYBE_GUARD_BIT): the whole VMA, no split; never cleared
