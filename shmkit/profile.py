@@ -153,6 +153,7 @@ class KernelProfile:
         d["thp_sizes"] = tuple(ThpSize(**t) for t in d["thp_sizes"])
         d["rlimits"] = {k: tuple(v) for k, v in d["rlimits"].items()}
         d["unreadable"] = tuple(d["unreadable"])
+        d["hugetlb_pools"] = tuple(dict(p) for p in d.get("hugetlb_pools") or ())
         for key in ("dev_shm", "tmpdir_mount"):
             if d[key] is not None:
                 d[key] = {**d[key], "options": tuple(d[key]["options"])}
