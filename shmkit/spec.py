@@ -83,6 +83,8 @@ MADVICE = (
     "wipeonfork", "keeponfork", "cold", "pageout", "populate_read", "populate_write", "collapse",
     "dontneed_locked", "guard_install", "guard_remove",
 )
+LOFF_MAX = 2**63 - 1          # loff_t: file offsets and lengths of pwrite and fadvise
+WRITE_MAX = 4 << 20           # bytes one `write` step may copy
 # POSIX_FADV_* (include/uapi/linux/fadvise.h), by their lower-case name
 FADVICE = ("normal", "random", "sequential", "willneed", "dontneed", "noreuse")
 MCL_FLAGS = ("CURRENT", "FUTURE", "ONFAULT")                       # mlockall(2)
@@ -966,7 +968,16 @@ def _validate_step(raw: dict, index: int, file: str, state: _State, page_size: i
                           {"truncate": "one of file (truncate by name), fd, shm, memfd (ftruncate)",
                            "seal": "one of fd, shm, memfd (an open descriptor)"}.get(
                               op, "one of file (opened by name), fd, shm, memfd"))
-    elif op == "shmctl":
+    if op in ("write", "fadvise"):
+        for name in ("offset", "length"):
+            if vals[name] is not None and vals[name] > LOFF_MAX:
+                raise ctx.err(name, f"{vals[name]} does not fit a loff_t",
+                              f"a size up to 2**63-1 bytes ({LOFF_MAX})")
+        if op == "write" and vals["length"] > WRITE_MAX:
+            raise ctx.err("length", f"{vals['length']} bytes is more than one write step may "
+                          "copy (the worker's buffer lives in its pre-grown heap)",
+                          f"a size up to {WRITE_MAX // 2**20} MiB; split a larger write into steps")
+    if op == "shmctl":
         if vals["cmd"] == "set" and vals["mode"] is None:
             raise ctx.err("mode", 'missing required field with cmd = "set"', _MODE.accepted)
         if vals["cmd"] != "set" and "mode" in raw:

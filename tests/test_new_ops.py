@@ -183,3 +183,11 @@ def test_shmctl_set_needs_its_mode():
     with pytest.raises(spec.SpecError, match="mode is only used with"):
         spec.loads('about = "x"\n[[step]]\ndo = "shmget"\nas = "s"\nsize = 4096\n'
                    '[[step]]\ndo = "shmctl"\nsegment = "s"\ncmd = "stat"\nmode = 384\n', "x.toml")
+
+
+def test_write_length_and_offsets_are_bounded():
+    base = 'about = "x"\n[[step]]\ndo = "memfd"\nas = "m"\n[[step]]\ndo = "write"\nmemfd = "m"\n'
+    with pytest.raises(spec.SpecError, match="length: 8388608 bytes is more than one write step"):
+        spec.loads(base + 'length = "8 MiB"\n', "x.toml")
+    with pytest.raises(spec.SpecError, match="offset: .* does not fit a loff_t"):
+        spec.loads(base + 'length = 1\noffset = "0x8000000000000000"\n', "x.toml")
