@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from model import pads as padding
-from shmkit import interrupt, libc, procfs, protocol
+from shmkit import interrupt, libc, procfs, protocol, record
 from shmkit.observe import PAGE, process_view, residency, system_view, zero_page_pfn
 from shmkit.registry import Run, alive, process_start
 from model.pages import page_align, pages_of, span
@@ -411,18 +411,10 @@ class Manager:
                 self._record_interp(self.procs[name])
         for name, view in processes.items():
             self.procs[name].seen = {(v["start"], v["end"]) for v in view["vmas"]}
-        rec = {
-            "index": step.index, "do": step.do, "in": step.proc, "args": step.raw,
-            "result": reply["result"], "faults": _faults(reply.get("faults")),
-            "value": reply.get("value"), "note": reply.get("note"),
-            "processes": processes, **self.system(),
-            "perturbed": problems or None,
-        }
-        if "status" in reply:
-            rec["exit_status"] = reply["status"]
-        if reply.get("yielded"):
-            rec["yielded"] = reply["yielded"]
-        return rec
+        return record.step_record(
+            step, result=reply["result"], faults=_faults(reply.get("faults")), value=reply.get("value"),
+            note=reply.get("note"), processes=processes, system=self.system(), perturbed=problems or None,
+            exit_status=reply.get("status"), yielded=reply.get("yielded") or None)
 
     def pads_in_the_way(self, proc: Proc, step) -> list[list[int]]:
         """The pieces of the worker's pads inside the address range the step asks for
@@ -677,32 +669,27 @@ def _is_worker_of(pid: int, mark: bytes) -> bool:
 
 def run_attempt(exp, step_timeout: float, zero_pfn) -> dict:
     m = Manager(exp, step_timeout, zero_pfn)
-    record = {"path": exp.path, "about": exp.about, "setup": _setup_dict(exp.setup),
-              "run_id": m.run.run_id, "prefix": m.run.prefix, "status": "ok", "steps": []}
+    rec = record.experiment_record(exp, m.run)
     try:
         m.open()
         m.spawn_main()
-        record["initial"] = {"processes": m.observe(), **m.system()}
-        record["pads"] = {"main": m.procs["main"].pads}
+        rec["initial"] = {"processes": m.observe(), **m.system()}
+        rec["pads"] = {"main": m.procs["main"].pads}
         for step in exp.steps:
-            record["steps"].append(m.take_step(step))
-        if any(s["perturbed"] for s in record["steps"]):
-            record["status"] = "perturbed"
+            rec["steps"].append(m.take_step(step))
+        if any(s["perturbed"] for s in rec["steps"]):
+            rec["status"] = "perturbed"
     except WorkerLost as lost:
-        record["status"] = "aborted"
-        record["abort"] = {"process": lost.proc, "step": lost.step, **lost.how}
+        rec["status"] = "aborted"
+        rec["abort"] = {"process": lost.proc, "step": lost.step, **lost.how}
     finally:
-        record["cleaned"] = m.close()
-        record["names"] = m.names()
-    return record
+        rec["cleaned"] = m.close()
+        rec["names"] = m.names()
+    return rec
 
 
 def _faults(f):
     return None if f is None else {"minor": f[0], "major": f[1]}
-
-
-def _setup_dict(s) -> dict:
-    return {"aslr": s.aslr, "layout": s.layout, "rlimits": [list(r) for r in s.rlimits], "user": s.user}
 
 
 _SUBREAPER_SET = False

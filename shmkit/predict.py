@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from model.kernel import Kernel
-from shmkit import registry
+from shmkit import record, registry
 
 RLIMIT_NAMES = {"AS": "as", "DATA": "data", "MEMLOCK": "memlock", "STACK": "stack",
                 "NOFILE": "nofile", "FSIZE": "fsize", "CORE": "core"}
@@ -146,14 +146,11 @@ def model_step(k: Kernel, names: _Names, step) -> tuple[dict, dict]:
     if step.do == "shmget" and out["result"] == "ok":
         names.names["shmids"][str(out["value"]["shmid"])] = step.get("as")
     view = k.observe()
-    rec = {
-        "index": step.index, "do": step.do, "in": step.proc, "args": step.raw,
-        "result": out["result"], "faults": out["faults"], "value": out["value"], "note": None,
-        "processes": view["processes"], "dev_shm": view["dev_shm"], "sysv": view["sysv"],
-        "perturbed": None, "trace": out["trace"], "check": k.check(),
-    }
-    if out["yielded"]:
-        rec["yielded"] = [list(p) for p in out["yielded"]]
+    rec = record.step_record(
+        step, result=out["result"], faults=out["faults"], value=out["value"], note=None,
+        processes=view["processes"], system={"dev_shm": view["dev_shm"], "sysv": view["sysv"]},
+        perturbed=None, trace=out["trace"], check=k.check(),
+        yielded=[list(p) for p in out["yielded"]] if out["yielded"] else None)
     return rec, out
 
 
@@ -164,11 +161,7 @@ def predict(exp, profile: dict, snapshot: dict, pads: dict, run=None, on_step=No
     t0 = time.perf_counter()
     k = Kernel(profile, snapshot)
     initial = k.observe()
-    rec = {"path": exp.path, "about": exp.about,
-           "setup": {"aslr": exp.setup.aslr, "layout": exp.setup.layout,
-                     "rlimits": [list(r) for r in exp.setup.rlimits], "user": exp.setup.user},
-           "run_id": run.run_id, "prefix": run.prefix, "status": "ok", "steps": [],
-           "initial": initial, "pads": pads, "cleaned": [], "attempt": 1, "attempts": 1}
+    rec = record.experiment_record(exp, run, initial=initial, pads=pads, cleaned=[], attempt=1, attempts=1)
     for step in exp.steps:
         st, out = model_step(k, names, step)
         rec["steps"].append(st)
@@ -188,7 +181,7 @@ def fresh_snapshot(exp, profile: dict):
     try:
         m.open()
         m.spawn_main()
-        rec = {"setup": manager._setup_dict(exp.setup), "initial": {"processes": m.observe()}}
+        rec = {"setup": record.setup_record(exp.setup), "initial": {"processes": m.observe()}}
         pads = {"main": m.procs["main"].pads}
     finally:
         m.close()

@@ -206,6 +206,36 @@ def normalise(rec: dict) -> dict:
     return Normaliser(rec).experiment()
 
 
+# ----- constructors: the one definition of each record shape (docs/record.md) ----------------
+# The live side (manager), the model side (predict) and the differential session build their
+# records here, so the two sides can never disagree on a field's name or presence.
+
+def setup_record(setup) -> dict:
+    """An experiment's [setup] as the record keeps it (spec.Setup)."""
+    return {"aslr": setup.aslr, "layout": setup.layout, "rlimits": [list(r) for r in setup.rlimits],
+            "user": setup.user}
+
+
+def experiment_record(exp, run, *, path: str | None = None, status: str = "ok", **more) -> dict:
+    """One experiment's record head: what it is (spec.Experiment; `path` overrides its file),
+    the run that named its objects (registry.Run), its steps (filled in as they run).
+    `more`: initial, pads, ... as docs/record.md lists them."""
+    return {"path": exp.path if path is None else path, "about": exp.about, "setup": setup_record(exp.setup),
+            "run_id": run.run_id, "prefix": run.prefix, "status": status, "steps": [], **more}
+
+
+def step_record(step, *, result, faults, value, note, processes: dict, system: dict,
+                perturbed, **more) -> dict:
+    """One step's record, live or predicted: the step as written (index, do, in, args), its
+    result, faults and value, every process's view and the system tables (dev_shm, sysv);
+    `perturbed` is the live side's alone (None in a prediction). `more`: exit_status,
+    yielded, trace, check, ... (docs/record.md)."""
+    return {"index": step.index, "do": step.do, "in": step.proc, "args": step.raw,
+            "result": result, "faults": faults, "value": value, "note": note,
+            "processes": processes, **system, "perturbed": perturbed,
+            **{k: v for k, v in more.items() if v is not None}}
+
+
 def document(kind: str, experiments: list[dict], host: dict, version: str) -> dict:
     return {"format": FORMAT, "kind": kind, "shmkit": version, "host": host, "experiments": experiments}
 

@@ -31,9 +31,8 @@ class Session:
             self.m.open()
             self.m.spawn_main()
             initial = {"processes": self.m.observe(), **self.m.system()}
-            self.live = {"path": "<session>", "about": about, "setup": manager._setup_dict(probe.setup),
-                         "run_id": self.m.run.run_id, "prefix": self.m.run.prefix, "status": "ok",
-                         "steps": [], "initial": initial, "pads": {"main": self.m.procs["main"].pads}}
+            self.live = record.experiment_record(probe, self.m.run, path="<session>", initial=initial,
+                                                 pads={"main": self.m.procs["main"].pads})
             self.names = _Names(self.m.run)
             self.kernel = Kernel(profile, snapshot_from_record(self.live, profile, str(self.m.run.dir.parent)))
             self.pred = dict(self.live, steps=[], initial=self.kernel.observe())
