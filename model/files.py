@@ -11,7 +11,7 @@ shmem_setattr), mm/memfd.c memfd_create.
 """
 from __future__ import annotations
 
-from model.flags import MS, O_ACCMODE, O_CREAT, O_EXCL, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, ULONG_MASK  # model.resolve's numbers
+from model.flags import MFD_ALLOW_SEALING, MS, O_ACCMODE, O_CREAT, O_EXCL, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, ULONG_MASK  # model.resolve's numbers
 
 from model import ipc
 from model.errors import errno
@@ -268,6 +268,8 @@ class FileOps:
             ino = f.inode
         size = args["size"]
         self.newsize_ok(proc, ino, size)
+        if ino.is_shmem:
+            self.seals_allow_resize(ino, size)
         self.truncate(ino, size)
         self.note("do_truncate -> notify_change -> setattr: the file is " +
                   ("shrunk" if size < ino.size else "resized"))
@@ -280,6 +282,7 @@ class FileOps:
         even_cows=1: the private COW copies of MAP_PRIVATE mappings past holebegin are zapped
         too (measured: a later access to them is a SIGBUS; the copy of the page holding the new
         end stays), unlike a hole punch (fallocate_punch_hole)."""
+        kept = []
         if size < ino.size:
             first = pages_of(size)       # a partial last page stays (truncate_inode_partial_folio)
             self.unmap_file_pages(ino, first, ino.npages, even_cows=True)
@@ -287,9 +290,16 @@ class FileOps:
                 self.punch_hole(ino, first, ino.npages)
             else:
                 # truncate_inode_pages_range: a large folio that straddles the new end goes
-                # through truncate_inode_partial_folio, as for a hole punch
-                self.fallocate_punch_hole(ino, first, ino.npages)
+                # through truncate_inode_partial_folio, as for a hole punch; a dirty one that
+                # does not split stays in the page cache whole, its pages past the new end
+                # included (zeroed). Measured (truncate-grow-shrink-sigbus.toml): grown back,
+                # the file reads them with a minor fault, dirty, no I/O.
+                old = ino.npages
+                self.fallocate_punch_hole(ino, first, old)
+                kept = [(j, ino.cached[j], ino.folio[j]) for j in range(first, old) if ino.is_cached(j)]
         ino.resize(size)
+        for j, state, head in kept:
+            ino.cached[j], ino.folio[j] = state, head
 
     def sys_shm_open(self, proc: Process, args: dict):
         """glibc shm_open() = open("/dev/shm/NAME") on tmpfs (mm/shmem.c)."""
@@ -364,6 +374,8 @@ class FileOps:
         self.alloc_fd(proc)
         ino = Inode(SHMEM, self.new_ino(), self.dev[SHMEM], 0, "/memfd:" + name)
         ino.deleted = True
+        if args["flags"] & MFD_ALLOW_SEALING:
+            ino.seals = 0                # MFD_ALLOW_SEALING: F_SEAL_SEAL cleared
         if args.get("size"):
             # the live side's ftruncate: a failure leaves no handle
             self.newsize_ok(proc, ino, args["size"])

@@ -16,6 +16,7 @@ PTRS_PER_PTE = PMD_SIZE // PAGE_SIZE
 VM_READ, VM_WRITE, VM_EXEC, VM_SHARED = 0x1, 0x2, 0x4, 0x8
 VM_MAYREAD, VM_MAYWRITE, VM_MAYEXEC, VM_MAYSHARE = 0x10, 0x20, 0x40, 0x80
 VM_GROWSDOWN = 0x100
+VM_MAYBE_GUARD = 0x800   # 6.18+: a guard region was installed in the VMA (smaps "gu")
 VM_LOCKED = 0x2000
 VM_SEQ_READ, VM_RAND_READ = 0x8000, 0x10000
 VM_DONTCOPY, VM_DONTEXPAND, VM_LOCKONFAULT = 0x20000, 0x40000, 0x80000
@@ -38,7 +39,7 @@ VM_PKEY_MASK = 0xF << 32
 # order; model.proc.vmflags renders them). "sd" (VM_SOFTDIRTY) can be set only with
 # CONFIG_MEM_SOFT_DIRTY (Debian's kernels have it; this host's does not).
 VMFLAG_NAMES = {VM_READ: "rd", VM_WRITE: "wr", VM_EXEC: "ex", VM_SHARED: "sh", VM_MAYREAD: "mr",
-                VM_MAYWRITE: "mw", VM_MAYEXEC: "me", VM_MAYSHARE: "ms", VM_GROWSDOWN: "gd",
+                VM_MAYWRITE: "mw", VM_MAYEXEC: "me", VM_MAYSHARE: "ms", VM_GROWSDOWN: "gd", VM_MAYBE_GUARD: "gu",
                 VM_LOCKED: "lo", VM_SEQ_READ: "sr", VM_RAND_READ: "rr", VM_DONTCOPY: "dc",
                 VM_DONTEXPAND: "de", VM_LOCKONFAULT: "lf", VM_ACCOUNT: "ac", VM_NORESERVE: "nr",
                 VM_WIPEONFORK: "wf", VM_DONTDUMP: "dd", VM_SOFTDIRTY: "sd", VM_HUGEPAGE: "hg", VM_NOHUGEPAGE: "nh",
@@ -56,7 +57,10 @@ MAP = {"SHARED": 0x01, "PRIVATE": 0x02, "SHARED_VALIDATE": 0x03, "ANONYMOUS": 0x
        "FIXED_NOREPLACE": 0x100000, "POPULATE": 0x8000, "LOCKED": 0x2000, "NORESERVE": 0x4000,
        "GROWSDOWN": 0x0100, "STACK": 0x20000, "HUGETLB": 0x40000, "32BIT": 0x40,
        "UNINITIALIZED": 0x4000000, "SYNC": 0x80000, "NONBLOCK": 0x10000, "DENYWRITE": 0x0800,
-       "EXECUTABLE": 0x1000}
+       "EXECUTABLE": 0x1000,
+       # include/uapi/asm-generic/hugetlb_encode.h: log2(huge page size) << MAP_HUGE_SHIFT
+       "HUGE_2MB": 21 << 26, "HUGE_1GB": 30 << 26}
+MAP_HUGE_SHIFT, MAP_HUGE_MASK = 26, 0x3f
 MAP_ALIASES = {"ANON": "ANONYMOUS"}
 PROT = {"r": PROT_READ, "w": PROT_WRITE, "x": PROT_EXEC}
 # asm-generic/mman-common.h MADV_* (the advices mm/madvise.c madvise_behavior_valid() knows
@@ -66,7 +70,10 @@ MADV = {
     "free": 8, "remove": 9, "dontfork": 10, "dofork": 11, "mergeable": 12,
     "unmergeable": 13, "hugepage": 14, "nohugepage": 15, "dontdump": 16, "dodump": 17,
     "wipeonfork": 18, "keeponfork": 19, "cold": 20, "pageout": 21,
-    "populate_read": 22, "populate_write": 23, "collapse": 25,
+    "populate_read": 22, "populate_write": 23, "dontneed_locked": 24, "collapse": 25,
+    # 6.13+: guard regions (mm/madvise.c madvise_guard_install/remove). Not exposed:
+    # MADV_HWPOISON (100) and MADV_SOFT_OFFLINE (101) take pages out of the host's memory.
+    "guard_install": 102, "guard_remove": 103,
 }
 MADV_NAME = {v: k for k, v in MADV.items()}
 MS = {"SYNC": 4, "ASYNC": 1, "INVALIDATE": 2}            # asm-generic/mman-common.h MS_*
@@ -79,15 +86,43 @@ O_ACCMODE = 3
 IPC_PRIVATE, IPC_CREAT, IPC_EXCL = 0, 0o1000, 0o2000
 IPC_RMID, IPC_SET, IPC_STAT = 0, 1, 2
 SHM_LOCK, SHM_UNLOCK = 11, 12
-SHM_RDONLY, SHM_RND = 0o10000, 0o20000
-SHMCTL_CMD = {"rmid": IPC_RMID, "stat": IPC_STAT, "lock": SHM_LOCK, "unlock": SHM_UNLOCK}
+SHM_RDONLY, SHM_RND, SHM_REMAP, SHM_EXEC = 0o10000, 0o20000, 0o40000, 0o100000
+SHMCTL_CMD = {"rmid": IPC_RMID, "stat": IPC_STAT, "lock": SHM_LOCK, "unlock": SHM_UNLOCK,
+              "set": IPC_SET}
+# uapi/linux/fadvise.h POSIX_FADV_* (DONTNEED/NOREUSE are 4/5 on every arch but s390)
+FADV = {"normal": 0, "random": 1, "sequential": 2, "willneed": 3, "dontneed": 4, "noreuse": 5}
+FADV_NAME = {v: k for k, v in FADV.items()}
 MAP_TYPE = 0x0f
 # include/linux/mman.h LEGACY_MAP_MASK: what MAP_SHARED_VALIDATE accepts on a file whose f_op
-# has no FOP_MMAP_SYNC (MAP_HUGE_2MB/1GB are not expressible in an experiment file). Neither
-# MAP_FIXED_NOREPLACE nor MAP_SYNC is in it.
-LEGACY_MAP_MASK = sum(MAP[n] for n in (
+# has no FOP_MMAP_SYNC, MAP_HUGE_2MB and MAP_HUGE_1GB included. Neither MAP_FIXED_NOREPLACE nor
+# MAP_SYNC is in it.
+def _or(values) -> int:
+    out = 0
+    for v in values:
+        out |= v
+    return out
+
+
+# (an OR, not a sum: MAP_HUGE_2MB, MAP_HUGE_1GB and MAP_UNINITIALIZED share bits)
+LEGACY_MAP_MASK = _or(MAP[n] for n in (
     "SHARED", "PRIVATE", "FIXED", "ANONYMOUS", "DENYWRITE", "EXECUTABLE", "UNINITIALIZED",
-    "GROWSDOWN", "LOCKED", "NORESERVE", "POPULATE", "NONBLOCK", "STACK", "HUGETLB", "32BIT"))
+    "GROWSDOWN", "LOCKED", "NORESERVE", "POPULATE", "NONBLOCK", "STACK", "HUGETLB", "32BIT",
+    "HUGE_2MB", "HUGE_1GB"))
+
+# include/uapi/linux/fcntl.h F_SEAL_*
+F_SEAL = {"SEAL": 0x1, "SHRINK": 0x2, "GROW": 0x4, "WRITE": 0x8, "FUTURE_WRITE": 0x10}
+F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE, F_SEAL_FUTURE_WRITE = 0x1, 0x2, 0x4, 0x8, 0x10
+# include/uapi/asm-generic/mman-common.h MCL_*
+MCL = {"CURRENT": 1, "FUTURE": 2, "ONFAULT": 4}
+# uapi/linux/fcntl.h
+F_ADD_SEALS, F_GET_SEALS = 1033, 1034
+# uapi/linux/memfd.h (MFD_CLOEXEC is the worker's own, not the step's)
+MFD_CLOEXEC, MFD_ALLOW_SEALING = 0x1, 0x2
+
+
+def seal_names(value: int) -> list[str]:
+    """F_GET_SEALS as the step's value: the lower-case F_SEAL_* names of the bits set."""
+    return [name.lower() for name, bit in F_SEAL.items() if value & bit]
 
 # Page-table entry bits of one byte per page (model.pagetable)
 PTE_NONE, PTE_ZERO, PTE_FILE, PTE_ANON = 0, 1, 2, 3   # what the entry maps (low two bits)
@@ -95,6 +130,9 @@ PTE_KIND = 0x3
 PTE_WRITE = 0x4      # pte_write
 PTE_DIRTY = 0x8      # pte_dirty
 PTE_YOUNG = 0x10     # pte_young (accessed)
+# a guard-region PTE marker (mm/madvise.c madvise_guard_install, 6.13+): no page (kind
+# PTE_NONE), and any access is SIGSEGV (mm/memory.c handle_pte_marker)
+PTE_GUARD = 0x80
 
 
 def prot_of(text) -> int:

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import itertools
 
-from model.flags import SHMCTL_CMD  # model.resolve's numbers
+from model.flags import IPC_SET, SHM_EXEC, SHMCTL_CMD  # model.resolve's numbers
 
 from model.errors import StepError, errno
-from model.flags import PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, MAP
+from model.flags import PAGE_SHIFT, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, MAP
 from model.objects import SHMEM, Inode
 from model.pages import page_align, pages_of
 from model.process import Region
@@ -106,6 +106,7 @@ class Segment:
     def __init__(self, key: int, shmid: int, size: int, mode: int, cpid: int, uid: int, inode: Inode):
         self.key, self.shmid, self.size, self.mode = key, shmid, size, mode
         self.cpid, self.uid, self.inode = cpid, uid, inode
+        self.cuid = uid           # shm_perm.cuid: the creator (IPC_SET changes uid, never cuid)
         self.nattch = 0
         self.destroyed = False
         self.lock_uid = None      # shp->mlock_ucounts: the user SHM_LOCK charged, or None
@@ -199,22 +200,29 @@ class SysV:
             raise self._err("EINVAL")
         addr = args["addr"]
         readonly = bool(args["flags"] & SHM_RDONLY)
+        remap = bool(args["flags"] & SHM_REMAP)
+        exe = bool(args["flags"] & SHM_EXEC)
         flags = MAP["SHARED"]
         if addr:
             if addr & (PAGE_SIZE - 1):
                 if args["flags"] & SHM_RND:
                     addr &= ~(PAGE_SIZE - 1)
+                    if not addr and remap:
+                        raise self._err("EINVAL")   # SHM_RND|SHM_REMAP rounded down to 0
                 else:
                     raise self._err("EINVAL")
             flags |= MAP["FIXED"]
-        want = 0o4 | (0 if readonly else 0o2)
+        elif remap:
+            raise self._err("EINVAL")               # SHM_REMAP needs an address
+        # SHM_EXEC: PROT_EXEC, and the segment's mode must grant execute (S_IXUGO)
+        want = 0o4 | (0 if readonly else 0o2) | (0o1 if exe else 0)
         if not self._ipcperms(proc, seg, want):
             raise self._err("EACCES")
         size = seg.inode.size
-        if addr and proc.mm.overlapping(addr, addr + size):
-            raise self._err("EINVAL")
+        if addr and not remap and proc.mm.overlapping(addr, addr + size):
+            raise self._err("EINVAL")               # SHM_REMAP: MAP_FIXED replaces what is there
         f = OpenFile(seg.inode, readable=True, writable=not readonly, kind="shm", segment=seg)
-        prot = PROT_READ | (0 if readonly else PROT_WRITE)
+        prot = PROT_READ | (0 if readonly else PROT_WRITE) | (PROT_EXEC if exe else 0)
         try:
             faults, value = self.k.do_mmap(proc, f, addr, size, prot, flags, 0, "shmat")
         except StepError:
@@ -268,13 +276,13 @@ class SysV:
     def shmctl(self, proc, args):
         shmid, number = args["shmid"], args["cmd"]
         # ipc/shm.c ksys_shmctl(): a negative cmd or shmid is EINVAL before anything else; the
-        # commands it knows besides these four (IPC_SET 1, IPC_INFO 3, SHM_STAT 13, SHM_INFO 14,
+        # commands it knows besides these five (IPC_INFO 3, SHM_STAT 13, SHM_INFO 14,
         # SHM_STAT_ANY 15) are not modelled; any other is EINVAL (the switch's default)
         if number < 0 or shmid < 0:
             raise self._err("EINVAL")
         cmd = next((n for n, v in SHMCTL_CMD.items() if v == number), None)
         if cmd is None:
-            if number in (1, 3, 13, 14, 15):
+            if number in (3, 13, 14, 15):
                 raise StepError({"error": f"model: shmctl cmd {number} is not modelled"})
             raise self._err("EINVAL")
         seg = self.segments.get(shmid)
@@ -295,6 +303,15 @@ class SysV:
             return None, {"size": seg.size, "nattch": seg.nattch, "mode": oct(seg.mode & 0o7777)}
         if cmd in ("lock", "unlock"):
             return self._do_lock(proc, seg, cmd == "lock")
+        if cmd == "set":
+            # shmctl_down -> ipcctl_obtain_check(): CAP_SYS_ADMIN, the creator or the owner,
+            # else EPERM; ipc_update_perm() takes the permission bits (S_IRWXUGO) of the new
+            # mode, keeping SHM_DEST and SHM_LOCKED
+            if not (proc.privileged or proc.uid in (seg.uid, seg.cuid)):
+                raise self._err("EPERM")
+            seg.mode = (seg.mode & ~0o777) | (args["mode"] & 0o777)
+            self.k.note("IPC_SET: the segment's permission bits are replaced")
+            return None
         raise self._err("EINVAL")
 
     def _do_lock(self, proc, seg: Segment, lock: bool):

@@ -24,6 +24,12 @@ SysV glue, observe() and check(). The system calls are methods of one mixin clas
   memfd     mm/memfd.c memfd_create                            -> model.files    FileOps.sys_memfd
   shm*      ipc/shm.c (model.ipc)                              -> Kernel.sys_shmget/shmat/shmdt/shmctl
   touch     user loads and stores (faults: model.memory)       -> model.access   AccessOps.sys_touch / sys_read
+  write     fs/read_write.c ksys_pwrite64, generic_perform_write -> model.fileio FileIO.sys_write
+  fadvise   mm/fadvise.c generic_fadvise                       -> model.fileio   FileIO.sys_fadvise
+  settle    (a pause of the live side; nothing in the model)   -> model.fileio   FileIO.sys_settle
+  seal      mm/memfd.c memfd_add_seals                         -> model.seals    Seals.sys_seal
+  mlockall  mm/mlock.c sys_mlockall, sys_munlockall            -> model.mlockall LockAll.sys_mlockall / sys_munlockall
+  guard     mm/madvise.c madvise_guard_install/remove          -> model.guard    Guard.madvise_guard
 Errors: model.errors. Processes and regions: model.process. Faults: model.memory. /proc
 rendering: model.proc.
 """
@@ -35,12 +41,15 @@ from collections import Counter
 from model import ipc, pads
 from model.access import AccessOps
 from model.errors import StepError, errno  # errno: also re-exported, as before the split
+from model.fileio import FileIO
 from model.files import FileOps
 from model.flags import PAGE_SHIFT, PTE_ANON, PTE_FILE, PTE_KIND, VM_LOCKED, VM_SOFTDIRTY
 from model.fork import ForkOps
+from model.guard import Guard
 from model.madvise import MadviseOps
 from model.memory import Memory
 from model.mlock import MlockOps
+from model.mlockall import LockAll
 from model.mm import TASK_SIZE, AddressSpace
 from model.mmap import MmapOps
 from model.mprotect import MprotectOps
@@ -49,6 +58,7 @@ from model.objects import DISK, SHMEM, TMPFS, AnonPages, Inode
 from model.pages import pages_of
 from model.proc import maps_line, residency, vma_record
 from model.process import Process, Region
+from model.seals import Seals
 from model.vma import OpenFile, Vma
 
 
@@ -62,7 +72,8 @@ def effective_mmap_min_addr(profile: dict) -> int:
                lsm if isinstance(lsm, int) and config.get("SECURITY") else 0)
 
 
-class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, AccessOps, ForkOps):
+class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, AccessOps, ForkOps,
+             FileIO, Seals, LockAll, Guard):
     def __init__(self, profile: dict, snapshot: dict):
         self.profile = profile
         sysctl = profile.get("sysctl", {})

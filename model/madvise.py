@@ -9,7 +9,8 @@ mm/ksm.c ksm_madvise.
 """
 from __future__ import annotations
 
-from model.flags import MADV_NAME, ULONG_MASK  # model.resolve's numbers
+from model.flags import MADV, MADV_NAME, ULONG_MASK  # model.resolve's numbers
+from model.guard import GUARD_SINCE
 
 from model.errors import StepError, errno
 from model.flags import (PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
@@ -88,9 +89,9 @@ class MadviseOps:
         model/flags.py MADV, MADV_DONTNEED_LOCKED (24, 5.18), MADV_SOFT_OFFLINE/HWPOISON (101,
         100; CONFIG_MEMORY_FAILURE, assumed set as on every distribution kernel) and
         MADV_GUARD_INSTALL/REMOVE (102, 103; 6.13)); any other number is EINVAL."""
-        if number in MADV_NAME or number in (24, 100, 101):
-            return True
-        return number in (102, 103) and self.release >= (6, 13)
+        if number in (MADV["guard_install"], MADV["guard_remove"]):
+            return self.release >= GUARD_SINCE
+        return number in MADV_NAME or number in (100, 101)
 
     def madvise_vma_behavior(self, proc: Process, vma: Vma, start: int, end: int, advice: str) -> None:
         """mm/madvise.c madvise_vma_behavior() for [start, end) inside one VMA."""
@@ -109,11 +110,14 @@ class MadviseOps:
             self.note(f"madvise_update_vma sets the VMA flags for MADV_{advice.upper()}"
                       + (" (ksm_madvise: ksmd merges nothing until /sys/kernel/mm/ksm/run is 1)"
                          if advice == "mergeable" and set_ else ""))
-        elif advice in ("dontneed", "free"):
-            # madvise_dontneed_free_valid_vma(): not VM_LOCKED (nor VM_PFNMAP, nor hugetlb)
-            if vma.opaque is not None or vma.flags & VM_LOCKED:
+        elif advice in ("guard_install", "guard_remove"):
+            self.madvise_guard(proc, vma, start, end, advice == "guard_install")
+        elif advice in ("dontneed", "free", "dontneed_locked"):
+            # madvise_dontneed_free_valid_vma(): not VM_LOCKED (nor VM_PFNMAP, nor hugetlb);
+            # MADV_DONTNEED_LOCKED (5.18+) allows VM_LOCKED
+            if vma.opaque is not None or (vma.flags & VM_LOCKED and advice != "dontneed_locked"):
                 raise errno("EINVAL")
-            if advice == "dontneed":
+            if advice != "free":
                 n = self.mem.zap(vma, a, b)
                 self.note(f"madvise_dontneed_single_vma: zap_page_range_single dropped {n} PTE(s)")
             else:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from array import array
 
-from model.flags import VM_PKEY_MASK
+from model.flags import PTE_GUARD, VM_PKEY_MASK
 from model.flags import (PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
                          PTE_NONE, PTE_WRITE, PTE_YOUNG, PTE_ZERO, PTRS_PER_PTE,
                          VM_READ, VM_EXEC, VM_SHARED, VM_WRITE)
@@ -124,6 +124,9 @@ class Memory(ReadaheadOps, HugePageOps):
     def fault(self, mm, vma: Vma, i: int, write: bool, value: int) -> str:
         """handle_mm_fault() for page i of vma: returns "minor" or "major"; raises Fault."""
         e = vma.pte[i]
+        if e & PTE_GUARD:
+            # handle_pte_marker(): a guard marker is VM_FAULT_SIGSEGV (not counted as a fault)
+            raise Fault("SIGSEGV", "the page is a guard region (MADV_GUARD_INSTALL marker)")
         kind = e & PTE_KIND
         block = self.huge_block(vma, i)
         if block is not None or (kind == PTE_NONE and self.thp_eligible(vma)):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 
 from model.flags import (PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, VM_DONTEXPAND, VM_SOFTDIRTY, VM_GROWSDOWN,
+                         VM_MAYBE_GUARD,
                          VM_LOCKED, VM_LOCKONFAULT, VM_SHARED, VM_STACK_FLAGS, VM_WRITE)
 from model.pages import page_align
 from model.vma import Vma
@@ -78,6 +79,9 @@ class AddressSpace:
         # "stack_guard_gap=" (the profile's stack_guard_gap_pages; Kernel sets it)
         self.stack_guard_gap = STACK_GUARD_GAP
         self.locked_vm = 0   # pages in VM_LOCKED VMAs (mm->locked_vm)
+        # mm->def_flags: VM_LOCKED (| VM_LOCKONFAULT) after mlockall(MCL_FUTURE); a new mm
+        # (fork: mm_init keeps only VM_INIT_DEF_MASK, never the lock bits) starts without
+        self.def_flags = 0
         # of those, pages no VMA holds locked any more: mremap MREMAP_DONTUNMAP clears VM_LOCKED
         # on the old VMA and leaves locked_vm as it was (mm/mremap.c dontunmap_complete)
         self.locked_vm_stale = 0
@@ -294,7 +298,8 @@ class AddressSpace:
             return False
         # is_mergeable_vma(): flags equal but for VM_SOFTDIRTY (VM_IGNORE_MERGE since 6.18);
         # VM_SPECIAL never merges
-        if (a.flags ^ b.flags) & ~VM_SOFTDIRTY or a.flags & VM_DONTEXPAND:
+        # VM_MAYBE_GUARD is in VM_IGNORE_MERGE too (sticky: absorb keeps it)
+        if (a.flags ^ b.flags) & ~(VM_SOFTDIRTY | VM_MAYBE_GUARD) or a.flags & VM_DONTEXPAND:
             return False
         if a.file is not b.file:                            # the struct file, not the inode
             return False

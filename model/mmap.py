@@ -9,6 +9,7 @@ hugetlb_reserve_pages, arch/x86/mm/pkeys.c execute_only_pkey, mm/shmem.c shmem_z
 from __future__ import annotations
 
 from model.errors import StepError, errno
+from model.flags import MAP_HUGE_MASK, MAP_HUGE_SHIFT, VM_LOCKONFAULT
 from model.flags import (LEGACY_MAP_MASK, MAP, MAP_TYPE, PAGE_SHIFT, PAGE_SIZE, PROT_EXEC,
                          PROT_WRITE, VM_ACCOUNT, VM_DONTEXPAND, VM_EXEC, VM_GROWSDOWN, VM_HUGETLB,
                          VM_LOCKED, VM_MAYEXEC, VM_MAYREAD, VM_MAYSHARE, VM_MAYWRITE, VM_NORESERVE,
@@ -77,11 +78,14 @@ class MmapOps:
                 # hstate_sizelog(0): the default hstate, none without hugetlb; the length is
                 # rounded up to the huge page (ALIGN, in an unsigned long) and the mapping gets
                 # a hugetlbfs file (hugetlb_file_setup(HUGETLB_ANON_FILE, VM_NORESERVE))
-                if self.hugetlb is None:
+                # MAP_HUGE_2MB / MAP_HUGE_1GB: hstate_sizelog(log2 of the size), EINVAL when the
+                # host has no hstate of that size
+                hs = self.hstate_sizelog((flags >> MAP_HUGE_SHIFT) & MAP_HUGE_MASK)
+                if hs is None:
                     raise errno("EINVAL", f0)
-                hsize = (self.hugetlb.get("size_kb") or 2048) << 10
+                hsize = (hs.get("size_kb") or 2048) << 10
                 length = ((length + hsize - 1) & ~(hsize - 1)) & ((1 << 64) - 1)
-                hugetlb = True
+                hugetlb = hs
         addr = args["addr"]
         try:
             faults, value = self.do_mmap(proc, file, addr, length, prot, flags, off >> PAGE_SHIFT,
@@ -93,9 +97,10 @@ class MmapOps:
         return faults, value
 
     def do_mmap(self, proc: Process, file: OpenFile | None, addr: int, length: int, prot: int,
-                flags: int, pgoff: int, region_kind: str = "mmap", hugetlb: bool = False):
-        """mm/mmap.c do_mmap(), checks in the kernel's order. hugetlb: an anonymous MAP_HUGETLB
-        mapping, whose file (hugetlbfs, opened O_RDWR) the model does not build."""
+                flags: int, pgoff: int, region_kind: str = "mmap", hugetlb: dict | bool = False):
+        """mm/mmap.c do_mmap(), checks in the kernel's order. hugetlb: the hstate's pool of an
+        anonymous MAP_HUGETLB mapping, whose file (hugetlbfs, opened O_RDWR) the model does not
+        build."""
         mm = proc.mm
         if file is None and flags & MAP["ANONYMOUS"] == 0:
             raise errno("EBADF")
@@ -119,7 +124,8 @@ class MmapOps:
             raise errno("ENOMEM")
         # PROT_EXEC alone takes the execute-only protection key (execute_only_pkey)
         pkey = VM_PKEY_BIT0 if prot == PROT_EXEC and self.pkeys else 0
-        vm_flags = calc_vm_prot_bits(prot) | pkey | calc_vm_flag_bits(flags) \
+        # mm->def_flags: VM_LOCKED (| VM_LOCKONFAULT) after mlockall(MCL_FUTURE)
+        vm_flags = calc_vm_prot_bits(prot) | pkey | calc_vm_flag_bits(flags) | mm.def_flags \
             | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
         mtype = flags & MAP_TYPE
         thp = False
@@ -130,7 +136,7 @@ class MmapOps:
             # ext4's f_op->get_unmapped_area is thp_get_unmapped_area, with the hint; whether it
             # pads is decided by the offset and length (model.mm.thp_pad_ok)
             thp = True
-        if hugetlb and fixed and addr & (((self.hugetlb.get("size_kb") or 2048) << 10) - 1):
+        if hugetlb and fixed and addr & (((hugetlb.get("size_kb") or 2048) << 10) - 1):
             raise errno("EINVAL")      # hugetlb_get_unmapped_area(): prepare_hugepage_range
         where = mm.get_unmapped_area(length, addr, fixed, thp_align=thp and not fixed,
                                      pgoff=pgoff if file else 0, map32=bool(flags & MAP["32BIT"]))
@@ -175,6 +181,8 @@ class MmapOps:
                     raise errno("EINVAL")
             else:
                 raise errno("EINVAL")
+            if file is not None:
+                vm_flags = self.memfd_check_seals_mmap(file, vm_flags)
         else:
             # MAP_SHARED_VALIDATE means nothing without a file: only SHARED and PRIVATE (and
             # MAP_DROPPABLE, not expressible) are types of anonymous mappings
@@ -196,7 +204,7 @@ class MmapOps:
                                 hugetlb=hugetlb)
 
     def mmap_region(self, proc, file, addr, length, vm_flags, pgoff, flags, region_kind,
-                    hugetlb: bool = False):
+                    hugetlb: dict | bool = False):
         """mm/vma.c mmap_region() -> __mmap_region(): limits, account, the file's ->mmap, unmap
         what MAP_FIXED covers, merge or insert, then populate for MAP_POPULATE / VM_LOCKED."""
         mm = proc.mm
@@ -211,7 +219,7 @@ class MmapOps:
                 raise errno("ENOMEM")
             vm_flags |= VM_ACCOUNT
         if hugetlb:
-            self.hugetlbfs_file_mmap(vm_flags | VM_HUGETLB | VM_DONTEXPAND, pgoff, npages)
+            self.hugetlbfs_file_mmap(vm_flags | VM_HUGETLB | VM_DONTEXPAND, pgoff, npages, hugetlb)
         if file is not None and vm_flags & VM_SYNC and file.inode.kind == DISK \
                 and self.disk_mmap_sync and not self.disk_dax:
             # ext4_file_mmap_prepare(): !daxdev_mapping_supported() -> -EOPNOTSUPP. MAP_SYNC
@@ -248,18 +256,29 @@ class MmapOps:
             mm.locked_vm += npages
         value = {"addr": addr}
         minor = major = 0
-        if vm_flags & VM_LOCKED or flags & (MAP["POPULATE"] | MAP["NONBLOCK"]) == MAP["POPULATE"]:
+        # do_mmap(): populate when (vm_flags & (VM_LOCKED|VM_LOCKONFAULT)) == VM_LOCKED
+        if vm_flags & (VM_LOCKED | VM_LOCKONFAULT) == VM_LOCKED \
+                or flags & (MAP["POPULATE"] | MAP["NONBLOCK"]) == MAP["POPULATE"]:
             minor, major = self.mem.populate(mm, addr, addr + length)
             self.note("mm_populate: the pages were faulted in during the call (counted in it)")
         return self._faults(minor, major), value
 
-    def hugetlbfs_file_mmap(self, vm_flags: int, pgoff: int, npages: int) -> None:
+    def hstate_sizelog(self, log: int) -> dict | None:
+        """mm/hugetlb.c hstate_sizelog(): 0 is the default hstate, otherwise the hstate of
+        2^log bytes (the profile's hugetlb_pools), None when the host has none."""
+        if not log:
+            return self.hugetlb
+        size_kb = (1 << log) >> 10
+        return next((p for p in self.profile.get("hugetlb_pools") or () if p.get("size_kb") == size_kb),
+                    None)
+
+    def hugetlbfs_file_mmap(self, vm_flags: int, pgoff: int, npages: int, h: dict) -> None:
         """fs/hugetlbfs/inode.c hugetlbfs_file_mmap(): the offset must be huge page aligned,
         then hugetlb_reserve_pages() (skipped for VM_NORESERVE) -> hugetlb_acct_memory() ->
         gather_surplus_pages(): ENOMEM when the free pages not yet reserved are too few and no
         surplus page may be allocated (vm.nr_overcommit_hugepages). A mapping that gets its
-        pages is not modelled (no hugetlbfs file, no huge page faults): the step is skipped."""
-        h = self.hugetlb
+        pages is not modelled (no hugetlbfs file, no huge page faults): the step is skipped.
+        h: the hstate's pool (the default one, or the MAP_HUGE_* size's)."""
         per = ((h.get("size_kb") or 2048) << 10) >> PAGE_SHIFT
         if pgoff & (per - 1):
             raise errno("EINVAL")

@@ -39,6 +39,10 @@ class Inode:
         self.mode = 0o600
         self.uid = 0
         self.readahead_pages = 32   # file_ra_state.ra_pages (the kernel sets it from the bdi)
+        # memfd seals (mm/memfd.c memfd_file_seals_ptr): shmem inodes start with F_SEAL_SEAL
+        # (shmem_get_inode; memfd_create with MFD_ALLOW_SEALING clears it); None: the file
+        # system has no seals (F_ADD_SEALS is EINVAL)
+        self.seals = 0x1 if kind in (TMPFS, SHMEM) else None
         self.resize(size)
 
     @property

@@ -40,7 +40,7 @@ class ReadaheadOps:
         VM_EXEC from the fault to the end of the VMA, otherwise mmap read-around: ra_pages
         centred on the fault, async_size = ra_pages / 4."""
         ino = vma.file.inode
-        ra = ino.readahead_pages
+        ra = vma.file.ra_pages or ino.readahead_pages
         if vma.flags & (VM_RAND_READ | VM_EXEC) == VM_RAND_READ:
             if not ino.is_cached(pgoff):
                 ino.add_folio(pgoff, 1)
@@ -75,7 +75,7 @@ class ReadaheadOps:
         req (only possible doubled, from page 0: miss == ULONG_MAX) starts a window of
         min(contig + req, max) pages with async_size 1. Measured: file-readahead-marks.toml."""
         ino = vma.file.inode
-        maxp = ino.readahead_pages
+        maxp = vma.file.ra_pages or ino.readahead_pages
         if index == 0:
             size = _init_ra_size(req, maxp)
             asz = size - req if size > req else size >> 1
@@ -161,7 +161,7 @@ class ReadaheadOps:
         ino = vma.file.inode
         fa, fb = ino.folio_range(pgoff)
         ino.ra_flag[fa:fb] = bytes(fb - fa)
-        maxp = ino.readahead_pages
+        maxp = vma.file.ra_pages or ino.readahead_pages
         start, size, asz, order = vma.file.ra or (0, 0, 0, 0)
         nr = fb - fa
         if pgoff == (start + size - asz) & ~(nr - 1):

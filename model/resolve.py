@@ -31,15 +31,20 @@ under "call" in each step, docs/record.md):
         handle given as region, with or without pages: it follows the moved range)
   mmap: as, addr, length, prot, flags, offset, source (null, ["file", path], or
         [fd|shm|memfd, handle])
+  write: source, offset, length, value; fadvise: source, offset, length, advice (POSIX_FADV_*);
+        seal: source, seals (F_SEAL_* bits); mlockall: flags (MCL_*); settle: path, seconds;
+        memfd: flags (MFD_ALLOW_SEALING or 0); shmat: flags with SHM_REMAP/SHM_EXEC; shmctl:
+        mode (IPC_SET's permission bits; absent for the other commands)
   others: see _OTHERS below.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from model.flags import (IPC_CREAT, IPC_EXCL, MADV, MAP, MLOCK_ONFAULT, MREMAP, MS, O_CREAT,
-                         O_EXCL, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, PAGE_SIZE, SHM_RDONLY,
-                         SHM_RND, SHMCTL_CMD, bits, prot_of)
+from model.flags import (F_SEAL, FADV, IPC_CREAT, IPC_EXCL, MADV, MAP, MCL, MFD_ALLOW_SEALING,
+                         MLOCK_ONFAULT, MREMAP, MS, O_CREAT, O_EXCL, O_RDONLY, O_RDWR, O_TRUNC,
+                         O_WRONLY, PAGE_SIZE, SHM_EXEC, SHM_RDONLY, SHM_REMAP, SHM_RND,
+                         SHMCTL_CMD, bits, prot_of)
 
 RANGE_OPS = ("munmap", "mprotect", "madvise", "msync", "mlock", "munlock", "touch", "read",
              "shmdt", "mremap")
@@ -175,13 +180,34 @@ def _shmid(g, names) -> int:
 def _shmat(op, g, regions, names, page_size):
     seg = g("segment")
     return {"as": g("as"), "shmid": _shmid(g, names), "addr": address(regions, g("addr")),
-            "flags": (SHM_RDONLY if g("readonly") else 0) | (SHM_RND if g("rnd") else 0),
+            "flags": (SHM_RDONLY if g("readonly") else 0) | (SHM_RND if g("rnd") else 0)
+            | (SHM_REMAP if g("remap") else 0) | (SHM_EXEC if g("exec") else 0),
             "size": None if isinstance(seg, int) else names.segment_size(seg)}
 
 
 def _shmctl(op, g, regions, names, page_size):
     cmd = g("cmd")
-    return {"shmid": _shmid(g, names), "cmd": cmd if isinstance(cmd, int) else SHMCTL_CMD[cmd]}
+    c = {"shmid": _shmid(g, names), "cmd": cmd if isinstance(cmd, int) else SHMCTL_CMD[cmd]}
+    if g("mode") is not None:
+        c["mode"] = g("mode")          # what IPC_SET writes: the step's permission bits
+    return c
+
+
+def _write(op, g, regions, names, page_size):
+    """pwrite(2): `length` bytes of `value` at `offset` of the source (a file by name is
+    opened O_RDWR for the call)."""
+    return {"source": _source(g, names), "offset": g("offset") or 0, "length": g("length"),
+            "value": 1 if g("value") is None else g("value")}
+
+
+def _fadvise(op, g, regions, names, page_size):
+    return {"source": _source(g, names), "offset": g("offset") or 0, "length": g("length") or 0,
+            "advice": FADV[g("advice")]}
+
+
+def _settle(op, g, regions, names, page_size):
+    return {"path": names.file(g("file")) if g("file") is not None else None,
+            "seconds": 0.2 if g("seconds") is None else g("seconds")}
 
 
 _OTHERS = {
@@ -193,7 +219,15 @@ _OTHERS = {
     "shm_unlink": lambda op, g, r, names, ps: {"name": names.run.posix_name(g("name"))},
     "truncate": lambda op, g, r, names, ps: {"size": g("size"), "source": _source(g, names)},
     "memfd": lambda op, g, r, names, ps: {"as": g("as"), "name": names.run.memfd_name(g("name")),
-                                          "size": g("size") or 0},
+                                          "size": g("size") or 0,
+                                          "flags": MFD_ALLOW_SEALING if g("sealing") else 0},
+    "write": _write,
+    "fadvise": _fadvise,
+    "seal": lambda op, g, r, names, ps: {"source": _source(g, names),
+                                         "seals": bits(F_SEAL, g("seals") or ())},
+    "mlockall": lambda op, g, r, names, ps: {"flags": bits(MCL, g("flags") or ())},
+    "munlockall": lambda op, g, r, names, ps: {},
+    "settle": _settle,
     "shmget": _shmget,
     "shmat": _shmat,
     "shmctl": _shmctl,

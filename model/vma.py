@@ -11,8 +11,8 @@ import itertools
 from array import array
 from dataclasses import dataclass, field
 
-from model.flags import (PAGE_SHIFT, PAGE_SIZE, VM_EXEC, VM_MAYSHARE, VM_READ, VM_SHARED,
-                         VM_WRITE)
+from model.flags import (PAGE_SHIFT, PAGE_SIZE, VM_EXEC, VM_MAYBE_GUARD, VM_MAYSHARE, VM_READ,
+                         VM_SHARED, VM_WRITE)
 from model.objects import Inode
 
 _file_ids = itertools.count(1)
@@ -30,6 +30,7 @@ class OpenFile:
     kind: str = "file"          # file | shm (a SysV attach: ipc/shm.c shm_file_operations)
     segment: object = None      # the SysV segment of a shm file
     ra: tuple | None = None     # file->f_ra: (start, size, async_size) of the last readahead
+    ra_pages: int | None = None  # file->f_ra.ra_pages when fadvise changed it (None: the bdi's)
     id: int = field(default_factory=lambda: next(_file_ids))
 
     @property
@@ -123,6 +124,8 @@ class Vma:
         self.end = nxt.end
         if self.anon_vma is None:
             self.anon_vma = nxt.anon_vma
+        # VM_STICKY (6.18: VM_MAYBE_GUARD): the merged VMA keeps it if either side had it
+        self.flags |= nxt.flags & VM_MAYBE_GUARD
 
     # ----- rendering --------------------------------------------------------------------------
     def perms(self) -> str:

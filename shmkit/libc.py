@@ -25,10 +25,11 @@ _SYSCALLS = {
 }
 _NR = _SYSCALLS.get(platform.machine())
 
-# uapi/asm-generic/mman-common.h, mman.h, linux/mman.h, ipc.h, shm.h (x86_64 values): one table,
-# model/flags.py, for the live calls, the experiment files and the model.
-from model.flags import (IPC_CREAT, IPC_EXCL, IPC_PRIVATE, IPC_RMID, IPC_SET,  # noqa: E402,F401
-                         IPC_STAT, MAP, MLOCK_ONFAULT, PROT, SHM_LOCK, SHM_RDONLY, SHM_RND,
+# uapi/asm-generic/mman-common.h, mman.h, linux/mman.h, ipc.h, shm.h, fadvise.h, fcntl.h (x86_64
+# values): one table, model/flags.py, for the live calls, the experiment files and the model.
+from model.flags import (F_ADD_SEALS, F_GET_SEALS, F_SEAL, FADV, IPC_CREAT,  # noqa: E402,F401
+                         IPC_EXCL, IPC_PRIVATE, IPC_RMID, IPC_SET, IPC_STAT, MAP, MCL,
+                         MLOCK_ONFAULT, PROT, SHM_EXEC, SHM_LOCK, SHM_RDONLY, SHM_REMAP, SHM_RND,
                          SHM_UNLOCK)
 
 # uapi/linux/personality.h
@@ -142,12 +143,12 @@ class ShmidDs(ctypes.Structure):
     ]
 
 
-def shmctl(shmid: int, cmd: int) -> ShmidDs:
+def shmctl(shmid: int, cmd: int, ds: ShmidDs | None = None) -> ShmidDs:
     """ipc/shm.c ksys_shmctl() through syscall(2): shmid and cmd reach the kernel as given
     (glibc's wrapper may judge a cmd itself). The buffer is struct shmid64_ds, which is
     glibc's struct shmid_ds on 64-bit Linux (no IPC_64 bit is needed: x86-64 and arm64 do
-    not select ARCH_WANT_IPC_PARSE_VERSION)."""
-    ds = ShmidDs()
+    not select ARCH_WANT_IPC_PARSE_VERSION); ds: what IPC_SET reads (uid, gid, mode)."""
+    ds = ds if ds is not None else ShmidDs()
     _call("shmctl", shmid, cmd, ctypes.addressof(ds))
     return ds
 
@@ -160,6 +161,25 @@ def shmdt(addr: int) -> None:
     if f(ctypes.c_void_p(addr)) == -1:
         code = ctypes.get_errno()
         raise CallError(code, f"shmdt: {os.strerror(code)}")
+
+
+def mlockall(flags: int) -> None:
+    _plain("mlockall", flags)
+
+
+def munlockall() -> None:
+    _plain("munlockall")
+
+
+def _plain(name: str, *args: int) -> None:
+    """A libc wrapper that takes ints and returns 0 or -1 with errno."""
+    f = getattr(_libc, name)
+    f.argtypes = (ctypes.c_int,) * len(args)
+    f.restype = ctypes.c_int
+    ctypes.set_errno(0)
+    if f(*args) == -1:
+        code = ctypes.get_errno()
+        raise CallError(code, f"{name}: {os.strerror(code)}")
 
 
 def mallopt(param: int, value: int) -> bool:

@@ -21,6 +21,7 @@ from shmkit import interrupt, isolation, libc, procfs, protocol, record
 from shmkit.observe import PAGE, process_view, residency, system_view, zero_page_pfn
 from shmkit.registry import Run, alive, process_start
 from model.pages import page_align, pages_of
+from model.flags import MCL, bits
 from model.resolve import Skip, resolve
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -282,7 +283,7 @@ class Manager:
 
     def perturbation(self, proc: Proc, view: dict, affected: list, op: str) -> list[str]:
         """Interpreter VMAs that changed though the step could not have changed them."""
-        if op == "fork":
+        if op in ("fork", "mlockall-populate"):
             return []
         problems = []
         now = {(v["start"], v["end"]): v for v in view["vmas"]}
@@ -359,7 +360,7 @@ class Manager:
         problems = []
         for name, view in processes.items():
             aff = reply.get("affected", []) if name == step.proc else []
-            problems += [f"{name}: {p}" for p in self.perturbation(self.procs[name], view, aff, step.do)]
+            problems += [f"{name}: {p}" for p in self.perturbation(self.procs[name], view, aff, _kind_of(step))]
         problems += self._khugepaged(processes)
         problems += self._writeback(step, reply, before, processes, vm_before, vm_after)
         if problems:  # say what the kernel was doing meanwhile, if /proc/vmstat shows it
@@ -521,6 +522,10 @@ class Manager:
                 self._record_interp(proc)
             else:
                 child_sock.close()
+        if _kind_of(step) == "mlockall-populate":
+            # mlockall(MCL_CURRENT) locks and faults in the interpreter's own VMAs too: what
+            # they hold now is the new reference for the next steps
+            self._record_interp(proc)
         if step.do == "exit" and reply["result"] == "ok":
             proc.alive = False
             reply["status"] = self._reap(proc)
@@ -591,6 +596,14 @@ def _write_back_mapped_files(pid: int) -> None:
             pass
         finally:
             os.close(fd)
+
+
+def _kind_of(step) -> str:
+    """The step's operation, or "mlockall-populate" for an mlockall that faults in every VMA
+    of the process (MCL_CURRENT without MCL_ONFAULT: mm/mlock.c sys_mlockall -> mm_populate(0,
+    TASK_SIZE)), which changes the interpreter's VMAs as fork does."""
+    flags = bits(MCL, step.get("flags") or ()) if step.do == "mlockall" else 0
+    return "mlockall-populate" if flags & MCL["CURRENT"] and not flags & MCL["ONFAULT"] else step.do
 
 
 def _fingerprint(v: dict) -> tuple:

@@ -110,6 +110,9 @@ class KernelProfile:
     # the default hstate's pool (/proc/meminfo HugePages_*, Hugepagesize; vm.nr_overcommit_hugepages):
     # whether hugetlb_reserve_pages() can reserve pages for a MAP_HUGETLB mapping
     hugetlb: dict[str, int | None] | None = None
+    # every hstate's pool (/sys/kernel/mm/hugepages/hugepages-<size>kB/*): MAP_HUGE_2MB and
+    # MAP_HUGE_1GB pick one (hstate_sizelog), EINVAL when that size has no hstate
+    hugetlb_pools: tuple[dict, ...] = ()
     # "ospke" in /proc/cpuinfo: arch_pkeys_enabled(), so PROT_EXEC alone gets the execute-only
     # protection key (arch/x86/mm/pkeys.c execute_only_pkey)
     pkeys: bool | None = None
@@ -150,6 +153,7 @@ class KernelProfile:
         d["thp_sizes"] = tuple(ThpSize(**t) for t in d["thp_sizes"])
         d["rlimits"] = {k: tuple(v) for k, v in d["rlimits"].items()}
         d["unreadable"] = tuple(d["unreadable"])
+        d["hugetlb_pools"] = tuple(dict(p) for p in d.get("hugetlb_pools") or ())
         for key in ("dev_shm", "tmpdir_mount"):
             if d[key] is not None:
                 d[key] = {**d[key], "options": tuple(d[key]["options"])}
@@ -432,6 +436,27 @@ def _read_hugetlb(r: _Reader, meminfo: dict[str, int]) -> dict[str, int | None] 
                                              "nr_overcommit_hugepages"), "nr_overcommit_hugepages")}
 
 
+def _read_hugetlb_pools(r: _Reader) -> tuple[dict, ...]:
+    root = os.path.join(r.sysfs, "kernel/mm/hugepages")
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return ()
+    pools = []
+    for name in names:
+        match = re.fullmatch(r"hugepages-(\d+)kB", name)
+        if not match:
+            continue
+        rel = f"kernel/mm/hugepages/{name}"
+
+        def value(f, name=name, rel=rel):
+            return r.int_value(r.sys(f"{rel}/{f}", f"hugetlb_pools.{name}.{f}"), f"hugetlb_pools.{name}.{f}")
+        pools.append({"size_kb": int(match.group(1)), "total": value("nr_hugepages"),
+                      "free": value("free_hugepages"), "rsvd": value("resv_hugepages"),
+                      "surp": value("surplus_hugepages"), "overcommit": value("nr_overcommit_hugepages")})
+    return tuple(sorted(pools, key=lambda p: p["size_kb"]))
+
+
 def _read_pkeys(r: _Reader) -> bool | None:
     """arch/x86/kernel/cpu/proc.c prints the "ospke" flag when X86_FEATURE_OSPKE is set."""
     text = r.proc("cpuinfo", "cpuinfo")
@@ -508,7 +533,7 @@ def read_profile(procfs: str = "/proc", sysfs: str = "/sys", boot: str = "/boot"
         stack_guard_gap_pages=_cmdline_int(cmdline, "stack_guard_gap") if cmdline else None,
         cmdline=cmdline.strip("\0\n ") if cmdline is not None else None,
         mem_total_kb=meminfo.get("MemTotal"), swap_total_kb=meminfo.get("SwapTotal"),
-        hugetlb=_read_hugetlb(r, meminfo), pkeys=_read_pkeys(r),
+        hugetlb=_read_hugetlb(r, meminfo), hugetlb_pools=_read_hugetlb_pools(r), pkeys=_read_pkeys(r),
         soft_dirty=_read_soft_dirty(r, config),
         damon=read_damon(sysfs),
         unreadable=tuple(r.unreadable),

@@ -81,6 +81,11 @@ SHMCTL_CMDS = tuple(_flags.SHMCTL_CMD)
 # 64-bit register, as the kernel reads it; an int argument takes its low 32 bits).
 RAW_MIN, RAW_MAX = -(2**63), 2**64 - 1
 RAW_ACCEPTED = f"an integer {RAW_MIN}..2**64-1, passed to the kernel as given"
+LOFF_MAX = 2**63 - 1          # loff_t: file offsets and lengths of pwrite and fadvise
+WRITE_MAX = 4 << 20           # bytes one `write` step may copy
+FADVICE = tuple(_flags.FADV)  # POSIX_FADV_*, by their lower-case name
+MCL_FLAGS = tuple(_flags.MCL)  # MCL_* (mlockall(2))
+SEAL_FLAGS = tuple(_flags.F_SEAL)  # F_SEAL_* (fcntl F_ADD_SEALS)
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
 _NAME_ACCEPTED = 'a name of letters, digits, "_" and "." that starts with a letter or "_"'
@@ -428,6 +433,17 @@ class _Byte(_Kind):
         return value
 
 
+class _Seconds(_Kind):
+    accepted = "a number of seconds from 0 to 10 (such as 0.2)"
+
+    def parse(self, value, page_size):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Problem(f"expected a number of seconds, got {_show(value)}", self.accepted)
+        if not 0 <= value <= 10:
+            raise _Problem(f"{value} seconds out of range", self.accepted)
+        return float(value)
+
+
 class _Size(_Kind):
     accepted = SIZE_ACCEPTED
 
@@ -746,17 +762,38 @@ OPERATIONS: dict[str, tuple[_Field, ...]] = {
                      _f("size", _SIZE, True)],
         "memfd": [_f("as", _Name("memfd", True), True),
                   _f("name", _Str(nonempty=False)),  # default: the handle name
-                  _f("size", _SIZE, default=0)],
+                  _f("size", _SIZE, default=0),
+                  _f("sealing", _BOOL, default=False)],  # MFD_ALLOW_SEALING
+        # pwrite(2) of `length` bytes of `value` at `offset` (a file by name is opened O_RDWR)
+        "write": [_f("file", _Name("file", False)), _f("fd", _Name("fd", False)),
+                  _f("shm", _Name("shm", False)), _f("memfd", _Name("memfd", False)),
+                  _f("length", _SIZE, True), _f("offset", _SIZE, default=0),
+                  _f("value", _Byte(), default=1)],
+        # posix_fadvise(2); length 0 means "to the end of the file"
+        "fadvise": [_f("file", _Name("file", False)), _f("fd", _Name("fd", False)),
+                    _f("shm", _Name("shm", False)), _f("memfd", _Name("memfd", False)),
+                    _f("advice", _Choice(*FADVICE), True), _f("offset", _SIZE, default=0),
+                    _f("length", _SIZE, default=0)],
+        # fcntl(F_ADD_SEALS) of an open handle
+        "seal": [_f("fd", _Name("fd", False)), _f("shm", _Name("shm", False)),
+                 _f("memfd", _Name("memfd", False)),
+                 _f("seals", _Flags("F_SEAL_", SEAL_FLAGS), True)],
+        "mlockall": [_f("flags", _Flags("MCL_", MCL_FLAGS), True)],
+        "munlockall": [],
+        # a pause; with a file, first until its disk has no read in flight (bounded)
+        "settle": [_f("file", _Name("file", False)), _f("seconds", _Seconds(), default=0.2)],
         "shmget": [_f("as", _Name("segment", True), True), _f("size", _SIZE, True),
                    _f("key", _Key(), default="private"), _f("create", _BOOL, default=False),
                    _f("excl", _BOOL, default=False), _f("mode", _MODE, default=0o600)],
         "shmat": [_f("as", _Name("region", True), True),
                   _f("segment", _NameOrRaw("segment"), True),
                   _f("readonly", _BOOL, default=False), _f("addr", _ADDR),
-                  _f("rnd", _BOOL, default=False)],
+                  _f("rnd", _BOOL, default=False), _f("remap", _BOOL, default=False),
+                  _f("exec", _BOOL, default=False)],
         "shmdt": _region_fields(length=None),
         "shmctl": [_f("segment", _NameOrRaw("segment"), True),
-                   _f("cmd", _ChoiceOrRaw(*SHMCTL_CMDS), True)],
+                   _f("cmd", _ChoiceOrRaw(*SHMCTL_CMDS), True),
+                   _f("mode", _MODE)],  # IPC_SET: the new permission bits
         "fork": [_f("child", _Name("process", True), True)],
         "exit": [],
         "rlimit": [_f("resource", _Resource(), True), _f("soft", _Limit(), True),
@@ -1010,12 +1047,31 @@ def _validate_step(raw: dict, index: int, file: str, state: _State, page_size: i
         if len(given) > 1:
             raise ctx.err(given[1], f"at most one of file, fd, shm, memfd (got {_names(given)})",
                           "one of file, fd, shm, memfd, or none for an anonymous mapping")
-    elif op == "truncate":
-        given = [s for s in _MMAP_SOURCES if s in raw]
+    elif op in ("truncate", "write", "fadvise", "seal"):
+        sources = _MMAP_SOURCES if op != "seal" else _MMAP_SOURCES[1:]
+        given = [s for s in sources if s in raw]
         if len(given) != 1:
-            raise ctx.err(given[1] if given else "file",
-                          f"exactly one of file, fd, shm, memfd (got {_names(given) if given else 'none'})",
-                          "one of file (truncate by name), fd, shm, memfd (ftruncate)")
+            raise ctx.err(given[1] if given else sources[0],
+                          f"exactly one of {_names(sources)} (got {_names(given) if given else 'none'})",
+                          {"truncate": "one of file (truncate by name), fd, shm, memfd (ftruncate)",
+                           "seal": "one of fd, shm, memfd (an open descriptor)"}.get(
+                              op, "one of file (opened by name), fd, shm, memfd"))
+    if op in ("write", "fadvise"):
+        for name in ("offset", "length"):
+            if vals[name] is not None and vals[name] > LOFF_MAX:
+                raise ctx.err(name, f"{vals[name]} does not fit a loff_t",
+                              f"a size up to 2**63-1 bytes ({LOFF_MAX})")
+        if op == "write" and vals["length"] > WRITE_MAX:
+            raise ctx.err("length", f"{vals['length']} bytes is more than one write step may "
+                          "copy (the worker's buffer lives in its pre-grown heap)",
+                          f"a size up to {WRITE_MAX // 2**20} MiB; split a larger write into steps")
+    if op == "shmctl":
+        is_set = vals["cmd"] in ("set", _flags.IPC_SET)     # by name or as the raw IPC_SET
+        if is_set and vals["mode"] is None:
+            raise ctx.err("mode", 'missing required field with cmd = "set"', _MODE.accepted)
+        if not is_set and "mode" in raw:
+            raise ctx.err("mode", f'mode is only used with cmd = "set" (cmd is "{vals["cmd"]}")',
+                          'leave it out, or set cmd = "set"')
     elif op == "memfd":
         vals["name"] = vals["as"] if vals["name"] is None else vals["name"]
     elif op == "rlimit":

@@ -27,6 +27,7 @@ README "Exact observations"):
 """
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
 import random
@@ -39,6 +40,7 @@ from model.pads import PAD_ALIGN, PAD_NAME, PAD_ROOM, subtract
 from shmkit import libc, protocol
 from shmkit import _access  # the C loops; imported before the first observation
 from model.pages import page_align  # the model's rule, shared (model/pages.py)
+from model.flags import seal_names  # F_GET_SEALS as the step's value
 from model.resolve import resolve  # the one resolver (the manager resolves each step with it)
 
 import posix_ipc  # noqa: E402  (imported now so that their .so mappings exist from the start)
@@ -477,9 +479,89 @@ class Worker:
             raise StepFailed(_errno_result(exc))
         return "ok", None, None, [], None
 
+    def source_fd(self, source) -> tuple[int, bool]:
+        """The descriptor of a file operation's object: a file by name is opened O_RDWR for the
+        call (closed after it: the second value), a handle's own descriptor is used as is."""
+        kind, ref = source
+        if kind != "file":
+            return self.fd_of(ref), False
+        try:
+            return os.open(ref, os.O_RDWR | os.O_CLOEXEC), True
+        except OSError as exc:        # ENOENT, EMFILE under RLIMIT_NOFILE
+            raise StepFailed(_errno_result(exc))
+
+    def op_write(self, args):
+        """pwrite(2) of `length` bytes of `value` at `offset`: one call (a short count, as past
+        RLIMIT_FSIZE, is the step's value). The buffer is made before the fault bracket."""
+        fd, close_after = self.source_fd(args["source"])
+        data = bytes([args["value"]]) * args["length"]
+        try:
+            f0 = _access.faults()
+            try:
+                n = os.pwrite(fd, data, args["offset"])
+            except OSError as exc:    # EPERM (F_SEAL_WRITE), EFBIG, EBADF (read-only), ...
+                f1 = _access.faults()
+                return _errno_result(exc), [f1[0] - f0[0], f1[1] - f0[1]], None, [], None
+            f1 = _access.faults()
+        finally:
+            del data
+            if close_after:
+                os.close(fd)
+        return "ok", [f1[0] - f0[0], f1[1] - f0[1]], {"written": n}, [], None
+
+    def op_fadvise(self, args):
+        fd, close_after = self.source_fd(args["source"])
+        try:
+            f0 = _access.faults()
+            try:
+                os.posix_fadvise(fd, args["offset"], args["length"], args["advice"])
+                result = "ok"
+            except OSError as exc:    # ESPIPE (a pipe), EINVAL (bad advice or length)
+                result = _errno_result(exc)
+            f1 = _access.faults()
+        finally:
+            if close_after:
+                os.close(fd)
+        return result, [f1[0] - f0[0], f1[1] - f0[1]], None, [], None
+
+    def op_seal(self, args):
+        """fcntl(F_ADD_SEALS), then F_GET_SEALS for the step's value."""
+        fd = self.fd_of(args["source"][1])
+        try:
+            fcntl.fcntl(fd, libc.F_ADD_SEALS, args["seals"])
+        except OSError as exc:        # EPERM (F_SEAL_SEAL, or no MFD_ALLOW_SEALING), EBUSY, EINVAL
+            raise StepFailed(_errno_result(exc))
+        return "ok", None, {"seals": seal_names(fcntl.fcntl(fd, libc.F_GET_SEALS))}, [], None
+
+    def op_mlockall(self, args):
+        flags = args["flags"]
+        _, result, faults = self.measured_result(libc.mlockall, flags)
+        populate = flags & libc.MCL["CURRENT"] and not flags & libc.MCL["ONFAULT"]
+        if populate and result == "ok":
+            # mm_populate(0, TASK_SIZE) faults in the interpreter's pages too
+            return result, None, None, [], ("mlockall(MCL_CURRENT) faulted in every VMA of the "
+                                            f"process ({faults[0]} minor, {faults[1]} major, the "
+                                            "interpreter's among them); not an observation")
+        return result, faults, None, [], None
+
+    def op_munlockall(self, args):
+        _, result, faults = self.measured_result(libc.munlockall)
+        return result, faults, None, [], None
+
+    def op_settle(self, args):
+        """A pause; with a file, first wait (at most 10 s) until the block device that holds it
+        has no read in flight (/sys/dev/block/MAJ:MIN/inflight), so that readahead started by
+        earlier steps has completed: the page cache then holds uptodate, unlocked folios."""
+        import time
+        note = None
+        if args.get("path"):
+            note = _wait_reads_done(args["path"])
+        time.sleep(args["seconds"])
+        return "ok", None, None, [], note
+
     def op_memfd(self, args):
         try:
-            fd = os.memfd_create(args["name"], os.MFD_CLOEXEC)
+            fd = os.memfd_create(args["name"], os.MFD_CLOEXEC | args["flags"])
             if args.get("size"):
                 os.ftruncate(fd, args["size"])
         except OSError as exc:
@@ -516,8 +598,15 @@ class Worker:
         return result, faults, None, [(r.addr, r.addr + _page_up(r.length))] if r is not None else [], None
 
     def op_shmctl(self, args):
+        ds = None
+        if args["cmd"] == libc.IPC_SET:
+            # IPC_SET writes uid, gid and mode (ipc_update_perm): the segment keeps its owner
+            # (read from /proc/sysvipc/shm, which needs no permission), the mode is the step's
+            ds = libc.ShmidDs()
+            ds.uid, ds.gid = _sysv_owner(args["shmid"])
+            ds.mode = args["mode"]
         try:
-            ds = libc.shmctl(args["shmid"], args["cmd"])
+            ds = libc.shmctl(args["shmid"], args["cmd"], ds)
         except libc.CallError as exc:
             raise StepFailed(_errno_result(exc))
         value = None
@@ -571,6 +660,42 @@ class Worker:
         protocol.send(self.sock, {"ready": os.getpid(), "rewritten": pages, "regions": self.regions_table()})
 
 
+def _sysv_owner(shmid: int) -> tuple[int, int]:
+    """uid and gid of a segment from /proc/sysvipc/shm (ipc/shm.c sysvipc_shm_proc_show:
+    key shmid perms size cpid lpid nattch uid gid ...); (-1, -1) when it is not there (the
+    call then fails on the shmid, as the kernel decides)."""
+    with open("/proc/sysvipc/shm") as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            if len(cols) > 8 and int(cols[1]) == shmid:
+                return int(cols[7]), int(cols[8])
+    return 0xFFFFFFFF, 0xFFFFFFFF
+
+
+def _wait_reads_done(path: str, limit: float = 10.0) -> str | None:
+    """Polls the reads in flight of the block device holding `path` until none are (twice in a
+    row, 5 ms apart) or `limit` seconds pass. Returns a note when it cannot tell or gave up."""
+    import time
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"settle: cannot stat the file ({exc.strerror}); paused only"
+    where = f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/inflight"
+    deadline = time.monotonic() + limit
+    quiet = 0
+    while time.monotonic() < deadline:
+        try:
+            with open(where) as f:
+                reads = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return f"settle: {where} unreadable (not a block device); paused only"
+        quiet = quiet + 1 if reads == 0 else 0
+        if quiet >= 2:
+            return None
+        time.sleep(0.005)
+    return f"settle: reads still in flight on {where} after {limit:g} s"
+
+
 def _page_up(n: int) -> int:
     return page_align(n, PAGE)
 
@@ -609,6 +734,13 @@ def _warm_up(w: Worker) -> None:
             w.step(op, resolve(op, args, regions, None, PAGE), [])
         w.step("noop", {}, [])
         w.regions.clear()
+        # the file calls, on a scratch memfd; mlockall with no flag is EINVAL and changes nothing
+        w.fds["_warm"] = os.memfd_create("shmkit-warm", os.MFD_CLOEXEC)
+        for op, args in (("write", {"memfd": "_warm", "length": 1}),
+                         ("fadvise", {"memfd": "_warm", "advice": "normal"})):
+            w.step(op, resolve(op, args, {}, None, PAGE), [])
+        os.close(w.fds.pop("_warm"))
+        w.step("mlockall", resolve("mlockall", {"flags": ()}, {}, None, PAGE), [])
 
 
 def _apply_persona(config: dict) -> None:

@@ -387,3 +387,19 @@ def test_soft_dirty_agrees_with_what_smaps_shows(live):
     with open("/proc/self/smaps") as f:
         shown = any("sd" in line.split()[1:] for line in f if line.startswith("VmFlags:"))
     assert live.soft_dirty is shown
+
+
+def test_read_profile_hugetlb_pools(tmp_path):
+    """Every hstate's pool from /sys/kernel/mm/hugepages/hugepages-<size>kB (MAP_HUGE_2MB and
+    MAP_HUGE_1GB pick one: mm/hugetlb.c hstate_sizelog)."""
+    proc, sys_ = _fake_tree(tmp_path)
+    for size, total in ((2048, 3), (1048576, 0)):
+        d = Path(sys_) / f"kernel/mm/hugepages/hugepages-{size}kB"
+        d.mkdir(parents=True)
+        for f, v in (("nr_hugepages", total), ("free_hugepages", total), ("resv_hugepages", 1),
+                     ("surplus_hugepages", 0), ("nr_overcommit_hugepages", 2)):
+            (d / f).write_text(f"{v}\n")
+    p = read_profile(proc, sys_)
+    assert p.hugetlb_pools == (
+        {"size_kb": 2048, "total": 3, "free": 3, "rsvd": 1, "surp": 0, "overcommit": 2},
+        {"size_kb": 1048576, "total": 0, "free": 0, "rsvd": 1, "surp": 0, "overcommit": 2})

@@ -255,6 +255,35 @@ name = "/demo"
 do = "truncate"
 memfd = "mf"
 size = "2 MiB"
+
+[[step]]
+do = "write"
+memfd = "mf"
+length = "1 page"
+offset = 10
+value = 3
+
+[[step]]
+do = "fadvise"
+file = "data"
+advice = "WillNeed"
+
+[[step]]
+do = "seal"
+memfd = "mf"
+seals = ["grow", "F_SEAL_SHRINK"]
+
+[[step]]
+do = "mlockall"
+flags = ["current", "onfault"]
+
+[[step]]
+do = "munlockall"
+
+[[step]]
+do = "settle"
+file = "data"
+seconds = 0.5
 """
 
 
@@ -295,7 +324,13 @@ def every_op_builder() -> ExperimentBuilder:
      .exit(in_="kid")
      .shmctl(segment="seg", cmd="rmid")
      .shm_unlink(name="/demo")
-     .truncate(memfd="mf", size="2 MiB"))
+     .truncate(memfd="mf", size="2 MiB")
+     .write(memfd="mf", length="1 page", offset=10, value=3)
+     .fadvise(file="data", advice="WillNeed")
+     .seal(memfd="mf", seals=["grow", "F_SEAL_SHRINK"])
+     .mlockall(flags=["current", "onfault"])
+     .munlockall()
+     .settle(file="data", seconds=0.5))
     return b
 
 
@@ -328,7 +363,7 @@ def test_every_operation_parses_and_normalises():
     assert s[15].arg == {"region": "anon", "pages": (20, 32), "access": "read", "value": None, "addr": None, "length": None}
     assert s[17].arg == {"as": "posix", "name": "/demo", "create": True, "excl": True,
                          "truncate": False, "access": "rw", "size": 2 * PS, "mode": 0o640}
-    assert s[19].arg == {"as": "mf", "name": "mem", "size": 2**20}
+    assert s[19].arg == {"as": "mf", "name": "mem", "size": 2**20, "sealing": False}
     assert s[21].arg == {"as": "seg", "size": 3 * PS, "key": 0x1234, "create": True,
                          "excl": False, "mode": 0o600}
     assert s[22].arg["addr"] == ("abs", 0x7F0000000000) and s[22].arg["rnd"] is True
@@ -336,8 +371,14 @@ def test_every_operation_parses_and_normalises():
     assert s[24].proc == "kid" and s[24].arg["value"] == 1
     assert s[26].arg == {"resource": "memlock", "soft": None, "hard": None}
     assert s[27].arg == {} and s[27].proc == "kid"
-    assert s[28].arg == {"segment": "seg", "cmd": "rmid"}
+    assert s[28].arg == {"segment": "seg", "cmd": "rmid", "mode": None}
     assert s[29].arg == {"name": "/demo"}
+    assert s[31].arg == {"file": None, "fd": None, "shm": None, "memfd": "mf", "length": PS,
+                         "offset": 10, "value": 3}
+    assert s[32].arg["advice"] == "willneed" and s[32].arg["length"] == 0
+    assert s[33].arg["seals"] == ("SHRINK", "GROW")
+    assert s[34].arg == {"flags": ("CURRENT", "ONFAULT")} and s[35].arg == {}
+    assert s[36].arg == {"file": "data", "seconds": 0.5}
     assert s[30].arg == {"file": None, "fd": None, "shm": None, "memfd": "mf", "size": 2**21}
     assert s[4].raw["length"] == "16 pages"  # the original table is kept
 
@@ -390,7 +431,7 @@ def test_defaults():
     assert f.proc == "main"
     assert f.arg == {"name": "f", "size": 0, "fill": "zero", "value": None, "on": "disk",
                      "cache": "warm"}
-    assert m.arg == {"as": "m", "name": "m", "size": 0}
+    assert m.arg == {"as": "m", "name": "m", "size": 0, "sealing": False}
     assert s.arg == {"as": "s", "size": 1, "key": "private", "create": False, "excl": False,
                      "mode": 0o600}
     assert p.arg == {"as": "p", "name": "x", "create": False, "excl": False, "truncate": False,
