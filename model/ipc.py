@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 
-from model.flags import IPC_SET, SHM_EXEC, SHMCTL_CMD  # model.resolve's numbers
+from model.flags import SHM_EXEC, SHM_RDONLY, SHM_REMAP, SHM_RND, SHMCTL_CMD  # model.resolve's numbers
 
 from model.errors import StepError, errno
 from model.flags import PAGE_SHIFT, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, MAP
@@ -32,7 +32,6 @@ from model.vma import OpenFile
 
 SHM_DEST, SHM_LOCKED = 0o1000, 0o2000
 IPC_CREAT, IPC_EXCL = 0o1000, 0o2000
-SHM_RDONLY, SHM_RND, SHM_REMAP = 0o10000, 0o20000, 0o40000
 SHMMIN = 1
 # ipc/util.h: IPCMNI_SHIFT 15 (IPCMNI_EXTEND_SHIFT 24 only with the ipcmni_extend boot option),
 # ipc_min_cycle = RADIX_TREE_MAP_SIZE (64), ipcid_seq_max() = INT_MAX >> ipcmni_seq_shift()
