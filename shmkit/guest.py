@@ -284,6 +284,14 @@ fi
 # mid-step it cleans the experiments' own shared file pages, which validate reports as a
 # perturbation. msync, fsync and writeback under memory pressure work as before.
 echo 0 > /proc/sys/vm/dirty_writeback_centisecs && say "periodic writeback off (vm.dirty_writeback_centisecs 0)"
+# the kernel's build config, as a distribution installs it next to its image: the guest sees
+# the host's /boot, so the package's config-RELEASE goes on a tmpfs /boot of the guest's own
+# (Debian's kernels have no /proc/config.gz); the profile reads the config the model keys on
+config={config}
+if [ -n "$config" ] && [ -r "$config" ]; then
+    mount -t tmpfs -o mode=0755 tmpfs /boot && cp "$config" "/boot/config-$(uname -r)" &&
+        say "kernel config $config as /boot/config-$(uname -r)"
+fi
 mkdir -p -m 0700 /run/shmkit-state
 export TMPDIR={mnt}/tmp SHMKIT_STATE=/run/shmkit-state
 cd {mnt}/tmp
@@ -355,8 +363,10 @@ def run_guest(kernel: Kernel, files: list[str], run_dir: Path, cache: Path, *, a
     args = " ".join(shlex.quote(a) for a in
                     [*map(os.path.abspath, files), "--attempts", str(attempts), "--timeout", str(step_timeout)])
     script = run_dir / "guest.sh"
+    config = Path(kernel.vmlinuz).parent / f"config-{kernel.release}"
     script.write_text(GUEST_SCRIPT.format(out=shlex.quote(str(run_dir)), mnt=MOUNT_POINT,
-                                          python=shlex.quote(sys.executable), args=args))
+                                          python=shlex.quote(sys.executable), args=args,
+                                          config=shlex.quote(str(config)) if config.is_file() else "''"))
     os.chmod(script, 0o700)
     t0 = time.monotonic()
     with ScratchDisk(cache) as disk:

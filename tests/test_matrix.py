@@ -213,6 +213,10 @@ def test_matrix_boots_debian_6_1_and_validates_there(tmp_path):
     host = doc["host"]
     assert host["release"] == guest_col["release"]
     assert host["tmpdir_mount"]["fstype"] == "ext4" and host["dev_shm"]["fstype"] == "tmpfs"
+    # the package's build config reached the guest's profile (Debian's 6.1 sets MEM_SOFT_DIRTY,
+    # which the model keys the "sd" VmFlag on): read, not defaulted
+    assert host["config"], "the guest's profile read no kernel config"
+    assert host["config"].get("MEM_SOFT_DIRTY") is True and host["soft_dirty"] is True
     major, minor = (int(x) for x in host["tmpdir_mount"]["dev"].split(":"))
     disk_vmas = [v for e in doc["experiments"] for s in e["live"]["steps"] for p in s["processes"].values()
                  for v in p["vmas"] if (v.get("path") or "").startswith(host["tmpdir"] + "/")]
