@@ -288,9 +288,20 @@ class MremapOps:
         if src.anon is not None:
             src.anon[i0:i0 + k] = array("q", bytes(8 * k))
         mm.insert(new)
+        new_locked = bool(new.flags & VM_LOCKED)
         if dontunmap:
-            if src.flags & VM_LOCKED:
-                mm.locked_vm_stale += src.pages
+            # copy_vma() merges the new range (vma_merge_new_range) while the source still has
+            # its VM_LOCKED; a never-faulted source (no anon_vma: its pgoff follows the address)
+            # can be the VMA it merges with, and then vrm->vma is the merged VMA
+            # (copy_vma: *vmap = vma = new_vma), so dontunmap_complete() clears VM_LOCKED_MASK
+            # from all of it, moved range included (found by tests/test_differential.py: a
+            # locked 1-page r-- mapping moved with MREMAP_DONTUNMAP shows as one unlocked VMA)
+            start, old_pages = src.start, src.pages
+            mm.try_merge(new)
+            src = mm.vma_at(start)
+            if src.flags & VM_LOCKED:     # locked_vm keeps them; no VM_LOCKED VMA holds them now
+                merged = src.start <= new_addr < src.end
+                mm.locked_vm_stale += old_pages + (new_len >> PAGE_SHIFT if merged else 0)
             src.flags &= ~(VM_LOCKED | VM_LOCKONFAULT)
             if k == src.pages:
                 src.anon_vma = None
@@ -301,9 +312,10 @@ class MremapOps:
             mm.remove(src)
             if src.file is not None and src.file.segment is not None:
                 self.ipc.closed(src.file.segment)
-        if new.flags & VM_LOCKED:
-            mm.locked_vm += new.pages
-        mm.try_merge(new)
+        if new_locked:
+            mm.locked_vm += new_len >> PAGE_SHIFT
+        if not dontunmap:               # (with DONTUNMAP the merge came first, above)
+            mm.try_merge(new)
         minor = major = 0
         if new.flags & VM_LOCKED and new_len > old_len:
             # do_mremap(): mm_populate() of the grown part once the lock is dropped

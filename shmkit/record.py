@@ -206,7 +206,7 @@ class Normaliser:
 
     # a call's addresses within this distance of the edge are the experiment's (made from its
     # regions, which land at fixed offsets from the edge); an address given as a number stays
-    CALL_ADDR_WINDOW = 1 << 36
+    CALL_ADDR_WINDOW = 1 << 44   # 16 TiB: the largest bundled mappings are 64 GiB apart (mmap-overcommit-guess)
     _CALL_ADDRS = ("addr", "base", "new_addr")
     _CALL_NAMES = ("path", "name")
 

@@ -59,10 +59,13 @@ def _used(exp: spec.Experiment) -> set[tuple]:
         for f in spec.OPERATIONS[step.do]:
             value = step.get(f.name)
             kind = f.kind
+            # a raw number (issue 10: advice = 18, prot = 7, flags = ["shared", 1024]) is passed
+            # as given; it covers no named option
             if isinstance(kind, spec._Flags):
-                used.update((step.do, f.name, n) for n in value or ())
+                used.update((step.do, f.name, n) for n in value or () if not isinstance(n, int))
             elif isinstance(kind, spec._Prot):
-                used.update((step.do, f.name, c) for c in (["none"] if value == "none" else value))
+                if not isinstance(value, int):
+                    used.update((step.do, f.name, c) for c in (["none"] if value == "none" else value))
             elif isinstance(kind, (spec._Choice, spec._Bool)):
                 used.add((step.do, f.name, value))
             elif not f.required and f.name in step.raw:

@@ -89,9 +89,11 @@ def test_dirty_going_down_only_counts_after_steps_that_cannot_clean(m):
 def test_a_write_that_left_clean_pages_while_writeback_ran(m):
     m, path = m
     touch = spec.loads(EXP).steps[2]
+    # the worker's reply carries the step's call (model.resolve): 4 pages written at the region
+    ok = {"result": "ok", "call": {"addr": 0x10000, "length": 0x4000, "pages": 4, "access": "write"}}
     moved, still = ({"nr_written": 10}, {"nr_written": 14}), ({"nr_written": 10}, {"nr_written": 10})
-    assert m._writeback(touch, {"result": "ok"}, {}, _view(path, 8), *moved)
-    assert not m._writeback(touch, {"result": "ok"}, {}, _view(path, 8), *still)   # no writeback: a model question
-    assert not m._writeback(touch, {"result": "ok"}, {}, _view(path, 16), *moved)  # every written page dirty
-    assert not m._writeback(touch, {"result": {"signal": "SIGBUS"}}, {}, _view(path, 0), *moved)
-    assert not m._writeback(touch, {"result": "ok"}, {}, _view(path, 8, perms="rw-p"), *moved)
+    assert m._writeback(touch, ok, {}, _view(path, 8), *moved)
+    assert not m._writeback(touch, ok, {}, _view(path, 8), *still)   # no writeback: a model question
+    assert not m._writeback(touch, ok, {}, _view(path, 16), *moved)  # every written page dirty
+    assert not m._writeback(touch, dict(ok, result={"signal": "SIGBUS"}), {}, _view(path, 0), *moved)
+    assert not m._writeback(touch, ok, {}, _view(path, 8, perms="rw-p"), *moved)
