@@ -30,7 +30,7 @@ from shmkit import spec
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "experiments"
 BUNDLED = sorted(BUNDLED_DIR.glob("*.toml"))
 RUNS = 5
-EXTERNAL_RETRIES = 2
+EXTERNAL_RETRIES = 4
 DIFF_LINES = 60
 
 
@@ -153,14 +153,17 @@ def _problems(rec: dict) -> list[str]:
 
 
 def _only_external(rec: dict) -> bool:
-    """Perturbed, and every perturbation is pages taken away by the kernel (manager.LOST_PAGES)
-    or a collapse by khugepaged (manager.KHUGEPAGED)."""
+    """Perturbed, and every perturbation is pages taken away by the kernel (manager.LOST_PAGES),
+    a collapse by khugepaged (manager.KHUGEPAGED) or the kernel writing back the run's own
+    mapped files (manager.WRITTEN_BACK: under a busy CI writing gigabytes, write-mapped-file
+    stayed perturbed by it in 3 attempts)."""
     from shmkit import manager
 
     lines = [p for s in rec["steps"] for p in (s.get("perturbed") or [])
              if not p.startswith("kernel background activity")]
     return (rec["status"] == "perturbed" and bool(lines)
-            and all(manager.LOST_PAGES in p or manager.KHUGEPAGED in p for p in lines))
+            and all(manager.LOST_PAGES in p or manager.KHUGEPAGED in p or manager.WRITTEN_BACK in p
+                    for p in lines))
 
 
 @pytest.mark.live
