@@ -59,7 +59,8 @@ from model.pages import pages_of
 from model.proc import maps_line, residency, vma_record
 from model.process import Process, Region
 from model.seals import Seals
-from model.versions import ANON_MERGE_UNFAULTED_SINCE, HUGE_ZERO_WP_SINCE, release_of
+from model.versions import (ANON_MERGE_UNFAULTED_SINCE, HUGE_ZERO_WP_SINCE, THP_PAD_TOPDOWN_SINCE,
+                             release_of)
 from model.vma import OpenFile, Vma
 
 
@@ -152,6 +153,7 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
             base = min(above) if above else legacy_base()
         mm = AddressSpace(vmas, topdown, base, self.mmap_min_addr, self.max_map_count)
         mm.faulted_into_unfaulted = self.release >= ANON_MERGE_UNFAULTED_SINCE
+        mm.thp_pad_topdown = self.release >= THP_PAD_TOPDOWN_SINCE
         gap = self.profile.get("stack_guard_gap_pages")
         if isinstance(gap, int):
             mm.stack_guard_gap = gap << PAGE_SHIFT

@@ -81,6 +81,8 @@ class AddressSpace:
         # is_mergeable_anon_vma(): may a faulted range join an unfaulted neighbour? From 6.16
         # on (Kernel sets it from the release; see anon_mergeable)
         self.faulted_into_unfaulted = True
+        # __thp_get_unmapped_area(): an aligned padded area gives its top PMD (6.8 on)
+        self.thp_pad_topdown = True
         self.locked_vm = 0   # pages in VM_LOCKED VMAs (mm->locked_vm)
         # mm->def_flags: VM_LOCKED (| VM_LOCKONFAULT) after mlockall(MCL_FUTURE); a new mm
         # (fork: mm_init keeps only VM_INIT_DEF_MASK, never the lock bits) starts without
@@ -92,6 +94,13 @@ class AddressSpace:
         # VMAs inserted or cut by the operation under way (until its try_merge or isolate ends):
         # the kernel never had them whole, so a merge may delete them (see try_merge)
         self._fresh: list[Vma] = []
+
+    def same_kernel_as(self, other: "AddressSpace") -> None:
+        """The settings an mm takes from its kernel (the command line, the release), for a
+        new mm of the same kernel (fork)."""
+        self.stack_guard_gap = other.stack_guard_gap
+        self.faulted_into_unfaulted = other.faulted_into_unfaulted
+        self.thp_pad_topdown = other.thp_pad_topdown
 
     # ----- lookup -----------------------------------------------------------------------------
     @property
@@ -223,7 +232,8 @@ class AddressSpace:
                 if hint and ret == hint:
                     return hint
                 off_sub = ((pgoff << PAGE_SHIFT) - ret) & (PMD_SIZE - 1)
-                if self.topdown and not off_sub:      # MMF_TOPDOWN, whatever the window
+                if self.topdown and not off_sub and self.thp_pad_topdown:
+                    # MMF_TOPDOWN, whatever the window (from 6.8: model.versions)
                     return ret + PMD_SIZE
                 return ret + off_sub
         addr = area(length, hint)

@@ -21,6 +21,13 @@ GUARD_SINCE = (6, 13)
 FILE_GUARD_SINCE = (6, 15)
 MAYBE_GUARD_SINCE = (6, 18)
 
+# mm/huge_memory.c __thp_get_unmapped_area(): in a top-down layout, a padded area whose bottom
+# is already aligned returns the aligned address one PMD up (the top of the padding) instead of
+# the bottom ("mm: thp_get_unmapped_area must honour topdown preference", Ryan Roberts, 6.8;
+# 6.7.y stable too). Measured: 6.1 places file-readahead-random-mark.toml's 16 MiB ext4 mapping
+# 2 MiB lower than 6.12 and 6.18 do.
+THP_PAD_TOPDOWN_SINCE = (6, 8)
+
 # mm/vma.c is_mergeable_anon_vma(): a faulted range joins an unfaulted neighbour
 # ("mm/vma: fix incorrectly disallowed anonymous VMA merges", Lorenzo Stoakes, 6.16; before,
 # list_is_singular(&tgt->anon_vma_chain) refused it). Measured: 6.1 and 6.12 refuse, 6.18 merges.
