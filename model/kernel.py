@@ -59,8 +59,8 @@ from model.pages import pages_of
 from model.proc import maps_line, residency, vma_record
 from model.process import Process, Region
 from model.seals import Seals
-from model.versions import (ANON_MERGE_UNFAULTED_SINCE, HUGE_ZERO_WP_SINCE, THP_PAD_TOPDOWN_SINCE,
-                             release_of)
+from model.versions import (ANON_MERGE_UNFAULTED_SINCE, FILE_FAULT_VMA_LOCK_SINCE, HUGE_ZERO_WP_SINCE,
+                             THP_PAD_TOPDOWN_SINCE, release_of)
 from model.vma import OpenFile, Vma
 
 
@@ -90,6 +90,10 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
         # the host's kernel release, for rules that changed between versions (model.versions)
         self.release = release_of(profile)
         self.huge_zero_wp_thp = self.release >= HUGE_ZERO_WP_SINCE
+        # a file fault retried after dropping its lock counts minor (under the per-VMA lock)
+        # or major (FAULT_FLAG_TRIED under the mmap lock): model.versions
+        self.retry_counts_minor = self.release >= FILE_FAULT_VMA_LOCK_SINCE and \
+            (profile.get("config") or {}).get("PER_VMA_LOCK", True) not in (False, None, "n")
         self.thp_use_zero_page = profile.get("thp_use_zero_page", 1)
         self.totalram_pages = (profile.get("mem_total_kb") or (1 << 40)) // 4
         self.total_swap_pages = (profile.get("swap_total_kb") or 0) // 4

@@ -28,6 +28,17 @@ MAYBE_GUARD_SINCE = (6, 18)
 # 2 MiB lower than 6.12 and 6.18 do.
 THP_PAD_TOPDOWN_SINCE = (6, 8)
 
+# arch/x86/mm/fault.c + mm/memory.c mm_account_fault(): a file fault that drops its lock to
+# start I/O (filemap_fault -> do_async_mmap_readahead -> maybe_unlock_mmap_for_io, on a
+# PG_readahead folio that is already cached) returns VM_FAULT_RETRY. Under the mmap lock the
+# retry carries FAULT_FLAG_TRIED and mm_account_fault() counts it major; since read faults on
+# file VMAs are handled under the per-VMA lock ("mm: handle read faults under the VMA lock",
+# Matthew Wilcox, 6.7; CONFIG_PER_VMA_LOCK) the retry after a VMA-lock attempt gets
+# FAULT_FLAG_TRIED only when that attempt was VM_FAULT_MAJOR, so it counts minor.
+# Measured: file-fault-cold.toml, the fault on the read-around window's PG_readahead page is
+# major on 6.1, minor on 6.12 and 6.18.
+FILE_FAULT_VMA_LOCK_SINCE = (6, 7)
+
 # mm/vma.c is_mergeable_anon_vma(): a faulted range joins an unfaulted neighbour
 # ("mm/vma: fix incorrectly disallowed anonymous VMA merges", Lorenzo Stoakes, 6.16; before,
 # list_is_singular(&tgt->anon_vma_chain) refused it). Measured: 6.1 and 6.12 refuse, 6.18 merges.
