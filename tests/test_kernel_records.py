@@ -9,8 +9,6 @@ the model are known to differ the entry in model/known_differences.py names the 
 experiments, and the test is a strict xfail: it fails the day they agree."""
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 import pytest
@@ -22,9 +20,11 @@ EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 
 def _records() -> list[tuple[str, dict, dict]]:
+    from shmkit import record
+
     out = []
     for f in sorted(KEPT.glob("*.json.gz")):
-        doc = json.loads(gzip.decompress(f.read_bytes()))
+        doc = record.read_json(str(f))
         for e in doc["experiments"]:
             out.append((doc["host"]["release"], doc, e))
     return out

@@ -11,7 +11,6 @@ earlier one. Nothing else is changed: the live side is the kernel's, as measured
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import sys
 from pathlib import Path
@@ -40,14 +39,16 @@ def main(paths: list[str]) -> int:
         out = HERE / f"{release}.json.gz"
         kept = {}
         if out.exists():
-            old = json.loads(gzip.decompress(out.read_bytes()))
+            old = record.read_json(str(out))
             kept = {e["path"]: e for e in old["experiments"]}
         for e in doc["experiments"]:
             kept[os.path.basename(e["path"])] = slim(e)
         new = {"format": doc.get("format"), "kind": "validate", "shmkit": doc.get("shmkit"),
                "host": doc["host"], "probed": doc.get("probed"),
                "experiments": [kept[k] for k in sorted(kept)]}
-        out.write_bytes(gzip.compress(json.dumps(new, separators=(",", ":")).encode(), 9))
+        # the record's own compact form (record.compact_document: views repeated from the step
+        # before are references), which record.read_json reads back whole
+        out.write_bytes(gzip.compress(record.dumps(record.compact_document(new)).encode(), 9))
         print(f"{out}: {len(kept)} experiment(s) of {release}")
     return 0
 
