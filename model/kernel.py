@@ -59,7 +59,7 @@ from model.pages import pages_of
 from model.proc import maps_line, residency, vma_record
 from model.process import Process, Region
 from model.seals import Seals
-from model.versions import (ANON_MERGE_UNFAULTED_SINCE, FILE_FAULT_VMA_LOCK_SINCE, HUGE_ZERO_WP_SINCE,
+from model.versions import (ANON_MERGE_UNFAULTED_SINCE, EXEC_READAHEAD_SINCE, FILE_FAULT_VMA_LOCK_SINCE, HUGE_ZERO_WP_SINCE,
                              THP_PAD_TOPDOWN_SINCE, release_of)
 from model.vma import OpenFile, Vma
 
@@ -90,6 +90,7 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
         # the host's kernel release, for rules that changed between versions (model.versions)
         self.release = release_of(profile)
         self.huge_zero_wp_thp = self.release >= HUGE_ZERO_WP_SINCE
+        self.exec_readahead = self.release >= EXEC_READAHEAD_SINCE
         # a file fault retried after dropping its lock counts minor (under the per-VMA lock)
         # or major (FAULT_FLAG_TRIED under the mmap lock): model.versions
         self.retry_counts_minor = self.release >= FILE_FAULT_VMA_LOCK_SINCE and \
