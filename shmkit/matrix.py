@@ -204,8 +204,13 @@ def run_matrix(files: list[str], kernels: list[guest.Kernel], *, host: bool, acc
     if ssh_targets:
         # one wheel of this shmkit for every ssh target of the run, in a private directory
         wheel_dir = Path(tempfile.mkdtemp(prefix="wheel-", dir=runs))
+        built: list[Path] = []
+
+        def wheel() -> Path:
+            if not built:
+                built.append(ssh.build_wheel(wheel_dir, say=on_say))
+            return built[0]
         try:
-            wheel = ssh.build_wheel(wheel_dir, say=on_say)
             for target in ssh_targets:
                 work = Path(tempfile.mkdtemp(prefix="ssh-", dir=runs))
                 try:

@@ -27,7 +27,7 @@ directory. Should the session end without the remote saying so, the local side r
 directory itself with a second ssh command (only a path of mktemp's pattern, owned by the
 ssh user, not a symlink).
 
-The wheel is built once per `shmkit matrix` run with ``pip wheel --no-deps`` from a copy of
+The wheel is built once per `shmkit matrix` run (when the first target has answered) with ``pip wheel --no-deps`` from a copy of
 the source tree, in a private directory under the cache (shmkit.guest's cache rules), removed
 at the end of the run. It holds the compiled C helpers, so the remote needs the same CPython
 minor version and architecture (pip says so in one line otherwise).
@@ -52,9 +52,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from shmkit.guest import GuestError, _check_private_dir, _kill_group, _run, _set_pdeathsig
+from shmkit.guest import GuestError, _kill_group, _run, _set_pdeathsig
 
-__all__ = ["SshRun", "check_target", "check_ssh_config", "build_wheel", "run_ssh", "SSH_OPTIONS"]
+__all__ = ["SshRun", "check_target", "check_ssh_config", "build_wheel", "source_tree", "run_ssh", "SSH_OPTIONS"]
 
 # BatchMode: never prompt (no password, passphrase or host-key question: a target that would
 # ask fails with ssh's own one-line reason). The keep-alives notice a dead connection in a
@@ -115,7 +115,7 @@ def build_wheel(work: Path, say: Callable[[str], None] = lambda s: None) -> Path
 
 
 # The driver, run by the remote python3 as `python3 -c DRIVER DIR` (DIR: the mktemp directory).
-# stdout carries one message a line ("host RELEASE NODENAME", "step ...", "progress ...",
+# stdout carries one message a line ("host RELEASE NODENAME", "ready" for the payload, "step ...", "progress ...",
 # "error ...", "status N"), and "record SIZE" followed by SIZE bytes of gzip JSON.
 # Old-Python syntax on purpose: a too old python3 must still say what it is.
 DRIVER = r'''
@@ -134,6 +134,7 @@ say("host %s %s" % (u.release, u.nodename))
 if sys.version_info < (3, 11):
     say("error the remote python3 is %d.%d (%s); shmkit needs 3.11 or later" % (sys.version_info[0], sys.version_info[1], sys.executable))
     sys.exit(3)
+say("ready")
 inp = sys.stdin.buffer
 head = inp.readline().split()
 if len(head) != 2 or head[0] != b"payload":
@@ -350,14 +351,15 @@ def _remove_remote(dest: str, config: str | None, remote_dir: str) -> bool:
     return f"removed {remote_dir}" in p.stdout
 
 
-def run_ssh(target: str, files: list[str], wheel: Path, work: Path, *, config: str | None = None,
+def run_ssh(target: str, files: list[str], wheel: Callable[[], Path], work: Path, *, config: str | None = None,
             attempts: int = 3, step_timeout: float = 60.0, timeout: float | None = None,
             on_progress: Callable[[str], None] = lambda s: None) -> SshRun:
     """Runs validate on `files` on the ssh target (see the module's docstring) and returns what
-    came back; the record is written into `work` (private), which the caller removes."""
+    came back; the record is written into `work` (private), which the caller removes. `wheel`
+    gives the wheel to install; it is called once the remote has answered, so a target that
+    cannot be reached fails within ssh's ConnectTimeout, before any wheel is built."""
     dest = check_target(target)
     record_path = work / "record.json.gz"
-    payload = _payload(wheel, files, ["--attempts", str(attempts), "--timeout", str(step_timeout)])
     cmd = ssh_command(dest, config, _sh(SH_SCRIPT, DRIVER))
     run = SshRun(target, 0.0, None, None, None, None)
     t0 = time.monotonic()
@@ -374,12 +376,6 @@ def run_ssh(target: str, files: list[str], wheel: Path, work: Path, *, config: s
             raise GuestError("ssh not found; install OpenSSH's client (Debian: apt-get install openssh-client)") from None
         reader = threading.Thread(target=_reader, args=(proc.stdout, record_path, events), daemon=True)
         reader.start()
-        try:
-            proc.stdin.write(b"payload %d\n" % len(payload))
-            proc.stdin.write(payload)
-            proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            pass        # the session ended early: its stderr or stdout says why
         ended = False
         while not ended:
             try:
@@ -402,6 +398,14 @@ def run_ssh(target: str, files: list[str], wheel: Path, work: Path, *, config: s
                 elif kind == "host":
                     run.release, _, run.nodename = text.partition(" ")
                     on_progress(f"connected: {run.label}")
+                elif kind == "ready":
+                    payload = _payload(wheel(), files, ["--attempts", str(attempts), "--timeout", str(step_timeout)])
+                    try:
+                        proc.stdin.write(b"payload %d\n" % len(payload))
+                        proc.stdin.write(payload)
+                        proc.stdin.flush()
+                    except OSError:
+                        pass    # the session ended early: what it said, or ssh's stderr, says why
                 elif kind == "step":
                     on_progress(text)
                 elif kind == "progress":
