@@ -331,7 +331,7 @@ def cmd_matrix(args) -> int:
         err.print("ssh targets: on each host, in a private directory made with mktemp -d there, a venv "
                   "gets this shmkit's wheel (its dependencies from that host's package index) and runs "
                   "validate as the ssh user; the directory is removed at the end, nothing is left there",
-                  markup=False)
+                  markup=False, soft_wrap=True)
     out_dir = None
     if args.out:
         out_dir = Path(args.out)
@@ -359,7 +359,7 @@ def cmd_matrix(args) -> int:
                                  on_start=start, on_progress=progress, on_done=done,
                                  ssh_targets=args.target, ssh_config=ssh_config,
                                  ssh_timeout=args.ssh_timeout,
-                                 on_say=lambda s: err.print(s, markup=False))
+                                 on_say=lambda s: err.print(s, markup=False, soft_wrap=True))
     mdoc = matrix.document(cols, files, __version__, matrix.source_commit())
     t = Table(title="model against each kernel (shmkit matrix)")
     t.add_column("experiment")
