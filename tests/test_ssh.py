@@ -159,9 +159,9 @@ def test_ssh_target_validates_there_and_leaves_nothing(tmp_path, sshd):
     out = tmp_path / "out"
     uname = os.uname()
     res = _matrix(tmp_path, "--no-host", "--target", f"ssh:{ALIAS}", "--out", str(out),
-                  *(str(EXP / f) for f in SET), env=_env(tmp_path, sshd))
+                  "--html", str(tmp_path / "kernels.html"), *(str(EXP / f) for f in SET), env=_env(tmp_path, sshd))
     assert res.returncode == 0, (res.stdout, res.stderr)
-    assert f"Accepted publickey for root from 127.0.0.1" in sshd.log()
+    assert "Accepted publickey for root from 127.0.0.1" in sshd.log()
     assert "nothing is left there" in res.stderr
     mdoc = json.loads((out / "matrix.json").read_text())
     (col,) = mdoc["columns"]
@@ -180,6 +180,7 @@ def test_ssh_target_validates_there_and_leaves_nothing(tmp_path, sshd):
         assert e["status"] == "match", f"{name} over ssh: {c.get('first')}"
         assert f"match {c['matched']}/{c['fields']}" in next(ln for ln in res.stdout.splitlines() if name in ln)
     assert col["label"].split(" on ")[0] in res.stdout and "(ssh," in res.stdout
+    assert f"{col['label']}<br>(ssh," in (tmp_path / "kernels.html").read_text()
     _nothing_left(tmp_path, sshd)
 
 
