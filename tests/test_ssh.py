@@ -247,3 +247,28 @@ def test_stopped_run_leaves_nothing_on_the_remote(tmp_path, sshd, sig):
                 break
             time.sleep(0.1)
         assert list(sshd.remote_tmp.iterdir()) == []
+
+
+def test_remote_without_python3_is_one_line_and_leaves_nothing(tmp_path):
+    """The remote side's own checks, without an sshd: a stand-in `ssh` runs the remote command
+    here, as a login shell would, with a PATH that has sh, mktemp and rm but no python3. The
+    directory mktemp made is removed by the trap, the reason is one line, exit 1, no wheel."""
+    remote_bin = tmp_path / "remote-bin"
+    remote_bin.mkdir()
+    for tool in ("sh", "mktemp", "rm"):
+        os.symlink(shutil.which(tool), remote_bin / tool)
+    remote_tmp = tmp_path / "remote-tmp"
+    remote_tmp.mkdir(mode=0o700)
+    fake = tmp_path / "fake-bin"
+    fake.mkdir()
+    # the destination is the argument before the command, which is the last one (after "--")
+    (fake / "ssh").write_text(f'#!/bin/sh\nfor last; do :; done\n'
+                              f'exec env -i PATH={remote_bin} TMPDIR={remote_tmp} /bin/sh -c "$last"\n')
+    os.chmod(fake / "ssh", 0o700)
+    env = dict(_env(tmp_path), PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
+    res = _matrix(tmp_path, "--no-host", "--target", "ssh:nowhere", str(EXP / SET[0]), env=env, timeout=120)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("ssh:nowhere:")]
+    assert lines == [f"ssh:nowhere: python3 not found on the remote host (PATH {remote_bin})"], res.stdout
+    assert "no record" in res.stdout and "building a wheel" not in res.stderr
+    assert list(remote_tmp.iterdir()) == []
