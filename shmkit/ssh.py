@@ -368,6 +368,7 @@ def run_ssh(target: str, files: list[str], wheel: Callable[[], Path], work: Path
     errors: list[str] = []
     complete = None
     proc = None
+    reader = None
     try:
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog,
@@ -432,6 +433,8 @@ def run_ssh(target: str, files: list[str], wheel: Callable[[], Path], work: Path
                 if ev[0] == "msg" and ev[1] == "removed" and ev[2] == run.remote_dir:
                     run.removed = True
             _kill_group(proc)
+            if reader is not None:
+                reader.join(timeout=30)     # what the session said last (its pipe is at EOF now)
             while True:
                 try:
                     ev = events.get_nowait()
