@@ -327,8 +327,9 @@ def _validate_report(args, out, results, profile, probed, pause, title: str) -> 
 
 
 def cmd_matrix(args) -> int:
-    """shmkit matrix: the experiments validated on this host and on each --kernel booted as a
-    QEMU guest (shmkit.guest, shmkit.matrix); one table, experiments by kernels."""
+    """shmkit matrix: the experiments validated on this host, on each --target ssh:HOST over ssh
+    and on each --kernel booted as a QEMU guest (shmkit.ssh, shmkit.guest, shmkit.matrix); one
+    table, experiments by kernels."""
     import json
     import shutil as _shutil
 
@@ -336,7 +337,7 @@ def cmd_matrix(args) -> int:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from shmkit import guest, matrix
+    from shmkit import guest, matrix, ssh
 
     out = Console() if sys.stdout.isatty() else Console(width=240)
     err = Console(stderr=True)
@@ -347,15 +348,24 @@ def cmd_matrix(args) -> int:
         print(f"--out {args.out}: exists and is not a directory; accepted: a directory (made if absent)",
               file=sys.stderr)
         return 2
-    if not args.kernel and args.no_host:
-        print("shmkit matrix: no target (--no-host and no --kernel); accepted: --kernel VMLINUZ|PACKAGE, "
-              "the host, or both", file=sys.stderr)
+    if not args.kernel and not args.target and args.no_host:
+        print("shmkit matrix: no target (--no-host, no --kernel and no --target); accepted: --kernel "
+              "VMLINUZ|PACKAGE, --target ssh:HOST, the host, or any of them", file=sys.stderr)
         return 2
     files = experiment_files(args.files)
     load_all(files)
+    ssh_config = args.ssh_config or os.environ.get("SHMKIT_SSH_CONFIG") or None
     try:
         for k in args.kernel:
             guest.check_kernel_spec(k)
+        for t in args.target:
+            ssh.check_target(t)
+        if args.target:
+            ssh.check_ssh_config(ssh_config)
+            if _shutil.which("ssh") is None:
+                raise guest.GuestError("ssh not found; install OpenSSH's client (Debian: apt-get install "
+                                       "openssh-client)")
+            ssh.source_tree()
         cache = guest.cache_dir()
         if args.kernel:
             if guest.find_vng() is None:
@@ -374,6 +384,11 @@ def cmd_matrix(args) -> int:
     if kernels:
         err.print(f"guests run under {'KVM' if accel == 'kvm' else 'QEMU TCG emulation (no working KVM here)'}"
                   f" with {args.cpus} vCPUs and {args.memory} of memory", markup=False)
+    if args.target:
+        err.print("ssh targets: on each host, in a private directory made with mktemp -d there, a venv "
+                  "gets this shmkit's wheel (its dependencies from that host's package index) and runs "
+                  "validate as the ssh user; the directory is removed at the end, nothing is left there",
+                  markup=False, soft_wrap=True)
     out_dir = None
     if args.out:
         out_dir = Path(args.out)
@@ -382,23 +397,26 @@ def cmd_matrix(args) -> int:
                   console=err, transient=False) as bar:
         tasks = {}
 
-        def start(label, n):
-            tasks[label] = bar.add_task(f"{label}: starting ({n} experiments)", total=None)
+        def start(key, n):
+            tasks[key] = bar.add_task(f"{key}: starting ({n} experiments)", total=None)
 
-        def progress(label, line):
-            bar.update(tasks[label], description=f"{label}: {line}")
+        def progress(key, line):
+            bar.update(tasks[key], description=f"{key}: {line}")
 
-        def done(col):
+        def done(key, col):
             sm = col["summary"]
             what = (f"{sm['matching']}/{sm['experiments']} experiments match" if sm else f"failed: {col['error']}")
-            bar.update(tasks[col["label"]], description=f"{col['label']}: {what}", total=1, completed=1)
+            bar.update(tasks[key], description=f"{col['label']}: {what}", total=1, completed=1)
 
         cols = matrix.run_matrix(files, kernels, host=not args.no_host, accel=accel, cache=cache,
                                  out_dir=out_dir, cpus=args.cpus, memory=args.memory,
                                  attempts=args.attempts, step_timeout=args.timeout,
                                  guest_step_timeout=args.guest_step_timeout,
                                  guest_timeout=args.guest_timeout,
-                                 on_start=start, on_progress=progress, on_done=done)
+                                 on_start=start, on_progress=progress, on_done=done,
+                                 ssh_targets=args.target, ssh_config=ssh_config,
+                                 ssh_timeout=args.ssh_timeout,
+                                 on_say=lambda s: err.print(s, markup=False, soft_wrap=True))
     mdoc = matrix.document(cols, files, __version__, matrix.source_commit())
     t = Table(title="model against each kernel (shmkit matrix)")
     t.add_column("experiment")
@@ -520,12 +538,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default where the host allows it); prefix: run-unique names on the host's "
                         "(default: $SHMKIT_ISOLATION, else auto)")
     v.set_defaults(func=cmd_validate)
-    m = sub.add_parser("matrix", help="validate on this host and on other kernels booted under QEMU, one table")
+    m = sub.add_parser("matrix", help="validate on this host, on other hosts over ssh and on other kernels "
+                                      "booted under QEMU, one table")
     m.add_argument("files", nargs="*", help="experiment files or directories (default: the bundled ones)")
     m.add_argument("--kernel", action="append", default=[], metavar="VMLINUZ|PACKAGE",
                    help="a kernel to boot with virtme-ng: a vmlinuz path, or a Debian package "
                         "(linux-image-6.1.0-50-amd64-unsigned) fetched with apt-get download into the "
                         "cache, never installed; repeat for several")
+    m.add_argument("--target", action="append", default=[], metavar="ssh:HOST",
+                   help="another host, reached with your ssh client and configuration (a Host alias, "
+                        "[USER@]HOST or ssh://[USER@]HOST[:PORT]); validate runs there from a wheel of "
+                        "this shmkit in a temporary venv, removed after; repeat for several")
+    m.add_argument("--ssh-config", metavar="FILE",
+                   help="the ssh_config file for ssh targets (ssh -F; default: $SHMKIT_SSH_CONFIG, "
+                        "else your own ~/.ssh/config)")
+    m.add_argument("--ssh-timeout", type=float, default=None,
+                   help="seconds a whole ssh target's run may take (default: no limit)")
     m.add_argument("--no-host", action="store_true", help="leave out this host's column")
     m.add_argument("--out", metavar="DIR", help="keep every column's validate record and matrix.json here")
     m.add_argument("--html", metavar="OUT", help="write the kernels view as a self-contained HTML report")
@@ -534,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--cpus", type=int, default=2, help="vCPUs per guest (default 2)")
     m.add_argument("--memory", default="4G", help="memory per guest (default 4G)")
     m.add_argument("--attempts", type=int, default=3, help="runs of a perturbed experiment (default 3)")
-    m.add_argument("--timeout", type=float, default=60.0, help="seconds a step may take on the host (default 60)")
+    m.add_argument("--timeout", type=float, default=60.0, help="seconds a step may take on the host and ssh targets (default 60)")
     m.add_argument("--guest-step-timeout", type=float, default=600.0,
                    help="seconds a step may take in a guest (default 600: TCG is ~12x slower)")
     m.add_argument("--guest-timeout", type=float, default=None,

@@ -1,9 +1,10 @@
 """`shmkit matrix`: the same experiments validated on several kernels, one table (issue 13).
 
-The host is one column; each ``--kernel`` is booted as a guest (shmkit.guest) and runs
+The host is one column; each ``--target ssh:HOST`` runs `shmkit validate` on that host over
+ssh (shmkit.ssh); each ``--kernel`` is booted as a guest (shmkit.guest) and runs
 `shmkit validate` there. Every column's validate record is kept (``--out DIR``) and can be
 compared pairwise with ``shmkit validate --compare``; the matrix document (kind "matrix") holds
-per column the kernel, how it ran (host, or guest under KVM or TCG), its wall time, and per
+per column the kernel, how it ran (host, ssh, or guest under KVM or TCG), its wall time, and per
 experiment the status, fields matched and the first difference.
 """
 from __future__ import annotations
@@ -108,7 +109,9 @@ def rows(mdoc: dict, width: int = 70) -> list[list[str]]:
 
 def header(col: dict) -> str:
     how = {"host": "host", "kvm": "guest, KVM", "tcg": "guest, QEMU TCG"}.get(col["how"], col["how"])
-    return f"{col['release'] or col['label']}\n({how}, {col['seconds'] / 60:.1f} min)"
+    # an ssh column is named by the remote's kernel release and host name
+    name = col["label"] if col["how"] == "ssh" else (col["release"] or col["label"])
+    return f"{name}\n({how}, {col['seconds'] / 60:.1f} min)"
 
 
 def ok(mdoc: dict) -> bool:
@@ -163,17 +166,27 @@ def _follow(path: Path, seen: int, on_progress: Callable[[str], None]) -> int:
     return len(lines)
 
 
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._+-" else "_" for c in name)
+
+
 def run_matrix(files: list[str], kernels: list[guest.Kernel], *, host: bool, accel: str,
                cache: Path, out_dir: Path | None, cpus: int, memory: str, attempts: int,
                step_timeout: float, guest_step_timeout: float, guest_timeout: float | None,
                on_start: Callable[[str, int], None], on_progress: Callable[[str, str], None],
-               on_done: Callable[[dict], None]) -> list[dict]:
-    """Every target in turn (host first); returns the columns. Each column's record is copied
-    into `out_dir` when given; the run directories in the cache are removed on every path."""
+               on_done: Callable[[str, dict], None], ssh_targets: list[str] = (),
+               ssh_config: str | None = None, ssh_timeout: float | None = None,
+               on_say: Callable[[str], None] = lambda s: None) -> list[dict]:
+    """Every target in turn (host first, then the ssh targets, then the guests); returns the
+    columns. Each target's progress is keyed by the name given to `on_start`. Each column's
+    record is copied into `out_dir` when given; the run directories in the cache (and the
+    wheel built for the ssh targets) are removed on every path."""
     from shmkit import record
+    from shmkit import ssh
 
     runs = cache / "runs"
     runs.mkdir(mode=0o700, exist_ok=True)
+    guest._check_private_dir(runs)
     cols: list[dict] = []
     if host:
         work = Path(tempfile.mkdtemp(prefix="host-", dir=runs))
@@ -185,9 +198,45 @@ def run_matrix(files: list[str], kernels: list[guest.Kernel], *, host: bool, acc
             col = column("host", "host", doc, secs, err, target="host")
             col["record"] = "host.json" if doc is not None and out_dir is not None else None
             cols.append(col)
-            on_done(col)
+            on_done("host", col)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+    if ssh_targets:
+        # one wheel of this shmkit for every ssh target of the run, in a private directory
+        wheel_dir = Path(tempfile.mkdtemp(prefix="wheel-", dir=runs))
+        built: list[Path] = []
+
+        def wheel() -> Path:
+            if not built:
+                built.append(ssh.build_wheel(wheel_dir, say=on_say))
+            return built[0]
+        try:
+            for target in ssh_targets:
+                work = Path(tempfile.mkdtemp(prefix="ssh-", dir=runs))
+                try:
+                    on_start(target, len(files))
+                    r = ssh.run_ssh(target, files, wheel, work, config=ssh_config, attempts=attempts,
+                                    step_timeout=step_timeout, timeout=ssh_timeout,
+                                    on_progress=lambda s, t=target: on_progress(t, s))
+                    doc = None
+                    err = r.error
+                    if r.record is not None:
+                        try:
+                            doc = record.read_json(r.record)
+                        except (OSError, ValueError) as e:
+                            err = err or f"the record that came back is unreadable ({e})"
+                    col = column(r.label, "ssh", doc, r.seconds, err, target=target)
+                    col["record"] = None
+                    if doc is not None and out_dir is not None:
+                        name = f"ssh-{_safe(r.nodename or target)}-{_safe(r.release or '')}.json.gz"
+                        shutil.copyfile(r.record, out_dir / name)
+                        col["record"] = name
+                    cols.append(col)
+                    on_done(target, col)
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+        finally:
+            shutil.rmtree(wheel_dir, ignore_errors=True)
     for k in kernels:
         work = Path(tempfile.mkdtemp(prefix="guest-", dir=runs))
         try:
@@ -209,7 +258,7 @@ def run_matrix(files: list[str], kernels: list[guest.Kernel], *, host: bool, acc
                 shutil.copyfile(g.record, out_dir / name)
                 col["record"] = name
             cols.append(col)
-            on_done(col)
+            on_done(k.release, col)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return cols
