@@ -46,7 +46,7 @@ _SUMMARY: list[str] = []
 
 
 def pytest_runtest_logreport(report):
-    if report.when == "call":
+    if report.when == "call":      # passed or failed: the count is wanted either way
         _SUMMARY.extend(v for k, v in report.user_properties if k == "differential")
 
 

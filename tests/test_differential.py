@@ -45,7 +45,7 @@ _saved: list[Path] = []
 _profile: dict = {}
 
 # examples of this session: started, passed (no exception), rejected (assume), failed
-STATS = {"run": 0, "passed": 0, "rejected": 0, "failed": 0}
+STATS = {"run": 0, "passed": 0, "rejected": 0, "failed": 0, "discarded": 0}
 
 PROTS = ["rw", "r", "none"]
 # raw prot numbers (passed as given): every combination of PROT_READ|WRITE|EXEC (4 alone is
@@ -149,8 +149,11 @@ class Differential(RuleBasedStateMachine):
         # called from Hypothesis's `finally`: the exception on its way out (if any) says how
         # this example ended
         exc = sys.exc_info()[1]
+        # a BaseException that is not an Exception is Hypothesis's own StopTest (the example
+        # ran out of its data before its last step and is discarded) or an interrupt
         STATS["passed" if exc is None else
-              "rejected" if isinstance(exc, UnsatisfiedAssumption) else "failed"] += 1
+              "rejected" if isinstance(exc, UnsatisfiedAssumption) else
+              "failed" if isinstance(exc, Exception) else "discarded"] += 1
         self.s.close()
 
     def _name(self, prefix: str) -> str:
@@ -718,13 +721,19 @@ SETTINGS = settings(
 def test_differential(record_property):
     for k in STATS:
         STATS[k] = 0
-    run_state_machine_as_test(Differential, settings=SETTINGS)
-    line = (f"differential: {STATS['passed']} examples passed of {STATS['run']} run "
-            f"({STATS['rejected']} rejected: a perturbed live step or no handle for a rule; "
-            f"{'random' if RANDOM else 'derandomized'}, max_examples={EXAMPLES}, steps<={STEPS})")
-    # shown in the terminal summary by tests/conftest.py (pytest_terminal_summary), also
-    # under pytest-xdist, where the report's user_properties travel to the controller
-    record_property("differential", line)
-    print(line)
-    assert STATS["failed"] == 0, line
+
+    def line() -> str:
+        return (f"differential: {STATS['passed']} examples passed of {STATS['run']} run "
+                f"({STATS['failed']} failed, shrinking included; {STATS['rejected']} rejected: a "
+                f"perturbed live step or no handle for a rule; {STATS['discarded']} discarded by "
+                f"Hypothesis; {'random' if RANDOM else 'derandomized'}, max_examples={EXAMPLES}, "
+                f"steps<={STEPS})")
+    try:
+        run_state_machine_as_test(Differential, settings=SETTINGS)
+    finally:
+        # shown in the terminal summary by tests/conftest.py (pytest_terminal_summary), also
+        # under pytest-xdist, where the report's user_properties travel to the controller
+        record_property("differential", line())
+        print(line())
+    assert STATS["failed"] == 0, line()
     assert STATS["passed"] > 0, f"no example ran to its end: {line}"
