@@ -14,7 +14,8 @@ model/known_differences.py, or a host setting).
 
 CI runs SHMKIT_DIFF_EXAMPLES examples (default 200) of up to SHMKIT_DIFF_STEPS steps (default 10),
 derandomized so that CI is repeatable; SHMKIT_DIFF_RANDOM=1 draws new ones, and a larger
-SHMKIT_DIFF_EXAMPLES hunts longer. The test reports how many examples ran, passed and were
+SHMKIT_DIFF_EXAMPLES hunts longer (SHMKIT_DIFF_PROGRESS=FILE appends the running count to FILE
+after each example). The test reports how many examples ran, passed and were
 rejected (a perturbed live step, or no handle a rule needs) in the terminal summary
 ("differential: ..."), and fails when no example passed. A failing sequence is shrunk by
 Hypothesis and saved as an experiment file under experiments/regressions/ (then fixed in the
@@ -40,6 +41,7 @@ pytestmark = [pytest.mark.live,
 EXAMPLES = int(os.environ.get("SHMKIT_DIFF_EXAMPLES", "200"))
 STEPS = int(os.environ.get("SHMKIT_DIFF_STEPS", "10"))
 RANDOM = os.environ.get("SHMKIT_DIFF_RANDOM") == "1"
+PROGRESS = os.environ.get("SHMKIT_DIFF_PROGRESS")   # a file to append the count to after each example
 REGRESSIONS = Path(__file__).resolve().parent.parent / "experiments" / "regressions"
 _saved: list[Path] = []
 _profile: dict = {}
@@ -155,6 +157,9 @@ class Differential(RuleBasedStateMachine):
               "rejected" if isinstance(exc, UnsatisfiedAssumption) else
               "failed" if isinstance(exc, Exception) else "discarded"] += 1
         self.s.close()
+        if PROGRESS:                         # a long hunt's running count, for a look from outside
+            with open(PROGRESS, "a") as f:
+                f.write(" ".join(f"{k}={v}" for k, v in STATS.items()) + "\n")
 
     def _name(self, prefix: str) -> str:
         self.n += 1
