@@ -135,6 +135,14 @@ PTE_YOUNG = 0x10     # pte_young (accessed)
 PTE_GUARD = 0x80
 
 
+def c_int(value: int) -> int:
+    """A raw number as a system call's `int` argument reads it: the low 32 bits of the
+    register, sign-extended (madvise's behavior, shmat's and shmctl's shmid and cmd are int in
+    their SYSCALL_DEFINEs; a raw advice of 2**32 + 4 is MADV_DONTNEED to the kernel)."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
 def prot_of(text) -> int:
     """"rw" -> PROT_READ|PROT_WRITE; "none" -> 0; an integer is a raw prot, as given."""
     if isinstance(text, int):

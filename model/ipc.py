@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 
-from model.flags import SHM_EXEC, SHM_RDONLY, SHM_REMAP, SHM_RND, SHMCTL_CMD  # model.resolve's numbers
+from model.flags import SHM_EXEC, SHM_RDONLY, SHM_REMAP, SHM_RND, SHMCTL_CMD, c_int  # model.resolve's numbers
 
 from model.errors import StepError, errno
 from model.flags import PAGE_SHIFT, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, MAP
@@ -194,7 +194,8 @@ class SysV:
 
     def shmat(self, proc, args):
         """ipc/shm.c do_shmat(): a MAP_SHARED mapping of a new file on the segment's inode."""
-        seg = self.segments.get(args["shmid"])        # do_shmat: shm_obtain_object_check
+        # SYSCALL_DEFINE3(shmat, int, shmid, ...): the shmid is an int
+        seg = self.segments.get(c_int(args["shmid"]))  # do_shmat: shm_obtain_object_check
         if seg is None:
             raise self._err("EINVAL")
         addr = args["addr"]
@@ -273,7 +274,8 @@ class SysV:
         return f0, None
 
     def shmctl(self, proc, args):
-        shmid, number = args["shmid"], args["cmd"]
+        # SYSCALL_DEFINE3(shmctl, int, shmid, int, cmd, ...): both are ints
+        shmid, number = c_int(args["shmid"]), c_int(args["cmd"])
         # ipc/shm.c ksys_shmctl(): a negative cmd or shmid is EINVAL before anything else; the
         # commands it knows besides these five (IPC_INFO 3, SHM_STAT 13, SHM_INFO 14,
         # SHM_STAT_ANY 15) are not modelled; any other is EINVAL (the switch's default)

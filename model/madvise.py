@@ -9,7 +9,7 @@ mm/ksm.c ksm_madvise.
 """
 from __future__ import annotations
 
-from model.flags import MADV, MADV_NAME, ULONG_MASK  # model.resolve's numbers
+from model.flags import MADV, MADV_NAME, ULONG_MASK, c_int  # model.resolve's numbers
 from model.versions import GUARD_SINCE
 
 from model.errors import StepError, errno
@@ -43,7 +43,10 @@ class MadviseOps:
         (the VMAs visited before keep what was done to them) and, when the range has a hole,
         returns ENOMEM after visiting all of them."""
         f0 = self._faults()
-        start, length, number = args["addr"], args["length"], args["advice"]
+        # SYSCALL_DEFINE3(madvise, ..., int, behavior): the advice is an int (found by
+        # a draw of tests/test_differential.py: 2**32 + 4 is MADV_DONTNEED; regressions/
+        # differential-madvise-int-advice.toml)
+        start, length, number = args["addr"], args["length"], c_int(args["advice"])
         # madvise_should_skip(): the advice first (madvise_behavior_valid), then the range
         if not self.madvise_behavior_valid(number):
             raise errno("EINVAL", f0)
@@ -267,15 +270,21 @@ class MadviseOps:
         """mm/khugepaged.c madvise_collapse(). thp_vma_allowable_order(TVA_FORCED_COLLAPSE)
         first: VM_NOHUGEPAGE, or no 2 MiB-aligned block that fits in the VMA
         (thp_vma_suitable_order), -> EINVAL; the sysfs THP mode does not matter. Then each
-        2 MiB-aligned block wholly inside [a, b) (none for a small range: 0, nothing done):
-        already PMD-mapped -> done (SCAN_PMD_MAPPED); no PTE table under it -> SCAN_PMD_NULL;
+        2 MiB-aligned block wholly inside [a, b): already PMD-mapped -> done (SCAN_PMD_MAPPED);
+        no PTE table under it -> SCAN_PMD_NULL;
         a VMA without anon_vma -> SCAN_PAGE_ANON (hugepage_vma_revalidate); otherwise
         collapse_huge_page(): a new THP gets a copy of every present page (zeros for none and
         zero-page entries: madvise_collapse sets no max_ptes_none limit and needs no writable
         page), is mapped by one PMD (dirty, young) and the old pages lose this mapping. Every
         block is tried; if any failed the call returns the last failure's errno
-        (madvise_collapse_errno: EINVAL for these). The model collapses private anonymous
-        memory only: a shmem or file VMA is refused with EINVAL (true of a disk file without
+        (madvise_collapse_errno: EINVAL for these). The call succeeds only when every block
+        counted, `thps == (hend - hstart) >> HPAGE_PMD_SHIFT` with hstart the range's start
+        rounded up and hend its end rounded down to 2 MiB, in unsigned long: a range in which
+        no 2 MiB boundary lies (hstart > hend) wraps around, and with no block tried,
+        last_fail is still SCAN_FAIL: EINVAL (found by tests/test_differential.py:
+        experiments/regressions/differential-collapse-no-block.toml). A range from one boundary
+        to the same one (hstart == hend) tries nothing and succeeds. The model collapses
+        private anonymous memory only: a shmem or file VMA is refused with EINVAL (true of a disk file without
         CONFIG_READ_ONLY_THP_FOR_FS; shmem collapses on the kernel: model/known_differences.py)."""
         if vma.opaque is not None or not vma.is_anonymous or vma.flags & VM_NOHUGEPAGE:
             raise errno("EINVAL")
@@ -284,6 +293,8 @@ class MadviseOps:
             raise errno("EINVAL")
         base = vma.start >> PAGE_SHIFT
         h = a + (-(base + a)) % 512                  # the first 2 MiB-aligned page at or after a
+        if h > b - (base + b) % 512:                 # hstart > hend: (hend - hstart) wraps
+            raise errno("EINVAL")
         blocks = fails = 0
         while h + 512 <= b:
             blocks += 1

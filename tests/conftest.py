@@ -39,3 +39,17 @@ def step(rec, n):
 
 
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root (user switching, raising limits)")
+
+
+# ----- the differential test's count of examples, in the terminal summary ------------------
+_SUMMARY: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":      # passed or failed: the count is wanted either way
+        _SUMMARY.extend(v for k, v in report.user_properties if k == "differential")
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _SUMMARY:
+        terminalreporter.write_line(line)
