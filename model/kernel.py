@@ -58,6 +58,7 @@ from model.objects import DISK, SHMEM, TMPFS, AnonPages, Inode
 from model.pages import pages_of
 from model.proc import maps_line, residency, vma_record
 from model.process import Process, Region
+from model.resolve import Skip   # a missing handle: the one "skipped" message
 from model.seals import Seals
 from model.vma import OpenFile, Vma
 
@@ -192,7 +193,7 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
     def fd(self, proc: Process, handle: str) -> OpenFile:
         f = proc.fds.get(handle)
         if f is None:
-            raise StepError({"skipped": f"handle '{handle}' does not exist (the call that made it failed)"})
+            raise StepError(Skip(handle, "handle").result)      # the worker's words (model.resolve)
         return f
 
     @staticmethod

@@ -52,7 +52,9 @@ SOURCES = ("file", "fd", "shm", "memfd")
 
 
 class Skip(Exception):
-    """The step names a region its process does not hold (the call that made it failed)."""
+    """The step names a region (or a handle: what="handle") its process does not hold (the
+    call that made it failed). Its `result` is the one "skipped" result of both sides: the
+    resolver's, the worker's (shmkit.worker fd_of) and the model's (model.kernel Kernel.fd)."""
 
     def __init__(self, handle: str, what: str = "region"):
         super().__init__(f"{what} '{handle}' does not exist (the call that made it failed)")

@@ -41,7 +41,7 @@ from shmkit import libc, protocol
 from shmkit import _access  # the C loops; imported before the first observation
 from model.pages import page_align  # the model's rule, shared (model/pages.py)
 from model.flags import seal_names  # F_GET_SEALS as the step's value
-from model.resolve import resolve  # the one resolver (the manager resolves each step with it)
+from model.resolve import Skip, resolve  # the one resolver (the manager resolves each step with it)
 
 import posix_ipc  # noqa: E402  (imported now so that their .so mappings exist from the start)
 import sysv_ipc  # noqa: E402
@@ -266,7 +266,7 @@ class Worker:
     def fd_of(self, handle: str) -> int:
         fd = self.fds.get(handle)
         if fd is None:
-            raise StepFailed({"skipped": f"handle '{handle}' does not exist (the call that made it failed)"})
+            raise StepFailed(Skip(handle, "handle").result)     # the model's words (model.resolve)
         return fd
 
     def _whole(self, args) -> Region | None:

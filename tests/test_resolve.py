@@ -6,6 +6,8 @@ bundled experiments raw-values, range-addr-errors, range-across-vmas-and-holes,
 touch-byte-address and mremap-old-len-zero."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from model import flags
@@ -118,6 +120,28 @@ def test_a_missing_region_is_skipped_with_one_message():
     with pytest.raises(Skip) as e:
         resolve(st.do, st.arg, {}, _Names(), PAGE)
     assert e.value.result == {"skipped": "region 'b' does not exist (the call that made it failed)"}
+
+
+def test_a_missing_handle_is_skipped_with_the_same_message_on_both_sides():
+    """Worker.fd_of and Kernel.fd take their "skipped" result from model.resolve.Skip, and the
+    words are written nowhere else (issue 10: one definition of each thing)."""
+    from types import SimpleNamespace
+
+    from model.kernel import Kernel
+    from shmkit.worker import StepFailed, Worker
+
+    want = {"skipped": "handle 'h' does not exist (the call that made it failed)"}
+    assert Skip("h", "handle").result == want
+    with pytest.raises(StepFailed) as live:
+        Worker.fd_of(SimpleNamespace(fds={}), "h")
+    with pytest.raises(Exception) as model:
+        Kernel.fd(None, SimpleNamespace(fds={}), "h")
+    assert live.value.result == model.value.result == want
+    root = Path(__file__).resolve().parent.parent
+    words = "does not exist (the call that made it failed)"
+    where = [str(p.relative_to(root)) for d in ("shmkit", "model") for p in sorted((root / d).rglob("*.py"))
+             if words in p.read_text()]
+    assert where == ["model/resolve.py"], where
 
 
 def test_accesses_count_every_page_the_range_covers():
