@@ -254,11 +254,7 @@ class Run:
         self._user_lock: int | None = None  # held while a run acts as another user (user_lock)
         self.entries: list[dict] = []     # what this run registered, for its own cleanup
         self._made_dir = False
-        self.posix: dict[str, str] = {}    # real name -> handle
-        self.files: dict[str, str] = {}    # path -> handle
-        self.keys: dict[int, str] = {}     # real key -> handle
-        self.memfds: dict[str, str] = {}   # real memfd name -> handle
-        self.shmids: dict[int, str] = {}   # shmid -> handle
+        # the names the run's steps create: model.resolve.Names (shmkit.manager.Manager.naming)
 
     # ----- naming -------------------------------------------------------------------------
     def posix_name(self, name: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from model import flags
-from model.resolve import RESOLVERS, Skip, accesses, resolve
+from model.resolve import RESOLVERS, Names, Skip, accesses, resolve
 from shmkit import libc, spec
 from shmkit.spec import SpecError, loads
 
@@ -142,6 +142,32 @@ def test_a_missing_handle_is_skipped_with_the_same_message_on_both_sides():
     where = [str(p.relative_to(root)) for d in ("shmkit", "model") for p in sorted((root / d).rglob("*.py"))
              if words in p.read_text()]
     assert where == ["model/resolve.py"], where
+
+
+def test_one_naming_bookkeeping_for_both_sides():
+    """model.resolve.Names keeps the names a run's steps create, for the live side
+    (Manager.naming, with its registry notes) and the model side (shmkit.predict) alike."""
+    from shmkit import manager
+
+    names, notes = Names(_Run()), []
+    for st in _exp('[[step]]\ndo = "file"\nname = "f"\nsize = 4096\n'
+                   '[[step]]\ndo = "shm_open"\nas = "p"\nname = "x"\ncreate = true\nsize = 4096\n'
+                   '[[step]]\ndo = "shm_open"\nas = "q"\nname = "x"\n'
+                   '[[step]]\ndo = "memfd"\nas = "m"\nname = "y"\n'
+                   '[[step]]\ndo = "shmget"\nas = "s"\nkey = 5\nsize = 5000\ncreate = true\n'
+                   '[[step]]\ndo = "shmget"\nas = "t"\nsize = 1\n').steps:
+        names.resolve(st.do, st.arg, {}, PAGE, note=notes.append)
+        names.done(st.do, st.arg, "ok" if st.get("as") == "s" else {"errno": "EINVAL"}, {"shmid": 7})
+    assert notes == [{"kind": "file", "path": "/tmp/run/p-f"}, {"kind": "posix", "name": "/p-x"},
+                     {"kind": "memfd", "name": "p-y"}, {"kind": "sysv", "key": 5},
+                     {"kind": "sysv", "key": 0}]
+    assert names.record() == {"posix": {"/p-x": "x"}, "files": {"/tmp/run/p-f": "f"},
+                              "keys": {"5": "s", "0": "t"}, "memfds": {"p-y": "y"},
+                              "shmids": {"7": "s"}}
+    assert (names.file("f"), names.file("g")) == ("/tmp/run/p-f", "/tmp/run/missing-g")
+    assert (names.shmid("s"), names.segment_size("s"), names.shmid("t")) == (7, 5000, None)
+    m = manager.Manager(_exp(MMAP), isolate="prefix")
+    assert isinstance(m.naming, Names) and m.naming.run is m.run
 
 
 def test_accesses_count_every_page_the_range_covers():
