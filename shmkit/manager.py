@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from model import pads as padding
 from shmkit import interrupt, isolation, libc, procfs, protocol, record
 from shmkit.observe import PAGE, process_view, residency, system_view, zero_page_pfn
-from shmkit.registry import Run, alive, process_start
+from shmkit.procfs import alive, process_start
+from shmkit.registry import Run
 from model.pages import page_align, pages_of
 from model.flags import MCL, bits
 from model.resolve import Names, Skip

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from shmkit import procfs
 from tests.helpers import leftovers, registry_entries, shmkit, spawn
 from tests.interrupts import Trial, check_stopped
 
@@ -118,15 +119,9 @@ def test_sigkill_of_a_worker_mid_step_is_reported_and_the_run_cleans_up(tmp_path
 def _wait_gone(pids, timeout: float = 60.0) -> None:
     """The workers of a killed parent see their socket close and exit; on a loaded machine
     that takes a moment, and clean rightly keeps a run whose processes still live."""
-    import os
-
-    deadline = time.time() + timeout
+    deadline = time.monotonic() + timeout
     for pid in pids:
-        while time.time() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+        while procfs.alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
 
 
@@ -244,12 +239,7 @@ def _main_worker_gone(t: Trial, seen: dict) -> bool:
             seen[e["name"]] = e["pid"]
     if "kid" not in seen:
         return False
-    try:
-        with open(f"/proc/{seen['main']}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return True
-    return data[data.rindex(b")") + 2:][:1] in (b"Z", b"X")
+    return not procfs.alive(seen["main"])
 
 
 def _stop(t: Trial, trial: dict) -> None:

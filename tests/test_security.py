@@ -27,7 +27,7 @@ from pathlib import Path
 import posix_ipc
 import pytest
 
-from shmkit import registry
+from shmkit import procfs, registry
 from tests.helpers import registry_entries, shmkit
 
 ROOT = os.geteuid() == 0
@@ -545,9 +545,9 @@ def test_a_killed_run_is_still_cleaned_and_its_worker_killed(tmp_path, subreaper
         # then its file step), so it is stopped before the run can end
         os.kill(worker["pid"], signal.SIGSTOP)
         deadline = time.monotonic() + 60
-        while _state(worker["pid"]) not in (b"T", None) and time.monotonic() < deadline:
+        while procfs.process_state(worker["pid"]) not in ("T", None) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert _state(worker["pid"]) == b"T", _state(worker["pid"])
+        assert procfs.process_state(worker["pid"]) == "T", procfs.process_state(worker["pid"])
         assert proc.poll() is None, "the run ended before its kid was stopped"
         proc.kill()
         proc.wait(timeout=60)
@@ -556,7 +556,7 @@ def test_a_killed_run_is_still_cleaned_and_its_worker_killed(tmp_path, subreaper
             time.sleep(0.02)
         assert not registry.alive(main["pid"], main["start"]), "PR_SET_PDEATHSIG did not end the main worker"
         assert registry.is_worker_of(worker["pid"], worker["start"], run["run"], {os.geteuid()}), \
-            _state(worker["pid"])
+            procfs.process_state(worker["pid"])
         res = shmkit("clean", state=state)
         assert res.returncode == 0, res.stderr
         assert f"removed worker pid {worker['pid']}" in res.stdout, res.stdout
@@ -571,16 +571,6 @@ def test_a_killed_run_is_still_cleaned_and_its_worker_killed(tmp_path, subreaper
         if registry.process_start(worker["pid"]) == worker["start"]:
             os.kill(worker["pid"], signal.SIGKILL)
         shmkit("clean", state=state)
-
-
-def _state(pid: int) -> bytes | None:
-    """The state letter of /proc/PID/stat, None if the pid is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2:][:1]
 
 
 # ----- shmkit bench: its lock file in /run/lock and its run directory in $TMPDIR --------------------
