@@ -87,7 +87,7 @@ class ForkOps:
                     copied += 1
             vmas.append(c)
         child_mm = AddressSpace(vmas, mm.topdown, mm.mmap_base, mm.mmap_min_addr, mm.max_map_count)
-        child_mm.stack_guard_gap = mm.stack_guard_gap
+        child_mm.same_kernel_as(mm)
         # copy_page_range() runs only for the VMAs vma_needs_copy() picks (an anon_vma): the
         # child gets a PTE table only where such a VMA had one; under the others (shared
         # mappings, untouched private file mappings) its first fault finds pmd_none.

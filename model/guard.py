@@ -7,9 +7,7 @@ from model.errors import errno
 from model.flags import (PTE_GUARD, PTE_KIND, PTE_NONE, VM_DONTEXPAND, VM_HUGETLB, VM_LOCKED,
                          VM_MAYBE_GUARD)
 
-GUARD_SINCE = (6, 13)
-FILE_GUARD_SINCE = (6, 15)    # "mm: allow guard regions in file-backed and read-only mappings"
-MAYBE_GUARD_SINCE = (6, 18)   # VM_MAYBE_GUARD, smaps "gu" (measured on 6.18)
+from model.versions import FILE_GUARD_SINCE, MAYBE_GUARD_SINCE
 
 
 class Guard:

@@ -60,6 +60,8 @@ from model.proc import maps_line, residency, vma_record
 from model.process import Process, Region
 from model.resolve import Skip   # a missing handle: the one "skipped" message
 from model.seals import Seals
+from model.versions import (ANON_MERGE_UNFAULTED_SINCE, EXEC_READAHEAD_SINCE, FILE_FAULT_VMA_LOCK_SINCE, HUGE_ZERO_WP_SINCE,
+                             THP_PAD_TOPDOWN_SINCE, release_of)
 from model.vma import OpenFile, Vma
 
 
@@ -86,14 +88,18 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
         self.shmmni = sysctl.get("shmmni") or 4096
         self.vm_softdirty = VM_SOFTDIRTY if profile.get("soft_dirty") else 0
         self.thp_enabled = profile.get("thp_enabled") or "never"
-        # do_huge_zero_wp_pmd() exists from 6.13 on (an unknown release counts as new)
-        self.huge_zero_wp_thp = tuple(profile.get("release_tuple") or (99,)) >= (6, 13)
+        # the host's kernel release, for rules that changed between versions (model.versions)
+        self.release = release_of(profile)
+        self.huge_zero_wp_thp = self.release >= HUGE_ZERO_WP_SINCE
+        self.exec_readahead = self.release >= EXEC_READAHEAD_SINCE
+        # a file fault retried after dropping its lock counts minor (under the per-VMA lock)
+        # or major (FAULT_FLAG_TRIED under the mmap lock): model.versions
+        self.retry_counts_minor = self.release >= FILE_FAULT_VMA_LOCK_SINCE and \
+            (profile.get("config") or {}).get("PER_VMA_LOCK", True) not in (False, None, "n")
         self.thp_use_zero_page = profile.get("thp_use_zero_page", 1)
         self.totalram_pages = (profile.get("mem_total_kb") or (1 << 40)) // 4
         self.total_swap_pages = (profile.get("swap_total_kb") or 0) // 4
         self._mmap_host_facts(profile)
-        # the host's kernel release, for rules that changed between versions
-        self.release = tuple(profile.get("release_tuple") or (6, 18))
         dev = snapshot.get("devices", {})
         self.dev = {DISK: dev.get("disk", "00:00"), TMPFS: dev.get("tmpfs", "00:00"),
                     SHMEM: dev.get("shmem", "00:01")}
@@ -152,6 +158,8 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
             above = [v["start"] for v in p["vmas"] if v["start"] >= legacy_base()]
             base = min(above) if above else legacy_base()
         mm = AddressSpace(vmas, topdown, base, self.mmap_min_addr, self.max_map_count)
+        mm.faulted_into_unfaulted = self.release >= ANON_MERGE_UNFAULTED_SINCE
+        mm.thp_pad_topdown = self.release >= THP_PAD_TOPDOWN_SINCE
         gap = self.profile.get("stack_guard_gap_pages")
         if isinstance(gap, int):
             mm.stack_guard_gap = gap << PAGE_SHIFT

@@ -10,7 +10,7 @@ mm/ksm.c ksm_madvise.
 from __future__ import annotations
 
 from model.flags import MADV, MADV_NAME, ULONG_MASK  # model.resolve's numbers
-from model.guard import GUARD_SINCE
+from model.versions import GUARD_SINCE
 
 from model.errors import StepError, errno
 from model.flags import (PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from array import array
 
-from model.flags import PTE_GUARD, VM_PKEY_MASK
+from model.flags import PTE_GUARD, VM_PKEY_MASK, VM_RAND_READ
 from model.flags import (PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
                          PTE_NONE, PTE_WRITE, PTE_YOUNG, PTE_ZERO, PTRS_PER_PTE,
                          VM_READ, VM_EXEC, VM_SHARED, VM_WRITE)
@@ -164,11 +164,30 @@ class Memory(ReadaheadOps, HugePageOps):
             return self.do_cow_fault(mm, vma, i, value)
         return self.do_shared_fault(mm, vma, i, value)
 
+    def readahead_retry(self, vma: Vma, idx: int) -> str:
+        """filemap_fault() found the page cached with PG_readahead: do_async_mmap_readahead()
+        starts the next window, dropping the fault's lock first (maybe_unlock_mmap_for_io), so
+        the fault returns VM_FAULT_RETRY and runs again. How mm_account_fault() counts the
+        completed fault depends on the lock the first attempt held (model.versions
+        FILE_FAULT_VMA_LOCK_SINCE): major under the mmap lock (FAULT_FLAG_TRIED), minor after a
+        per-VMA-lock attempt. VM_RAND_READ: no readahead, no retry."""
+        if vma.flags & VM_RAND_READ:
+            return "minor"
+        self.async_readahead(vma, idx)
+        if self.k.retry_counts_minor:
+            return "minor"
+        self.k.note("do_async_mmap_readahead dropped the mmap lock: the retried fault "
+                    "(FAULT_FLAG_TRIED) counts as major (before 6.7)")
+        return "major"
+
     def _get_page(self, vma: Vma, idx: int) -> str:
         """filemap_fault / shmem_fault / shm_fault: the page cache page, read from disk on a
-        miss (major) or, for shmem, allocated zeroed (minor)."""
+        miss (major) or, for shmem, allocated zeroed (minor); a cached PG_readahead page
+        starts async readahead (readahead_retry)."""
         ino = vma.file.inode
         if ino.is_cached(idx):
+            if not ino.is_shmem and ino.ra_flag[idx]:
+                return self.readahead_retry(vma, idx)
             return "minor"
         if ino.is_shmem:
             ino.add_folio(idx, 1)
@@ -185,11 +204,12 @@ class Memory(ReadaheadOps, HugePageOps):
         pmd_none = getattr(self, "pmd_none", False)
         if vma.file.fault_around and ino.is_cached(idx):
             self.fault_around(vma, i, pmd_none)
+            how = "minor"
             if vma.pte[i] == PTE_NONE:      # fault-around did not map it: __do_fault
                 if ino.ra_flag[idx]:        # a PG_readahead page: fault-around skipped it
-                    self.async_readahead(vma, idx)
+                    how = self.readahead_retry(vma, idx)
                 self.finish_fault_read(vma, i)
-            return "minor"
+            return how
         if vma.file.fault_around and ino.is_shmem:
             # do_fault_around() runs before __do_fault whether or not this page is cached:
             # filemap_map_pages() maps the window's other cached pages, then shmem_fault fills

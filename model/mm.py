@@ -78,6 +78,11 @@ class AddressSpace:
         # mm/mmap.c stack_guard_gap: 256 pages unless the kernel command line says
         # "stack_guard_gap=" (the profile's stack_guard_gap_pages; Kernel sets it)
         self.stack_guard_gap = STACK_GUARD_GAP
+        # is_mergeable_anon_vma(): may a faulted range join an unfaulted neighbour? From 6.16
+        # on (Kernel sets it from the release; see anon_mergeable)
+        self.faulted_into_unfaulted = True
+        # __thp_get_unmapped_area(): an aligned padded area gives its top PMD (6.8 on)
+        self.thp_pad_topdown = True
         self.locked_vm = 0   # pages in VM_LOCKED VMAs (mm->locked_vm)
         # mm->def_flags: VM_LOCKED (| VM_LOCKONFAULT) after mlockall(MCL_FUTURE); a new mm
         # (fork: mm_init keeps only VM_INIT_DEF_MASK, never the lock bits) starts without
@@ -89,6 +94,13 @@ class AddressSpace:
         # VMAs inserted or cut by the operation under way (until its try_merge or isolate ends):
         # the kernel never had them whole, so a merge may delete them (see try_merge)
         self._fresh: list[Vma] = []
+
+    def same_kernel_as(self, other: "AddressSpace") -> None:
+        """The settings an mm takes from its kernel (the command line, the release), for a
+        new mm of the same kernel (fork)."""
+        self.stack_guard_gap = other.stack_guard_gap
+        self.faulted_into_unfaulted = other.faulted_into_unfaulted
+        self.thp_pad_topdown = other.thp_pad_topdown
 
     # ----- lookup -----------------------------------------------------------------------------
     @property
@@ -220,7 +232,8 @@ class AddressSpace:
                 if hint and ret == hint:
                     return hint
                 off_sub = ((pgoff << PAGE_SHIFT) - ret) & (PMD_SIZE - 1)
-                if self.topdown and not off_sub:      # MMF_TOPDOWN, whatever the window
+                if self.topdown and not off_sub and self.thp_pad_topdown:
+                    # MMF_TOPDOWN, whatever the window (from 6.8: model.versions)
                     return ret + PMD_SIZE
                 return ret + off_sub
         addr = area(length, hint)
@@ -291,9 +304,10 @@ class AddressSpace:
         return sum(1 for v in self.overlapping(start, end) for a in (start, end) if v.start < a < v.end)
 
     @staticmethod
-    def mergeable(a: Vma, b: Vma) -> bool:
-        """Can b (starting at a.end) join a? is_mergeable_vma(), is_mergeable_anon_vma() and the
-        pgoff continuity of can_vma_merge_after()."""
+    def mergeable(a: Vma, b: Vma, into_b: bool = False, faulted_into_unfaulted: bool = True) -> bool:
+        """Can a and b (b starting at a.end) become one VMA? is_mergeable_vma(),
+        is_mergeable_anon_vma() and the pgoff continuity of can_vma_merge_after(). The VMA
+        that stays is a, or b when `into_b` (can_vma_merge_before: a range joining its next)."""
         if a.end != b.start or a.opaque is not None or b.opaque is not None:
             return False
         # is_mergeable_vma(): flags equal but for VM_SOFTDIRTY (VM_IGNORE_MERGE since 6.18);
@@ -305,10 +319,27 @@ class AddressSpace:
             return False
         if a.pgoff + a.pages != b.pgoff:
             return False
-        if a.anon_vma is not None and b.anon_vma is not None:
-            return a.anon_vma is b.anon_vma
-        other = a.anon_vma or b.anon_vma
-        return other is None or not other.forked
+        tgt, src = (b, a) if into_b else (a, b)
+        return AddressSpace.anon_mergeable(src.anon_vma, tgt.anon_vma, faulted_into_unfaulted)
+
+    @staticmethod
+    def anon_mergeable(src, tgt, faulted_into_unfaulted: bool = True) -> bool:
+        """mm/vma.c is_mergeable_anon_vma(): may the range whose anon_vma is `src` join the
+        existing VMA `tgt` (the one that stays)? Both set: only the same anon_vma. One set: not
+        when the VMA that has it was forked (its anon_vma_chain is not singular: the parent's
+        anon_vma root lock). Before 6.16 the check was list_is_singular(&tgt->anon_vma_chain)
+        whichever side had the anon_vma, so a faulted range never joined an unfaulted target
+        (its chain is empty); 6.16 ("mm/vma: fix incorrectly disallowed anonymous VMA
+        merges", Lorenzo Stoakes) lets it, dup_anon_vma() then giving the target src's
+        anon_vma. Measured: 6.1 and 6.12 keep mmap-prot-write-only's mprotected VMA apart from
+        its unfaulted neighbour, 6.18 merges them."""
+        if src is not None and tgt is not None:
+            return src is tgt
+        if src is None and tgt is None:
+            return True
+        if src is not None and not faulted_into_unfaulted:
+            return False
+        return not (src or tgt).forked
 
     @staticmethod
     def has_close(vma: Vma) -> bool:
@@ -337,8 +368,9 @@ class AddressSpace:
         self._fresh.clear()
         if whole:
             return vma
-        if prev is not None and self.mergeable(prev, vma):
-            if nxt is not None and self.mergeable(vma, nxt) and not (
+        old = self.faulted_into_unfaulted
+        if prev is not None and self.mergeable(prev, vma, False, old):
+            if nxt is not None and self.mergeable(vma, nxt, True, old) and not (
                     prev.anon_vma and nxt.anon_vma and prev.anon_vma is not nxt.anon_vma) \
                     and not self.has_close(nxt):
                 prev.absorb(vma)
@@ -349,7 +381,7 @@ class AddressSpace:
             prev.absorb(vma)
             self._drop(vma)
             return prev
-        if nxt is not None and self.mergeable(vma, nxt):
+        if nxt is not None and self.mergeable(vma, nxt, True, old):
             vma.absorb(nxt)
             self._drop(nxt)
         return vma

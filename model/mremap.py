@@ -15,6 +15,7 @@ from model.flags import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, VM_LOCKED, VM_LOCKONFAU
 from model.mm import TASK_SIZE
 from model.pages import page_align
 from model.process import Process, Region
+from model.versions import MREMAP_CHECKS_FIRST_SINCE
 from model.vma import Vma
 
 
@@ -46,7 +47,7 @@ class MremapOps:
             if mm.map_count + 2 >= self.max_map_count - 3:
                 raise errno("ENOMEM", f0)
         old_len, new_len = page_align(old_len), page_align(new_len)
-        if ("fixed" in flags or "dontunmap" in flags) and self.release >= (6, 17):
+        if ("fixed" in flags or "dontunmap" in flags) and self.release >= MREMAP_CHECKS_FIRST_SINCE:
             # the 6.17 series ("mm/mremap: refactor initial parameter sanity checks"): the
             # target is checked in check_mremap_params(), before any VMA is looked up
             # (measured: a target overlapping an unmapped source is EINVAL, not EFAULT)
@@ -64,7 +65,7 @@ class MremapOps:
             if "fixed" not in flags and "dontunmap" not in flags:
                 return self.mremap_duplicate(proc, vma, addr, new_len, flags, f0)
         if "fixed" in flags or "dontunmap" in flags:
-            if self.release >= (6, 17) and old_len > vma.end - addr:
+            if self.release >= MREMAP_CHECKS_FIRST_SINCE and old_len > vma.end - addr:
                 # check_prep_vma() runs before mremap_to() unmaps the target ("mm/mremap: move
                 # remap_is_valid() into check_prep_vma()", 6.17): a range that is not inside
                 # one VMA is EFAULT with nothing unmapped, also when it shrinks (measured)

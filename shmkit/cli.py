@@ -212,6 +212,25 @@ def cmd_validate(args) -> int:
         for k, (a, b) in cmp["host"].items():
             out.print(f"host {k}: A {a!r}  B {b!r}", soft_wrap=True)
         return 0
+    if args.replay:
+        try:
+            doc = record.read_json(args.replay)
+            if doc.get("kind") != "validate":
+                raise ValueError(f"kind is {doc.get('kind')!r}")
+            profile, probed = doc["host"], doc.get("probed")
+            entries = list(doc["experiments"])
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            print(f"{args.replay}: --replay: not a record written by 'shmkit validate --json' ({e}); "
+                  "accepted: a validate JSON file (.json or .json.gz)", file=sys.stderr)
+            return 2
+        pairs = _replay_pairs(args.replay, entries, args.files)
+        if isinstance(pairs, int):
+            return pairs
+        results = [val.replay_experiment(exp, profile, entry) for exp, entry in pairs]
+        pause = None
+        return _validate_report(args, out, results, profile, probed, pause,
+                                title=f"this model against the live kernel of {args.replay} "
+                                      f"({profile.get('release', '?')})")
     files = experiment_files(args.files)
     exps = load_all(files, bundled=not args.files)
     if args.progress_file:
@@ -234,7 +253,45 @@ def cmd_validate(args) -> int:
                 with open(args.progress_file, "a") as pf:
                     pf.write(f"validated {len(results)}/{len(exps)} {os.path.basename(exp.path)} "
                              f"{results[-1]['status']}\n")
-    t = Table(title="model against the live kernel")
+    return _validate_report(args, out, results, profile, probed, pause, title="model against the live kernel")
+
+
+def _replay_pairs(path: str, entries: list[dict], files: list[str]):
+    """Each experiment of a record with its experiment file: the file named on the command line
+    with the same name, else the recorded path, else the bundled file of that name. Returns
+    [(experiment, entry)] or 2 (a line said why)."""
+    from shmkit import spec
+
+    named = {os.path.basename(f): f for f in experiment_files(files)} if files else {}
+    bundled = {p.name: str(p) for p in bundled_dir().glob("*.toml")}
+    pairs = []
+    for e in entries:
+        base = os.path.basename(e.get("path", ""))
+        if named:
+            f = named.get(base)
+            if f is None:
+                continue
+        else:
+            f = e["path"] if os.path.exists(e.get("path", "")) else bundled.get(base)
+        if f is None:
+            print(f"{path}: --replay: experiment {base}: its file is gone and no bundled one has "
+                  "that name; accepted: name the experiment files (paired by file name)", file=sys.stderr)
+            return 2
+        pairs.append((spec.load(f), e))
+    if not pairs:
+        print(f"{path}: --replay: none of the named experiment files is in the record; accepted: "
+              "files whose names the record's experiments have", file=sys.stderr)
+        return 2
+    return pairs
+
+
+def _validate_report(args, out, results, profile, probed, pause, title: str) -> int:
+    from rich.table import Table
+
+    from shmkit import record
+    from shmkit import validate as val
+
+    t = Table(title=title)
     for col in ("experiment", "steps", "fields matched", "result", "first difference"):
         t.add_column(col, overflow="fold")
     for r in results:
@@ -445,6 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("files", nargs="*", help="experiment files or directories (default: the bundled ones)")
     v.add_argument("--json", metavar="OUT", help="write the JSON record with the comparison (docs/record.md)")
     v.add_argument("--html", metavar="OUT", help="write a self-contained HTML report")
+    v.add_argument("--replay", metavar="RECORD",
+                   help="run nothing: predict again, with this model, every experiment of an earlier "
+                        "validate record (another kernel's, a guest's) from its live run and host "
+                        "profile, and compare (named files: only those, paired by file name)")
     v.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                    help="compare two validate records (two hosts): observations and match rates")
     v.add_argument("--probed", metavar="FILE",

@@ -21,6 +21,7 @@ from shmkit import interrupt, isolation, libc, procfs, protocol, record
 from shmkit.observe import PAGE, process_view, residency, system_view, zero_page_pfn
 from shmkit.procfs import alive, process_start
 from shmkit.registry import Run
+from shmkit.predict import process_inputs
 from model.pages import page_align, pages_of
 from model.flags import MCL, bits
 from model.resolve import Names, Skip
@@ -598,6 +599,7 @@ def run_attempt(exp, step_timeout: float, zero_pfn, isolate: str | None = None) 
     rec = record.experiment_record(exp, m.run)
     try:
         m.open()
+        rec["inputs"] = process_inputs(str(m.run.dir.parent))
         m.spawn_main()
         rec["isolation"].update(m.ns)
         rec["initial"] = {"processes": m.observe(), **m.system()}

@@ -64,24 +64,57 @@ def _io_pages(st_dev: int) -> int | None:
     return None
 
 
+def process_inputs(run_dir: str) -> dict:
+    """What the model needs to know of the machine and the process that ran an experiment,
+    beyond the kernel profile: the devices (run directory's filesystem, /dev/shm, the internal
+    shm mount; the disk's read_ahead_kb and io_pages), the uid, the effective capabilities and
+    the umask. The live record keeps them ("inputs"), so that a record predicted again
+    elsewhere (`validate --replay` of a guest's record on the host) sees that machine's."""
+    return {"devices": host_devices(run_dir), "uid": os.getuid(), "caps": _cap_eff(), "umask": _umask()}
+
+
+def _inputs_of(rec: dict, profile: dict, run_dir: str | None) -> dict:
+    """The record's own inputs; a record made before they were kept (shmkit < 0.13) gets this
+    process's when it was made here (same kernel release), else what its profile says (the
+    devices of its temp dir and /dev/shm; read_ahead_kb and io_pages unknown: the kernel's
+    defaults; every capability, as root in a guest has)."""
+    if rec.get("inputs"):
+        return rec["inputs"]
+    if profile.get("release") in (None, os.uname().release):
+        return process_inputs(run_dir or tempfile.gettempdir())
+    here = process_inputs(run_dir or tempfile.gettempdir())
+    devices = dict(here["devices"], disk_readahead_kb=None, disk_io_pages=None)
+    def hexdev(d):     # mountinfo's "254:0" as maps prints it, "fe:00"
+        try:
+            ma, mi = (int(x) for x in str(d).split(":"))
+        except ValueError:
+            return None
+        return f"{ma:02x}:{mi:02x}"
+    devices["disk"] = hexdev((profile.get("tmpdir_mount") or {}).get("dev")) or devices["disk"]
+    devices["tmpfs"] = hexdev((profile.get("dev_shm") or {}).get("dev")) or devices["tmpfs"]
+    return {"devices": devices, "uid": 0, "caps": None, "umask": here["umask"]}
+
+
 def snapshot_from_record(rec: dict, profile: dict, run_dir: str | None = None) -> dict:
-    """The model's starting point from a live record's `initial` view and setup."""
+    """The model's starting point from a live record's `initial` view and setup, and the
+    machine inputs it kept (process_inputs)."""
     setup = rec["setup"]
     rl = {RLIMIT_NAMES[k]: list(v) for k, v in (profile.get("rlimits") or {}).items() if k in RLIMIT_NAMES}
     for name, soft, hard in setup.get("rlimits") or []:
         rl[name] = [soft, hard]
     user = setup.get("user")
-    uid = os.getuid()
-    if user is not None and os.getuid() == 0:
+    inputs = _inputs_of(rec, profile, run_dir)
+    uid = inputs["uid"]
+    if user is not None and uid == 0:
         uid = pwd.getpwnam(user).pw_uid
     procs = {n: {"pid": p["pid"], "vmas": p["vmas"]}
              for n, p in rec["initial"]["processes"].items()}
-    privileged = os.getuid() == 0 and user is None
+    privileged = inputs["uid"] == 0 and user is None
     iso = rec.get("isolation") or {}
-    devices = host_devices(run_dir or tempfile.gettempdir())
+    devices = dict(inputs["devices"])
     snap = {"processes": procs, "setup": setup, "rlimits": rl, "uid": uid,
-            "privileged": privileged, "caps": _cap_eff() if privileged else 0,
-            "devices": devices, "umask": _umask(), "isolation": iso.get("mode") or "prefix"}
+            "privileged": privileged, "caps": inputs["caps"] if privileged else 0,
+            "devices": devices, "umask": inputs["umask"], "isolation": iso.get("mode") or "prefix"}
     if snap["isolation"] == "hermetic":
         # the run's own tmpfs on /dev/shm and its IPC namespace's limits, as the live run read them
         if iso.get("dev_shm_dev"):

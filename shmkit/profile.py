@@ -33,8 +33,12 @@ __all__ = [
 REQUIRED_CONFIG = ("ANON_VMA_NAME", "TRANSPARENT_HUGEPAGE", "SHMEM", "MEMFD_CREATE", "SYSVIPC",
                    "PER_VMA_LOCK")
 
+# dirty_writeback_centisecs / dirty_expire_centisecs: when the flusher cleans a run's own
+# dirty file pages behind a step (shmkit matrix turns the periodic pass off in a guest, and the
+# record says so through these)
 _VM_SYSCTLS = ("overcommit_memory", "overcommit_ratio", "overcommit_kbytes", "max_map_count",
-               "mmap_min_addr", "legacy_va_layout")
+               "mmap_min_addr", "legacy_va_layout", "dirty_writeback_centisecs",
+               "dirty_expire_centisecs")
 _KERNEL_SYSCTLS = ("randomize_va_space", "shmmax", "shmall", "shmmni")
 _FS_SYSCTLS = ("nr_open",)   # fs/file.c sysctl_nr_open: the ceiling of RLIMIT_NOFILE
 _RLIMITS = ("AS", "DATA", "MEMLOCK", "STACK", "NOFILE", "FSIZE", "CORE")
@@ -124,6 +128,7 @@ class KernelProfile:
     # A running paddr context clears accessed bits that smaps Referenced shows
     # (model/known_differences.py "damon-accessed-bits").
     damon: dict[str, Any] | None = None
+    khugepaged_scan_sleep_ms: int | None = None
 
     # Convenience views of the sysctls most rules use.
     @property
@@ -509,6 +514,11 @@ def _read_thp(r: _Reader) -> dict[str, Any]:
         "hpage_pmd_size": r.int_value(r.sys(f"{_THP}/hpage_pmd_size", "hpage_pmd_size"),
                                       "hpage_pmd_size"),
         "thp_sizes": _read_thp_sizes(r),
+        # how often khugepaged scans (its passes collapse a run's own heaps behind a step;
+        # shmkit matrix spaces them to an hour in a guest, and the record says so)
+        "khugepaged_scan_sleep_ms": r.int_value(
+            r.sys(f"{_THP}/khugepaged/scan_sleep_millisecs", "khugepaged_scan_sleep_ms"),
+            "khugepaged_scan_sleep_ms"),
     }
 
 

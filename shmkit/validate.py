@@ -24,7 +24,12 @@ def validate_experiment(exp, profile: dict, attempts: int = 3, step_timeout: flo
     with damon.Watch() as watch:
         live = manager.run_experiment(exp, attempts=attempts, step_timeout=step_timeout)
     t_live = time.perf_counter() - t0
-    skip = damon_not_compared(watch.clearers(run_pids(live)))
+    return compare_live(exp, profile, live, damon_not_compared(watch.clearers(run_pids(live))), t_live)
+
+
+def compare_live(exp, profile: dict, live: dict, skip, t_live: float) -> dict:
+    """The model's prediction from `live`'s initial snapshot, compared with `live` field by
+    field (validate_experiment's result, without running anything)."""
     out = {"path": exp.path, "about": exp.about, "live": live, "predicted": None,
            "comparison": {"live_seconds": t_live}}
     if live["status"] != "ok" or "initial" not in live:
@@ -32,6 +37,31 @@ def validate_experiment(exp, profile: dict, attempts: int = 3, step_timeout: flo
         out["comparison"].update(fields=0, matched=0, differences=[], first=None, checks=[],
                                  not_compared=[])
         return out
+    pred = predict(exp, profile, snapshot_from_record(live, profile), live["pads"])
+    nl, nm = record.normalise(live), record.normalise(pred)
+    diffs = differences(nl, nm, skip)
+    fields = count_fields(nl, skip)
+    checks = [f"step {s['index']}: {c}" for s in pred["steps"] for c in s["check"]]
+    out["predicted"] = pred
+    out["status"] = "match" if not diffs and not checks else "mismatch"
+    out["comparison"].update(
+        fields=fields, matched=max(fields - len(diffs), 0),
+        differences=[asdict(d) for d in diffs], first=str(diffs[0]) if diffs else None,
+        checks=checks, model_seconds=pred["model_seconds"],
+        steps=len(exp.steps), not_compared=[n.account(count_not_compared(nl, n)) for n in skip])
+    return out
+
+
+def replay_experiment(exp, profile: dict, entry: dict) -> dict:
+    """One experiment of an earlier validate record, predicted again by this model from that
+    record's live run and host profile (`shmkit validate --replay`): what a guest, an ssh host
+    or last week's host showed, checked without running anything. The fields that run left
+    uncompared because DAMON ran stay uncompared (the same cause)."""
+    causes = [c for n in entry.get("comparison", {}).get("not_compared", [])
+              if n.get("known_difference") == "damon-accessed-bits" for c in n.get("cause", [])]
+    live = entry["live"]
+    return compare_live(exp, profile, live, damon_not_compared(causes),
+                        entry.get("comparison", {}).get("live_seconds", 0.0))
     pred = predict(exp, profile, snapshot_from_record(live, profile), live["pads"])
     nl, nm = record.normalise(live), record.normalise(pred)
     diffs = differences(nl, nm, skip)

@@ -76,3 +76,39 @@ def test_write_to_the_huge_zero_page_by_kernel_version(release, faults):
     assert [o["result"] for o in outs] == ["ok"] * 3
     assert outs[1]["faults"]["minor"] == 1 and outs[2]["faults"]["minor"] == faults
     assert k.check() == []
+
+
+# ----- rules keyed on the release (model/versions.py) -------------------------------------------
+
+def _file_kernel(release, per_vma_lock=True) -> Kernel:
+    prof = {**profile(), "release_tuple": list(release),
+            "config": {"PER_VMA_LOCK": per_vma_lock}}
+    snap = snapshot(devices={"disk": "fe:00", "tmpfs": "00:20", "shmem": "00:01",
+                             "disk_readahead_kb": 128, "disk_io_pages": None})
+    return Kernel(prof, snap)
+
+
+def _step(k: Kernel, n: int, do: str, **args) -> dict:
+    out = run_step(k, {"index": n, "do": do, "in": "main", "args": args}, Direct())
+    assert k.check() == [], k.check()
+    return out
+
+
+@pytest.mark.parametrize("release, per_vma_lock, major", [
+    ((6, 1), True, 1), ((6, 6), True, 1), ((6, 7), True, 0), ((6, 12), True, 0), ((6, 18), True, 0),
+    ((6, 12), False, 1)])
+def test_fault_on_the_readahead_mark_counts_by_the_lock_it_held(release, per_vma_lock, major):
+    """file-fault-cold.toml on a 128 KiB read_ahead_kb disk: the first fault reads 32 pages
+    around page 0 (async_size 8: page 24 gets PG_readahead) and maps the 16-page window; reading
+    the rest faults at page 16 (fault-around maps 16..31 but the marked 24) and at page 24,
+    whose async readahead drops the lock and retries: major under the mmap lock (6.1 measured;
+    no CONFIG_PER_VMA_LOCK), minor after a per-VMA-lock attempt (6.12 and 6.18 measured)."""
+    k = _file_kernel(release, per_vma_lock)
+    _step(k, 1, "file", name="/tmp/d", size=32 * PAGE_SIZE, cache="cold")
+    _step(k, 2, "open", file="/tmp/d", **{"as": "fd"})
+    out = _step(k, 3, "mmap", **{"as": "m", "length": 32 * PAGE_SIZE, "prot": "r", "flags": ("SHARED",),
+                                 "fd": "fd"})
+    assert out["result"] == "ok", out
+    assert _step(k, 4, "touch", region="m", pages=(0, 1), access="read")["faults"] == {"minor": 0, "major": 1}
+    f = _step(k, 5, "touch", region="m", pages=(0, 32), access="read")["faults"]
+    assert f == {"minor": 2 - major, "major": major}, f

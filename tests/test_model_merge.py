@@ -62,14 +62,17 @@ class Scene:
     (or fail as expected) and leave Kernel.check() empty."""
 
     def __init__(self, width: int = 16, carveout: bool = False, *, _parent: Scene | None = None,
-                 proc: str = "main"):
+                 proc: str = "main", release: tuple | None = None):
         self.proc, self.width = proc, width
         if _parent is not None:
             self.k, self.log, self.counter = _parent.k, _parent.log, _parent.counter
             self.names = _parent.names
             self.direct = _parent.direct
             return
-        self.k = Kernel(profile(), snapshot())
+        prof = profile()
+        if release is not None:
+            prof["release_tuple"] = list(release)
+        self.k = Kernel(prof, snapshot())
         self.direct = Direct()                # the model on its own: a file's name is its path
         self.log: list[str] = []
         self.counter = [0]
@@ -684,8 +687,59 @@ def test_copy_vma_next_to_another_merges():
 # carve-out, as FIXTURE_SETUP(merge))
 # =============================================================================================
 
-def merge_fixture() -> Scene:
-    return Scene(30, carveout=True)
+def merge_fixture(release: tuple | None = None) -> Scene:
+    return Scene(30, carveout=True, release=release)
+
+
+# Before 6.16 is_mergeable_anon_vma(src_anon, tgt->anon_vma, tgt) asked list_is_singular() of
+# the *target's* anon_vma_chain, empty while the target is unfaulted: a faulted range never
+# joined an unfaulted neighbour ("mm/vma: fix incorrectly disallowed anonymous VMA merges",
+# 6.16: the three selftests below were added with it). Measured: 6.1 and 6.12 guests keep
+# mmap-prot-write-only.toml's mprotected VMA apart from its unfaulted neighbour.
+OLD_ANON_MERGE = (6, 12)
+
+
+@pytest.mark.parametrize("case", ["left", "right", "both"])
+def test_mprotect_unfaulted_neighbour_before_6_16(case):
+    """The same scenarios as mprotect_unfaulted_left/right/both on a 6.12 kernel: nothing
+    merges, each VMA keeps its own anon_vma (or none)."""
+    s = merge_fixture(OLD_ANON_MERGE)
+    if case == "left":
+        s.mmap(1, 10, noreserve=True)
+        s.mprotect(1, 5, "r")
+        s.touch(6)
+        s.mprotect(6, 5, "r")
+        s.expect_row(".AAAAABBBBB" + "." * 19)
+        s.expect(1, span=(1, 6), anon=None)
+    elif case == "right":
+        s.mmap(1, 10, noreserve=True)
+        s.mprotect(6, 5, "r")
+        s.touch(1)
+        s.mprotect(1, 5, "r")
+        s.expect_row(".AAAAABBBBB" + "." * 19)
+        s.expect(6, span=(6, 11), anon=None)
+    else:
+        s.mmap(2, 9, noreserve=True)
+        s.mprotect(2, 3, "r")
+        s.mprotect(8, 3, "r")
+        s.touch(5)
+        s.mprotect(5, 3, "r")
+        s.expect_row("..AAABBBCCC" + "." * 19)
+
+
+def test_unfaulted_range_joins_faulted_neighbour_before_6_16():
+    """The other direction was always allowed: an unfaulted range joins a faulted, unforked
+    target (the target's chain is singular), taking its anon_vma, on 6.12 as on 6.18."""
+    for release in (OLD_ANON_MERGE, None):
+        s = merge_fixture(release)
+        s.mmap(1, 10, noreserve=True)
+        s.mprotect(1, 5, "r")
+        s.touch(6)
+        av = s.anon(6)
+        s.expect_row(".AAAAABBBBB" + "." * 19)
+        s.mprotect(1, 5, "rw")
+        s.expect_row(".AAAAAAAAAA" + "." * 19)
+        s.expect(1, span=(1, 11), anon=av)
 
 
 def test_mprotect_unfaulted_left():

@@ -144,7 +144,8 @@ def _fake_tree(tmp_path, with_config: bool = True, with_thp: bool = True):
     proc, sys_ = tmp_path / "proc", tmp_path / "sys"
     for name, value in (("overcommit_memory", "2"), ("overcommit_ratio", "80"),
                         ("overcommit_kbytes", "0"), ("max_map_count", "65530"),
-                        ("mmap_min_addr", "65536"), ("legacy_va_layout", "1")):
+                        ("mmap_min_addr", "65536"), ("legacy_va_layout", "1"),
+                        ("dirty_writeback_centisecs", "0"), ("dirty_expire_centisecs", "3000")):
         _write(proc, f"sys/vm/{name}", value + "\n")
     for name, value in (("randomize_va_space", "0"), ("shmmax", "18446744073692774399"),
                         ("shmall", "18446744073692774399"), ("shmmni", "4096")):
@@ -167,6 +168,7 @@ def _fake_tree(tmp_path, with_config: bool = True, with_thp: bool = True):
         _write(sys_, f"{thp}/shmem_enabled", "always [within_size] advise never deny force\n")
         _write(sys_, f"{thp}/use_zero_page", "0\n")
         _write(sys_, f"{thp}/hpage_pmd_size", "2097152\n")
+        _write(sys_, f"{thp}/khugepaged/scan_sleep_millisecs", "10000\n")
         _write(sys_, f"{thp}/hugepages-8kB/shmem_enabled", "always inherit [advise] never\n")
         _write(sys_, f"{thp}/hugepages-64kB/enabled", "always [inherit] madvise never\n")
         _write(sys_, f"{thp}/hugepages-2048kB/enabled", "always inherit [madvise] never\n")
@@ -185,6 +187,7 @@ def test_read_profile_on_a_fake_tree(tmp_path):
     assert p.thp_size(64).enabled == "inherit" and p.thp_size(4) is None
     assert p.sysctl == {"overcommit_memory": 2, "overcommit_ratio": 80, "overcommit_kbytes": 0,
                         "max_map_count": 65530, "mmap_min_addr": 65536, "legacy_va_layout": 1,
+                        "dirty_writeback_centisecs": 0, "dirty_expire_centisecs": 3000,
                         "randomize_va_space": 0, "shmmax": 18446744073692774399,
                         "shmall": 18446744073692774399, "shmmni": 4096, "nr_open": 1048576}
     assert (p.overcommit_memory, p.mmap_min_addr, p.randomize_va_space) == (2, 65536, 0)
@@ -225,7 +228,7 @@ def test_read_profile_says_what_it_could_not_read(tmp_path):
     assert p.soft_dirty is None
     assert set(p.unreadable) == {"config", "thp_enabled", "thp_defrag", "thp_shmem_enabled",
                                  "thp_use_zero_page", "hpage_pmd_size", "fault_around_bytes",
-                                 "overcommit_kbytes", "shmmni", "smaps"}
+                                 "overcommit_kbytes", "shmmni", "smaps", "khugepaged_scan_sleep_ms"}
 
 
 def test_config_from_boot_when_proc_has_none(tmp_path):

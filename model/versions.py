@@ -1,0 +1,64 @@
+"""Where a kernel rule changed between releases: one table, read by the model's rules.
+
+Each entry is the first release (major, minor) with the newer behaviour, the commit or series
+that brought it, and what was measured. The model keys every such rule on the release the
+profile read (`uname -r` as `release_tuple`), never on a host name; an unknown release counts
+as the newest (`release_of`). docs/kernels.md lists what each kernel shows.
+"""
+from __future__ import annotations
+
+NEWEST = (6, 18)
+
+# mm/huge_memory.c do_huge_zero_wp_pmd(): a write fault on the huge zero page gets a THP
+# instead of splitting the PMD ("mm: huge_memory: add do_huge_zero_wp_pmd()", 6.13)
+HUGE_ZERO_WP_SINCE = (6, 13)
+
+# mm/madvise.c MADV_GUARD_INSTALL/REMOVE (102/103): EINVAL before ("mm: madvise: implement
+# lightweight guard page mechanism", 6.13); file-backed and read-only mappings from 6.15
+# ("mm: allow guard regions in file-backed and read-only mappings"); VM_MAYBE_GUARD and the
+# smaps "gu" flag measured on 6.18
+GUARD_SINCE = (6, 13)
+FILE_GUARD_SINCE = (6, 15)
+MAYBE_GUARD_SINCE = (6, 18)
+
+# mm/huge_memory.c __thp_get_unmapped_area(): in a top-down layout, a padded area whose bottom
+# is already aligned returns the aligned address one PMD up (the top of the padding) instead of
+# the bottom ("mm: thp_get_unmapped_area must honour topdown preference", Ryan Roberts, 6.8;
+# 6.7.y stable too). Measured: 6.1 places file-readahead-random-mark.toml's 16 MiB ext4 mapping
+# 2 MiB lower than 6.12 and 6.18 do.
+THP_PAD_TOPDOWN_SINCE = (6, 8)
+
+# arch/x86/mm/fault.c + mm/memory.c mm_account_fault(): a file fault that drops its lock to
+# start I/O (filemap_fault -> do_async_mmap_readahead -> maybe_unlock_mmap_for_io, on a
+# PG_readahead folio that is already cached) returns VM_FAULT_RETRY. Under the mmap lock the
+# retry carries FAULT_FLAG_TRIED and mm_account_fault() counts it major; since read faults on
+# file VMAs are handled under the per-VMA lock ("mm: handle read faults under the VMA lock",
+# Matthew Wilcox, 6.7; CONFIG_PER_VMA_LOCK) the retry after a VMA-lock attempt gets
+# FAULT_FLAG_TRIED only when that attempt was VM_FAULT_MAJOR, so it counts minor.
+# Measured: file-fault-cold.toml, the fault on the read-around window's PG_readahead page is
+# major on 6.1, minor on 6.12 and 6.18.
+FILE_FAULT_VMA_LOCK_SINCE = (6, 7)
+
+# mm/filemap.c do_sync_mmap_readahead(): a VM_EXEC mapping reads from the fault (rounded down
+# to exec_folio_order()) to ra_pages, cut at the VMA, async_size 0, also under MADV_RANDOM
+# ("mm/filemap: allow arch to request folio size for exec memory", Ryan Roberts, 6.17).
+# Before, VM_EXEC was read around like any mapping, and VM_RAND_READ meant no readahead.
+# Measured: file-readahead-exec.toml, a fault at page 20 maps 15 pages on 6.1 and 6.12
+# (read-around 4..35, the PG_readahead page 28 skipped), 12 on 6.18 (20..47).
+EXEC_READAHEAD_SINCE = (6, 17)
+
+# mm/vma.c is_mergeable_anon_vma(): a faulted range joins an unfaulted neighbour
+# ("mm/vma: fix incorrectly disallowed anonymous VMA merges", Lorenzo Stoakes, 6.16; before,
+# list_is_singular(&tgt->anon_vma_chain) refused it). Measured: 6.1 and 6.12 refuse, 6.18 merges.
+ANON_MERGE_UNFAULTED_SINCE = (6, 16)
+
+# mm/mremap.c: the 6.17 series ("mm/mremap: refactor initial parameter sanity checks",
+# "mm/mremap: move remap_is_valid() into check_prep_vma()"): MREMAP_FIXED/DONTUNMAP targets
+# are checked before the source VMA is looked up; a source range not inside one VMA is EFAULT
+# before anything is unmapped; a move may span several VMAs (measured on 6.18)
+MREMAP_CHECKS_FIRST_SINCE = (6, 17)
+
+
+def release_of(profile: dict) -> tuple:
+    """The profile's release as a tuple; unknown counts as the newest this table knows."""
+    return tuple(profile.get("release_tuple") or NEWEST)
