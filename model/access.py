@@ -26,7 +26,7 @@ class AccessOps:
         addr, n = args["addr"], args["pages"]     # one access in each page (model.resolve)
         vals = bytearray()
         done, minor, major, fault = self.mem.access(proc.mm, addr, n, False, 0, vals)
-        runs = _runs(vals)
+        runs = value_runs(vals)
         if fault is not None:
             self.note(f"{fault.signal}: {fault.why}")
             raise _ReadFault({"signal": fault.signal, "page": (addr - args["base"]) // PAGE_SIZE + done},
@@ -40,7 +40,9 @@ class _ReadFault(StepError):
         self.value = value
 
 
-def _runs(values: bytes) -> list[list[int]]:
+def value_runs(values: bytes) -> list[list[int]]:
+    """[value, count] runs of the first bytes read from each page: a read step's "bytes" value
+    on both sides (the worker's too, shmkit.worker op_read)."""
     out: list[list[int]] = []
     for b in values:
         if out and out[-1][0] == b:

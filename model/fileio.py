@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from model.errors import errno
 from model.flags import FADV_NAME, F_SEAL_GROW, F_SEAL_FUTURE_WRITE, F_SEAL_WRITE, PAGE_SHIFT, PAGE_SIZE
-from model.objects import DISK, mark_accessed
+from model.objects import DISK, invalidate_unmapped, mark_accessed
 from model.vma import OpenFile
 
 # include/linux/pagemap.h MAX_PAGECACHE_ORDER (PMD order on x86-64); ext4's mapping max order
@@ -163,30 +163,9 @@ class FileIO:
             if endbyte & (PAGE_SIZE - 1) != PAGE_SIZE - 1:
                 hi -= 1                          # a partial last page stays
             if hi >= lo:
-                n = self.invalidate_unmapped(ino, lo, hi + 1)
+                n = invalidate_unmapped(ino, lo, hi + 1)
                 self.note(f"mapping_try_invalidate dropped {n} clean unmapped page(s)")
         return f0, None
-
-    @staticmethod
-    def invalidate_unmapped(ino, lo: int, hi: int) -> int:
-        """mm/truncate.c mapping_try_invalidate over [lo, hi): find_lock_entries returns only
-        folios wholly inside the range; mapping_evict_folio keeps dirty and mapped ones."""
-        dropped = 0
-        i = lo
-        while i < min(hi, ino.npages):
-            if not ino.is_cached(i):
-                i += 1
-                continue
-            a, b = ino.folio_range(i)
-            if a >= lo and b <= hi and ino.cached[a] == 1 \
-                    and all(ino.mapcount[j] == 0 for j in range(a, b)):
-                for j in range(a, b):
-                    ino.cached[j] = 0
-                    ino.folio[j] = -1
-                    ino.ra_flag[j] = 0
-                dropped += b - a
-            i = b
-        return dropped
 
     # ----- settle ---------------------------------------------------------------------------
     def sys_settle(self, proc, args: dict):

@@ -17,7 +17,7 @@ from model import ipc
 from model.errors import errno
 from model.flags import (PAGE_SIZE, PTE_DIRTY, PTE_FILE, PTE_KIND, PTE_NONE, PTE_WRITE, VM_LOCKED,
                          VM_SHARED)
-from model.objects import DISK, SHMEM, TMPFS, Inode
+from model.objects import DISK, SHMEM, TMPFS, Inode, invalidate_unmapped
 from model.pages import page_align, pages_of
 from model.process import Process
 from model.vma import OpenFile
@@ -114,21 +114,8 @@ class FileOps:
             raise errno("ENOENT")
         if ino.kind != DISK:
             return None
-        self.writeback(ino, 0, ino.npages)
-        dropped = 0
-        i = 0
-        while i < ino.npages:
-            if not ino.is_cached(i):
-                i += 1
-                continue
-            a, b = ino.folio_range(i)
-            if all(ino.mapcount[j] == 0 for j in range(a, b)):
-                for j in range(a, b):
-                    ino.cached[j] = 0
-                    ino.folio[j] = -1
-                    ino.ra_flag[j] = 0
-                dropped += b - a
-            i = b
+        self.writeback(ino, 0, ino.npages)       # every folio is clean after it
+        dropped = invalidate_unmapped(ino, 0, ino.npages)
         self.note(f"fadvise DONTNEED dropped {dropped} unmapped page(s); mapped folios stay")
         return None
 

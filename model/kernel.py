@@ -58,6 +58,7 @@ from model.objects import DISK, SHMEM, TMPFS, AnonPages, Inode
 from model.pages import pages_of
 from model.proc import maps_line, residency, vma_record
 from model.process import Process, Region
+from model.resolve import Skip   # a missing handle: the one "skipped" message
 from model.seals import Seals
 from model.versions import (ANON_MERGE_UNFAULTED_SINCE, EXEC_READAHEAD_SINCE, FILE_FAULT_VMA_LOCK_SINCE, HUGE_ZERO_WP_SINCE,
                              THP_PAD_TOPDOWN_SINCE, release_of)
@@ -200,7 +201,7 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
     def fd(self, proc: Process, handle: str) -> OpenFile:
         f = proc.fds.get(handle)
         if f is None:
-            raise StepError({"skipped": f"handle '{handle}' does not exist (the call that made it failed)"})
+            raise StepError(Skip(handle, "handle").result)      # the worker's words (model.resolve)
         return f
 
     @staticmethod

@@ -107,6 +107,33 @@ class Inode:
         return self.npages - self.cached[:self.npages].count(0)
 
 
+def invalidate_unmapped(ino: Inode, lo: int, hi: int) -> int:
+    """mm/truncate.c mapping_try_invalidate(mapping, lo, hi - 1) (invalidate_mapping_pages()
+    without its failure count): drop the folios of [lo, hi) that can be evicted; returns the
+    pages dropped. find_lock_entries() returns only folios wholly inside the range (a large
+    folio starting before lo or ending past hi is omitted) and skips locked folios and those
+    under writeback; mapping_evict_folio() keeps dirty, writeback and mapped ones
+    (folio_mapped). The model has no locked or writeback state (its writeback is done at once),
+    so what stays is what is dirty or mapped by a PTE. Used by posix_fadvise(DONTNEED)
+    (model.fileio) and the harness's evict (model.files)."""
+    dropped = 0
+    i = lo
+    while i < min(hi, ino.npages):
+        if not ino.is_cached(i):
+            i += 1
+            continue
+        a, b = ino.folio_range(i)
+        if a >= lo and b <= hi and ino.cached[a] == 1 \
+                and all(ino.mapcount[j] == 0 for j in range(a, b)):
+            for j in range(a, b):
+                ino.cached[j] = 0
+                ino.folio[j] = -1
+                ino.ra_flag[j] = 0
+            dropped += b - a
+        i = b
+    return dropped
+
+
 def mark_accessed(state: int) -> int:
     """mm/swap.c folio_mark_accessed() without MGLRU, on the state 0 (inactive), 1 (inactive,
     PG_referenced), 2 (active) or 3 (active, PG_referenced): a folio without PG_referenced

@@ -12,9 +12,9 @@ is the model's to apply to the number, and the two sides cannot read a step diff
 resolve(op, args, regions, names, page_size) -> call:
   args     the step's normalised arguments (shmkit.spec Step.args; a missing key is None)
   regions  the acting process's regions on that side: {handle: (addr, length)}
-  names    that side's naming: run (shmkit.registry.Run: posix_name, memfd_name, sysv_key,
-           file_path), file(handle) -> path, shmid(handle) -> int | None,
-           segment_size(handle) -> int | None
+  names    that side's naming (Names below, used by both sides): run (shmkit.registry.Run:
+           posix_name, memfd_name, sysv_key, file_path), file(handle) -> path,
+           shmid(handle) -> int | None, segment_size(handle) -> int | None
 A region handle the process does not hold raises Skip: the step's result is {"skipped": ...}
 on both sides, from this one message.
 
@@ -52,7 +52,9 @@ SOURCES = ("file", "fd", "shm", "memfd")
 
 
 class Skip(Exception):
-    """The step names a region its process does not hold (the call that made it failed)."""
+    """The step names a region (or a handle: what="handle") its process does not hold (the
+    call that made it failed). Its `result` is the one "skipped" result of both sides: the
+    resolver's, the worker's (shmkit.worker fd_of) and the model's (model.kernel Kernel.fd)."""
 
     def __init__(self, handle: str, what: str = "region"):
         super().__init__(f"{what} '{handle}' does not exist (the call that made it failed)")
@@ -248,15 +250,80 @@ def resolve(op: str, args: Mapping, regions: Mapping, names, page_size: int = PA
     return fn(op, args.get, regions, names, page_size)
 
 
-class Direct:
+class Names:
+    """A side's naming for `resolve`, kept once for both sides (the live side:
+    shmkit.manager.Manager, the model's: shmkit.predict): the run's naming rules (`run`:
+    shmkit.registry.Run's posix_name, memfd_name, sysv_key, file_path), the names the steps
+    created (file paths, POSIX and memfd names, SysV keys, the shmid each shmget returned) and
+    from them a handle's file, shmid and segment size, and the record's "names"."""
+
+    def __init__(self, run) -> None:
+        self.run = run
+        self.files: dict[str, str] = {}     # path -> handle
+        self.posix: dict[str, str] = {}     # real POSIX name -> handle
+        self.memfds: dict[str, str] = {}    # real memfd name -> handle
+        self.keys: dict[int, str] = {}      # real SysV key -> handle
+        self.shmids: dict[str, int] = {}    # handle -> the shmid its shmget returned
+        self.sizes: dict[str, int] = {}     # handle -> the size its shmget asked for
+
+    def resolve(self, op: str, args: Mapping, regions: Mapping, page_size: int = PAGE_SIZE,
+                note=None) -> dict:
+        """`resolve` with this naming, then the names the call creates are kept; `note`
+        (the live side's registry, shmkit.registry.Run.note) is handed the entry of each object
+        the call may create, before the call is made. Raises Skip."""
+        call = resolve(op, args, regions, self, page_size)
+        g = args.get
+        entry = None
+        if op == "file":
+            self.files[call["path"]] = g("name")
+            entry = {"kind": "file", "path": call["path"]}
+        elif op == "shm_open":
+            self.posix[call["name"]] = g("name")
+            if g("create"):
+                entry = {"kind": "posix", "name": call["name"]}
+        elif op == "memfd":
+            self.memfds[call["name"]] = g("name")
+            entry = {"kind": "memfd", "name": call["name"]}
+        elif op == "shmget":
+            self.keys[call["key"]] = g("as")
+            entry = {"kind": "sysv", "key": call["key"]}
+        if entry is not None and note is not None:
+            note(entry)
+        return call
+
+    def done(self, op: str, args: Mapping, result, value) -> None:
+        """After the call: a successful shmget's shmid (and size) belong to its handle."""
+        if op == "shmget" and result == "ok":
+            self.shmids[args.get("as")] = value["shmid"]
+            self.sizes[args.get("as")] = args.get("size")
+
+    def record(self) -> dict:
+        """The record's "names" (docs/record.md): every real name and its handle."""
+        return {"posix": dict(self.posix), "files": dict(self.files),
+                "keys": {str(k): h for k, h in self.keys.items()}, "memfds": dict(self.memfds),
+                "shmids": {str(i): h for h, i in self.shmids.items()}}
+
+    # what resolve asks of a side
+    def file(self, handle: str) -> str:
+        for path, h in self.files.items():
+            if h == handle:
+                return path
+        return f"{self.run.dir}/missing-{handle}"
+
+    def shmid(self, handle: str) -> int | None:
+        return self.shmids.get(handle)
+
+    def segment_size(self, handle: str) -> int | None:
+        return self.sizes.get(handle)
+
+
+class Direct(Names):
     """Naming for the model run on its own (model tests, shmkit.bench's model, the synthetic
     address space): a file's name is its path, a POSIX or memfd name is used as it is, and
     the shmids the model's shmget steps returned are kept per handle."""
 
     def __init__(self) -> None:
-        self.run = self
-        self.shmids: dict[str, int] = {}
-        self.sizes: dict[str, int] = {}
+        super().__init__(self)
 
     def file_path(self, name: str, on: str) -> str:
         return name
@@ -273,12 +340,6 @@ class Direct:
     def file(self, handle: str) -> str:
         return handle
 
-    def shmid(self, handle: str) -> int | None:
-        return self.shmids.get(handle)
-
-    def segment_size(self, handle: str) -> int | None:
-        return self.sizes.get(handle)
-
 
 def run_step(kernel, step: dict, names: Direct) -> dict:
     """The model on its own: the step {"index", "do", "in", "args"} (args as in
@@ -288,12 +349,10 @@ def run_step(kernel, step: dict, names: Direct) -> dict:
     proc = kernel.procs[step["in"]]
     regions = {h: (r.addr, r.length) for h, r in proc.regions.items()}
     try:
-        call = resolve(step["do"], step["args"], regions, names)
+        call = names.resolve(step["do"], step["args"], regions)
     except Skip as e:
         return {"result": e.result, "faults": None, "value": None, "yielded": [], "trace": [],
                 "call": None}
     out = kernel.step({**step, "args": call})
-    if step["do"] == "shmget" and out["result"] == "ok":
-        names.shmids[call["as"]] = out["value"]["shmid"]
-        names.sizes[call["as"]] = call["size"]
+    names.done(step["do"], step["args"], out["result"], out["value"])
     return {**out, "call": call}

@@ -481,6 +481,14 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def _isolation_option(parser: argparse.ArgumentParser) -> None:
+    """--isolation, the same for every command that runs experiments (shmkit.isolation)."""
+    parser.add_argument("--isolation", choices=("auto", "hermetic", "prefix"), default=None,
+                        help="hermetic: each experiment in its own IPC and mount namespace, exact names "
+                             "(default where the host allows it); prefix: run-unique names on the host's "
+                             "(default: $SHMKIT_ISOLATION, else auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shmkit", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"shmkit {__version__}")
@@ -496,10 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--probed", metavar="FILE",
                    help="probed kernel parameters for the record's host profile (shmkit probe --out); "
                         "default: the stored ones, probed now if absent")
-    r.add_argument("--isolation", choices=("auto", "hermetic", "prefix"), default=None,
-                   help="hermetic: each experiment in its own IPC and mount namespace, exact names "
-                        "(default where the host allows it); prefix: run-unique names on the host's "
-                        "(default: $SHMKIT_ISOLATION, else auto)")
+    _isolation_option(r)
     r.set_defaults(func=cmd_run)
     q = sub.add_parser("predict", help="predict every observation of experiments with the model")
     q.add_argument("files", nargs="*", help="experiment files or directories (default: the bundled ones)")
@@ -509,10 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true", help="only the summary line")
     q.add_argument("--probed", metavar="FILE",
                    help="probed kernel parameters (shmkit probe --out); default: the stored ones, probed now if absent")
-    q.add_argument("--isolation", choices=("auto", "hermetic", "prefix"), default=None,
-                   help="hermetic: each experiment in its own IPC and mount namespace, exact names "
-                        "(default where the host allows it); prefix: run-unique names on the host's "
-                        "(default: $SHMKIT_ISOLATION, else auto)")
+    _isolation_option(q)
     q.set_defaults(func=cmd_predict)
     v = sub.add_parser("validate", help="run experiments live and through the model, compare every field")
     v.add_argument("files", nargs="*", help="experiment files or directories (default: the bundled ones)")
@@ -533,10 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "so smaps Referenced is compared too (otherwise not compared where DAMON runs)")
     v.add_argument("--progress-file", metavar="FILE",
                    help="append a line to FILE as each experiment is done (progress seen from outside)")
-    v.add_argument("--isolation", choices=("auto", "hermetic", "prefix"), default=None,
-                   help="hermetic: each experiment in its own IPC and mount namespace, exact names "
-                        "(default where the host allows it); prefix: run-unique names on the host's "
-                        "(default: $SHMKIT_ISOLATION, else auto)")
+    _isolation_option(v)
     v.set_defaults(func=cmd_validate)
     m = sub.add_parser("matrix", help="validate on this host, on other hosts over ssh and on other kernels "
                                       "booted under QEMU, one table")

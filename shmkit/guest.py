@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from shmkit import procfs
+
 __all__ = ["GuestError", "Kernel", "cache_dir", "resolve_kernel", "kvm_works", "ScratchDisk",
            "GuestRun", "run_guest", "find_vng", "check_kernel_spec", "DEB_NAME"]
 
@@ -180,16 +182,6 @@ def kvm_works(qemu: str = "qemu-system-x86_64") -> bool:
     return p.returncode == 0 and "error" not in p.stderr.lower()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class ScratchDisk:
     """A scratch ext4 image for one guest run, in the cache directory: created with O_EXCL and
     mode 0600 under a name that carries this process's pid, formatted with mkfs.ext4, removed
@@ -208,7 +200,7 @@ class ScratchDisk:
                 st = os.lstat(p)
             except FileNotFoundError:
                 continue
-            if m and stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not _pid_alive(int(m.group(1))):
+            if m and stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not procfs.alive(int(m.group(1))):
                 p.unlink(missing_ok=True)
 
     def __enter__(self) -> "ScratchDisk":

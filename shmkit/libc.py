@@ -62,15 +62,50 @@ def _u64(value: int) -> ctypes.c_ulong:
     return ctypes.c_ulong(value & 0xFFFFFFFFFFFFFFFF)
 
 
+def _checked(res: int, what: str) -> int:
+    """A call's result; -1 (the call failed) raises CallError with its errno, "WHAT: strerror"."""
+    if res == -1:
+        code = ctypes.get_errno()
+        raise CallError(code, f"{what}: {os.strerror(code)}")
+    return res
+
+
+def _function(name: str, *argtypes, check: bool = True):
+    """The caller of libc's NAME, an int-returning function of `argtypes`: its ctypes prototype
+    set at the first call (a symbol this libc lacks fails then, not at import), errno cleared
+    before each call, and with `check` a result of -1 raised by _checked (as NAME, or as the
+    caller's `what`)."""
+
+    def call(*args, what: str = name) -> int:
+        f = getattr(_libc, name)
+        f.argtypes = argtypes
+        f.restype = ctypes.c_int
+        ctypes.set_errno(0)
+        res = f(*args)
+        return _checked(res, what) if check else res
+
+    return call
+
+
+# libc's functions shmkit calls, each with its prototype (see _function)
+_shmget = _function("shmget", ctypes.c_int, ctypes.c_size_t, ctypes.c_int)
+_shmdt = _function("shmdt", ctypes.c_void_p)
+_mlockall = _function("mlockall", ctypes.c_int)
+_munlockall = _function("munlockall")
+_mallopt = _function("mallopt", ctypes.c_int, ctypes.c_int, check=False)   # 1 done, 0 not
+_prctl = _function("prctl", ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+_shm_open = _function("shm_open", ctypes.c_char_p, ctypes.c_int, ctypes.c_uint)
+_shm_unlink = _function("shm_unlink", ctypes.c_char_p)
+_unshare = _function("unshare", ctypes.c_int)
+_setns = _function("setns", ctypes.c_int, ctypes.c_int)
+_mount = _function("mount", ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+
+
 def _call(name: str, *args: int) -> int:
     if _NR is None:
         raise OSError(errno.ENOSYS, f"shmkit has no syscall table for {platform.machine()}")
     ctypes.set_errno(0)
-    res = _syscall(ctypes.c_long(_NR[name]), *[_u64(a) for a in args])
-    if res == -1:
-        code = ctypes.get_errno()
-        raise CallError(code, f"{name}: {os.strerror(code)}")
-    return res
+    return _checked(_syscall(ctypes.c_long(_NR[name]), *[_u64(a) for a in args]), name)
 
 
 def mmap(addr: int, length: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:
@@ -118,15 +153,7 @@ def personality(persona: int) -> int:
 def shmget(key: int, size: int, flags: int) -> int:
     """ipc/shm.c: ksys_shmget(). sysv_ipc cannot do this alone: its SharedMemory()
     attaches at once and, on IPC_CREX, writes every byte of the segment."""
-    f = _libc.shmget
-    f.argtypes = (ctypes.c_int, ctypes.c_size_t, ctypes.c_int)
-    f.restype = ctypes.c_int
-    ctypes.set_errno(0)
-    res = f(key, size & 0xFFFFFFFFFFFFFFFF, flags)
-    if res == -1:
-        code = ctypes.get_errno()
-        raise CallError(code, f"shmget: {os.strerror(code)}")
-    return res
+    return _shmget(key, size & 0xFFFFFFFFFFFFFFFF, flags)
 
 
 class ShmidDs(ctypes.Structure):
@@ -154,73 +181,34 @@ def shmctl(shmid: int, cmd: int, ds: ShmidDs | None = None) -> ShmidDs:
 
 
 def shmdt(addr: int) -> None:
-    f = _libc.shmdt
-    f.argtypes = (ctypes.c_void_p,)
-    f.restype = ctypes.c_int
-    ctypes.set_errno(0)
-    if f(ctypes.c_void_p(addr)) == -1:
-        code = ctypes.get_errno()
-        raise CallError(code, f"shmdt: {os.strerror(code)}")
+    _shmdt(ctypes.c_void_p(addr))
 
 
 def mlockall(flags: int) -> None:
-    _plain("mlockall", flags)
+    _mlockall(flags)
 
 
 def munlockall() -> None:
-    _plain("munlockall")
-
-
-def _plain(name: str, *args: int) -> None:
-    """A libc wrapper that takes ints and returns 0 or -1 with errno."""
-    f = getattr(_libc, name)
-    f.argtypes = (ctypes.c_int,) * len(args)
-    f.restype = ctypes.c_int
-    ctypes.set_errno(0)
-    if f(*args) == -1:
-        code = ctypes.get_errno()
-        raise CallError(code, f"{name}: {os.strerror(code)}")
+    _munlockall()
 
 
 def mallopt(param: int, value: int) -> bool:
-    f = _libc.mallopt
-    f.argtypes = (ctypes.c_int, ctypes.c_int)
-    f.restype = ctypes.c_int
-    return bool(f(param, value))
+    return bool(_mallopt(param, value))
 
 
 def prctl(option: int, arg2: int) -> None:
-    f = _libc.prctl
-    f.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
-    f.restype = ctypes.c_int
-    if f(option, arg2, 0, 0, 0) == -1:
-        code = ctypes.get_errno()
-        raise CallError(code, f"prctl: {os.strerror(code)}")
+    _prctl(option, arg2, 0, 0, 0)
 
 
 def shm_open(name: str, oflag: int, mode: int) -> int:
     """glibc shm_open(3) as is (posix/shm_open.c, posix/shm-directory.c): its own name rules
     and errno, which posix_ipc folds into a few exception classes. The name's bytes are the
     experiment's (surrogateescape: odd bytes pass through)."""
-    f = _libc.shm_open
-    f.argtypes = (ctypes.c_char_p, ctypes.c_int, ctypes.c_uint)
-    f.restype = ctypes.c_int
-    ctypes.set_errno(0)
-    fd = f(name.encode("utf-8", "surrogateescape"), oflag, mode)
-    if fd == -1:
-        code = ctypes.get_errno()
-        raise CallError(code, f"shm_open: {os.strerror(code)}")
-    return fd
+    return _shm_open(name.encode("utf-8", "surrogateescape"), oflag, mode)
 
 
 def shm_unlink(name: str) -> None:
-    f = _libc.shm_unlink
-    f.argtypes = (ctypes.c_char_p,)
-    f.restype = ctypes.c_int
-    ctypes.set_errno(0)
-    if f(name.encode("utf-8", "surrogateescape")) == -1:
-        code = ctypes.get_errno()
-        raise CallError(code, f"shm_unlink: {os.strerror(code)}")
+    _shm_unlink(name.encode("utf-8", "surrogateescape"))
 
 
 # uapi/linux/sched.h, uapi/linux/mount.h
@@ -232,29 +220,14 @@ MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x4000, 0x40000
 
 def unshare(flags: int) -> None:
     """kernel/fork.c ksys_unshare() (Python 3.11 has no os.unshare)."""
-    f = _libc.unshare
-    f.argtypes = (ctypes.c_int,)
-    f.restype = ctypes.c_int
-    if f(flags) == -1:
-        code = ctypes.get_errno()
-        raise CallError(code, f"unshare: {os.strerror(code)}")
+    _unshare(flags)
 
 
 def setns(fd: int, nstype: int) -> None:
     """kernel/nsproxy.c setns(): the calling thread joins the namespace fd refers to."""
-    f = _libc.setns
-    f.argtypes = (ctypes.c_int, ctypes.c_int)
-    f.restype = ctypes.c_int
-    if f(fd, nstype) == -1:
-        code = ctypes.get_errno()
-        raise CallError(code, f"setns: {os.strerror(code)}")
+    _setns(fd, nstype)
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
-    f = _libc.mount
-    f.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
-    f.restype = ctypes.c_int
     enc = (lambda s: None if s is None else s.encode())
-    if f(enc(source), enc(target), enc(fstype), flags, enc(data)) == -1:
-        code = ctypes.get_errno()
-        raise CallError(code, f"mount {target}: {os.strerror(code)}")
+    _mount(enc(source), enc(target), enc(fstype), flags, enc(data), what=f"mount {target}")

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from model import pads as padding
 from shmkit import interrupt, isolation, libc, procfs, protocol, record
 from shmkit.observe import PAGE, process_view, residency, system_view, zero_page_pfn
-from shmkit.registry import Run, alive, process_start
+from shmkit.procfs import alive, process_start
+from shmkit.registry import Run
 from shmkit.predict import process_inputs
 from model.pages import page_align, pages_of
 from model.flags import MCL, bits
-from model.resolve import Skip, resolve
+from model.resolve import Names, Skip
 
 PR_SET_CHILD_SUBREAPER = 36
 READY_TIMEOUT = 60.0
@@ -74,8 +75,8 @@ class Manager:
         self.ready_timeout = max(READY_TIMEOUT, step_timeout)
         self.procs: dict[str, Proc] = {}
         self.zero_pfn = zero_pfn
-        self.segments: dict[str, int] = {}  # handle -> shmid
-        self.segment_sizes: dict[str, int] = {}
+        # the names the steps create and each handle's shmid (model.resolve.Names, as the model's)
+        self.naming = Names(self.run)
         self.collapsed: int | None = None   # khugepaged's pages_collapsed at the last observation
         self.last_view: dict = {}           # the processes as the last observation saw them
 
@@ -278,7 +279,7 @@ class Manager:
         if pid is not None and pid < 0:
             return {"dev_shm": [], "sysv": []}     # the namespaces went with the last process
         if pid is None:
-            return system_view(self.run.prefix, set(self.run.keys), set(self.segments.values()))
+            return system_view(self.run.prefix, set(self.naming.keys), set(self.naming.shmids.values()))
         # hermetic: the run's /dev/shm and IPC namespace hold nothing but the run's own
         return system_view("", None, None, dev_shm=isolation.dev_shm_dir(pid), segments=self.sysv_segments())
 
@@ -319,35 +320,7 @@ class Manager:
         uses too) against the acting process's regions; raises model.resolve.Skip. The run's
         bookkeeping of the names it creates (for the record and the cleanup) goes with it."""
         regions = {h: (r[0], r[1]) for h, r in self.procs[step.proc].regions.items()}
-        call = resolve(step.do, step.arg, regions, self, PAGE)
-        g, run = step.get, self.run
-        if step.do == "file":
-            run.files[call["path"]] = g("name")
-            run.note({"kind": "file", "path": call["path"]})
-        elif step.do == "shm_open":
-            run.posix[call["name"]] = g("name")
-            if g("create"):
-                run.note({"kind": "posix", "name": call["name"]})
-        elif step.do == "memfd":
-            run.memfds[call["name"]] = g("name")
-            run.note({"kind": "memfd", "name": call["name"]})
-        elif step.do == "shmget":
-            run.keys[call["key"]] = g("as")
-            run.note({"kind": "sysv", "key": call["key"]})
-        return call
-
-    # the naming model.resolve asks of this side
-    def file(self, handle: str) -> str:
-        for path, h in self.run.files.items():
-            if h == handle:
-                return path
-        return str(self.run.dir / f"missing-{handle}")
-
-    def shmid(self, handle: str) -> int | None:
-        return self.segments.get(handle)
-
-    def segment_size(self, handle: str) -> int | None:
-        return self.segment_sizes.get(handle)
+        return self.naming.resolve(step.do, step.arg, regions, PAGE, note=self.run.note)
 
     def take_step(self, step) -> dict:
         """Runs one step and observes every process: the step's record (docs/record.md), with
@@ -423,7 +396,7 @@ class Manager:
         own = str(self.run.dir) + "/"
         out = {}
         for v in view["vmas"]:
-            if v["path"].startswith(own) and v["path"] in self.run.files:
+            if v["path"].startswith(own) and v["path"] in self.naming.files:
                 k = v.get("smaps_kb", {})
                 out[(v["start"], v["end"], v["inode"], v["offset"])] = (
                     v["perms"], k.get("Rss") or 0, (k.get("Private_Dirty") or 0) + (k.get("Shared_Dirty") or 0))
@@ -478,9 +451,7 @@ class Manager:
 
     def names(self) -> dict:
         """The real name of every handle (the record's "names"), for the normal form."""
-        run = self.run
-        return {"posix": run.posix, "files": run.files, "keys": {str(k): v for k, v in run.keys.items()},
-                "memfds": run.memfds, "shmids": {str(v): k for k, v in self.segments.items()}}
+        return self.naming.record()
 
     def do_step(self, step) -> dict:
         proc = self.procs[step.proc]
@@ -506,9 +477,8 @@ class Manager:
         if reply.get("yielded"):
             self._expect_yield(proc, reply["yielded"])
         proc.regions = reply.get("regions", proc.regions)
+        self.naming.done(step.do, step.arg, reply["result"], reply.get("value"))
         if step.do == "shmget" and reply["result"] == "ok":
-            self.segments[step.get("as")] = reply["value"]["shmid"]
-            self.segment_sizes[step.get("as")] = step.get("size")
             self.run.note({"kind": "sysv", "key": args["key"], "shmid": reply["value"]["shmid"]})
         if step.do == "fork":
             if reply["result"] == "ok":

@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from model.kernel import Kernel
-from model.resolve import Skip, resolve
+from model.resolve import Names, Skip
 from shmkit import record, registry
 
 RLIMIT_NAMES = {"AS": "as", "DATA": "data", "MEMLOCK": "memlock", "STACK": "stack",
@@ -144,62 +144,19 @@ def _umask() -> int:
     return old
 
 
-class _Names:
-    """The model side's naming for model.resolve (the live side's is shmkit.manager.Manager):
-    the real names a live run gives each handle (shmkit.registry.Run's rules), and the record's
-    "names"."""
-
-    def __init__(self, run):
-        self.run = run
-        self.names = {"posix": {}, "files": {}, "keys": {}, "memfds": {}, "shmids": {}}
-        self.files: dict[str, str] = {}
-        self.shmids: dict[str, int] = {}
-        self.sizes: dict[str, int] = {}
-
-    def file(self, handle: str) -> str:
-        return self.files.get(handle, f"{self.run.dir}/missing-{handle}")
-
-    def shmid(self, handle: str) -> int | None:
-        return self.shmids.get(handle)
-
-    def segment_size(self, handle: str) -> int | None:
-        return self.sizes.get(handle)
-
-    def call(self, step, regions: dict) -> dict:
-        """The step's call (model.resolve), and the names it creates noted for the record."""
-        call = resolve(step.do, step.arg, regions, self)
-        g = step.get
-        if step.do == "file":
-            self.files[g("name")] = call["path"]
-            self.names["files"][call["path"]] = g("name")
-        elif step.do == "shm_open":
-            self.names["posix"][call["name"]] = g("name")
-        elif step.do == "memfd":
-            self.names["memfds"][call["name"]] = g("name")
-        elif step.do == "shmget":
-            self.names["keys"][str(call["key"])] = g("as")
-        return call
-
-    def done(self, step, out: dict) -> None:
-        if step.do == "shmget" and out["result"] == "ok":
-            self.shmids[step.get("as")] = out["value"]["shmid"]
-            self.sizes[step.get("as")] = step.get("size")
-            self.names["shmids"][str(out["value"]["shmid"])] = step.get("as")
-
-
-def model_step(k: Kernel, names: _Names, step) -> tuple[dict, dict]:
+def model_step(k: Kernel, names: Names, step) -> tuple[dict, dict]:
     """Runs one step in the model and observes it: (the step's predicted record, the
     kernel's raw answer with its trace). The model receives the step's call (model.resolve),
     as the worker does."""
     regions = {h: (r.addr, r.length) for h, r in k.procs[step.proc].regions.items()}
     try:
-        call = names.call(step, regions)
+        call = names.resolve(step.do, step.arg, regions)
     except Skip as e:
         call, out = None, {"result": e.result, "faults": None, "value": None, "yielded": [],
                            "trace": ["skipped: " + e.result["skipped"]]}
     else:
         out = k.step({"index": step.index, "do": step.do, "in": step.proc, "args": call})
-    names.done(step, out)
+    names.done(step.do, step.arg, out["result"], out["value"])
     view = k.observe()
     rec = record.step_record(
         step, result=out["result"], faults=out["faults"], value=out["value"], note=None, call=call,
@@ -214,7 +171,7 @@ def predict(exp, profile: dict, snapshot: dict, pads: dict, run=None, on_step=No
 
     mode = snapshot.get("isolation") or "prefix"
     run = run or registry.Run(user=exp.setup.user, isolation=mode)
-    names = _Names(run)
+    names = Names(run)      # the model side's naming: the same bookkeeping as the live side's
     if snapshot.get("ipc_sysctl"):
         # hermetic: the SysV limits are those of the run's own IPC namespace, not the host's
         profile = {**profile, "sysctl": {**(profile.get("sysctl") or {}), **snapshot["ipc_sysctl"]}}
@@ -229,7 +186,7 @@ def predict(exp, profile: dict, snapshot: dict, pads: dict, run=None, on_step=No
         rec["steps"].append(st)
         if on_step:
             on_step(step, out)
-    rec["names"] = names.names
+    rec["names"] = names.record()
     rec["model_seconds"] = time.perf_counter() - t0
     return rec
 

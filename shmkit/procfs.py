@@ -23,8 +23,9 @@ __all__ = [
     "Vma", "SmapsEntry", "Faults", "SysvSegment", "ShmEntry",
     "MAPS_PAD_WIDTH",
     "parse_maps", "parse_maps_line", "render_maps_line", "parse_smaps", "parse_stat_faults",
-    "parse_sysvipc_shm", "parse_meminfo", "list_dev_shm",
+    "parse_sysvipc_shm", "parse_meminfo", "list_dev_shm", "parse_stat",
     "read_maps", "read_smaps", "read_stat_faults", "read_sysvipc_shm", "read_meminfo",
+    "read_stat", "process_state", "process_start", "alive",
 ]
 
 # fs/proc/task_mmu.c show_vma_header_prefix(): seq_setwidth(m, 25 + sizeof(void *) * 6 - 1),
@@ -234,10 +235,15 @@ def parse_stat_faults(text: bytes | str) -> Faults:
     Field 2 is ``(comm)``, and comm may hold spaces and parentheses: the fields after it start
     after the *last* ')'. Field 3 (state) is then index 0, so field N is index N - 3.
     """
-    s = _text(text)
-    rest = s[s.rindex(")") + 1:].split()
-    minflt, cminflt, majflt, cmajflt = (int(x) for x in rest[7:11])
+    minflt, cminflt, majflt, cmajflt = (int(x) for x in parse_stat(text)[7:11])
     return Faults(minflt, cminflt, majflt, cmajflt)
+
+
+def parse_stat(text: bytes | str) -> list[str]:
+    """The fields of /proc/PID/stat (fs/proc/array.c do_task_stat()) from field 3 (state) on:
+    field N is index N - 3, read after the *last* ')' (comm may hold spaces and parentheses)."""
+    s = _text(text)
+    return s[s.rindex(")") + 1:].split()
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,6 +416,39 @@ def read_smaps(pid: int | str, procfs: str = "/proc") -> list[SmapsEntry]:
 
 def read_stat_faults(pid: int | str, procfs: str = "/proc") -> Faults:
     return parse_stat_faults(_read_pid_file(pid, "stat", procfs))
+
+
+def read_stat(pid: int | str, procfs: str = "/proc") -> list[str] | None:
+    """parse_stat of /proc/PID/stat; None if the pid is gone."""
+    try:
+        return parse_stat(_read_pid_file(pid, "stat", procfs))
+    except ProcessLookupError:
+        return None
+
+
+def process_state(pid: int | str, procfs: str = "/proc") -> str | None:
+    """The state letter of /proc/PID/stat (field 3: R, S, D, T, t, Z, X, ...); None if the
+    pid is gone."""
+    fields = read_stat(pid, procfs)
+    return None if fields is None else fields[0]
+
+
+def process_start(pid: int | str, procfs: str = "/proc") -> int | None:
+    """Start time in clock ticks (/proc/PID/stat field 22), None if the pid is gone."""
+    fields = read_stat(pid, procfs)
+    return None if fields is None else int(fields[19])
+
+
+def alive(pid: int | str, start: int | None = None, procfs: str = "/proc") -> bool:
+    """The process with this pid (and, given, this start time) still runs: shmkit's one
+    liveness check. A zombie (state Z, or X while it is being reaped) does not: it has exited,
+    its memory and SysV attachments are released (kernel/exit.c do_exit: exit_mm before
+    exit_notify), and only its parent's wait() is missing, as for a SIGKILLed owner whose
+    parent has not reaped it. A pid reused by a new process fails the start time."""
+    fields = read_stat(pid, procfs)
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return start is None or int(fields[19]) == start
 
 
 def read_sysvipc_shm(procfs: str = "/proc") -> list[SysvSegment]:

@@ -36,7 +36,7 @@ from pathlib import Path
 import posix_ipc
 
 from shmkit import libc
-from shmkit.procfs import read_sysvipc_shm
+from shmkit.procfs import alive, process_start, read_sysvipc_shm  # noqa: F401  (alive, process_start: also registry.*)
 
 PREFIX = "shmkit-"
 NAME_MAX = 255  # include/uapi/linux/limits.h; a /dev/shm name is one path component
@@ -156,32 +156,6 @@ def parse_registry(data: bytes) -> list[dict]:
     return entries
 
 
-def _stat(pid: int, procfs: str) -> list[bytes] | None:
-    """/proc/PID/stat from field 3 (state) on, None if the pid is gone."""
-    try:
-        with open(f"{procfs}/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return data[data.rindex(b")") + 2:].split()
-
-
-def process_start(pid: int, procfs: str = "/proc") -> int | None:
-    """Start time in clock ticks (/proc/PID/stat field 22), None if the pid is gone."""
-    fields = _stat(pid, procfs)
-    return None if fields is None else int(fields[19])
-
-
-def alive(pid: int, start: int | None, procfs: str = "/proc") -> bool:
-    """The process with this pid and start time still runs. A zombie (state Z or X in
-    /proc/PID/stat) does not: it has exited and only waits for its parent to reap it, as a
-    SIGKILLed owner does until its own parent calls wait()."""
-    fields = _stat(pid, procfs)
-    if fields is None or fields[0] in (b"Z", b"X"):
-        return False
-    return start is None or int(fields[19]) == start
-
-
 WORKER_MODULE = "shmkit.worker"   # shmkit.manager starts workers as: python -m shmkit.worker FD CONFIG
 
 
@@ -254,11 +228,7 @@ class Run:
         self._user_lock: int | None = None  # held while a run acts as another user (user_lock)
         self.entries: list[dict] = []     # what this run registered, for its own cleanup
         self._made_dir = False
-        self.posix: dict[str, str] = {}    # real name -> handle
-        self.files: dict[str, str] = {}    # path -> handle
-        self.keys: dict[int, str] = {}     # real key -> handle
-        self.memfds: dict[str, str] = {}   # real memfd name -> handle
-        self.shmids: dict[int, str] = {}   # shmid -> handle
+        # the names the run's steps create: model.resolve.Names (shmkit.manager.Manager.naming)
 
     # ----- naming -------------------------------------------------------------------------
     def posix_name(self, name: str) -> str:

@@ -11,9 +11,10 @@ Each step is validated with the whole experiment so far (spec.ExperimentBuilder)
 records are compared field by field. `toml()` gives the experiment so far as a file."""
 from __future__ import annotations
 
+from model.resolve import Names
 from shmkit import damon, manager, record, spec
 from shmkit.compare import damon_not_compared, differences
-from shmkit.predict import _Names, model_step, snapshot_from_record
+from shmkit.predict import model_step, snapshot_from_record
 
 
 class Session:
@@ -34,7 +35,7 @@ class Session:
             self.live = record.experiment_record(probe, self.m.run, path="<session>", initial=initial,
                                                  pads={"main": self.m.procs["main"].pads})
             self.live["isolation"].update(self.m.ns)
-            self.names = _Names(self.m.run)
+            self.names = Names(self.m.run)
             self.kernel = Kernel(profile, snapshot_from_record(self.live, profile, str(self.m.run.dir.parent)))
             self.pred = dict(self.live, steps=[], initial=self.kernel.observe())
         except BaseException:
@@ -58,7 +59,7 @@ class Session:
         skip = damon_not_compared(watch.clearers())
         self.live["names"] = self.m.names()
         self.pred["steps"].append(model_step(self.kernel, self.names, st)[0])
-        self.pred["names"] = self.names.names
+        self.pred["names"] = self.names.record()
         nl, nm = record.normalise(self.live), record.normalise(self.pred)
         return nl["steps"][-1], nm["steps"][-1], differences({"steps": nl["steps"][-1:]},
                                                              {"steps": nm["steps"][-1:]}, skip)

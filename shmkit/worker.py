@@ -39,9 +39,10 @@ import sys
 from model.pads import PAD_ALIGN, PAD_NAME, PAD_ROOM, subtract
 from shmkit import libc, protocol
 from shmkit import _access  # the C loops; imported before the first observation
+from model.access import value_runs  # a read's "bytes", as the model gives them
 from model.pages import page_align  # the model's rule, shared (model/pages.py)
 from model.flags import seal_names  # F_GET_SEALS as the step's value
-from model.resolve import resolve  # the one resolver (the manager resolves each step with it)
+from model.resolve import Skip, resolve  # the one resolver (the manager resolves each step with it)
 
 import posix_ipc  # noqa: E402  (imported now so that their .so mappings exist from the start)
 import sysv_ipc  # noqa: E402
@@ -266,7 +267,7 @@ class Worker:
     def fd_of(self, handle: str) -> int:
         fd = self.fds.get(handle)
         if fd is None:
-            raise StepFailed({"skipped": f"handle '{handle}' does not exist (the call that made it failed)"})
+            raise StepFailed(Skip(handle, "handle").result)     # the model's words (model.resolve)
         return fd
 
     def _whole(self, args) -> Region | None:
@@ -437,7 +438,7 @@ class Worker:
         if len(self.readbuf) < n:
             self.readbuf = bytearray(n)
         done, signo, minf, majf, fault_addr = _access.read(addr, n, PAGE, self.readbuf)
-        values = _runs(self.readbuf[:done])
+        values = value_runs(self.readbuf[:done])
         result = "ok" if not signo else {"signal": signal.Signals(signo).name,
                                          "page": (addr - args["base"]) // PAGE + done}
         return result, [minf, majf], {"bytes": values}, self._affected(args), None
@@ -698,17 +699,6 @@ def _wait_reads_done(path: str, limit: float = 10.0) -> str | None:
 
 def _page_up(n: int) -> int:
     return page_align(n, PAGE)
-
-
-def _runs(data) -> list[list[int]]:
-    """[value, count] runs of the first bytes read from each page."""
-    out: list[list[int]] = []
-    for b in data:
-        if out and out[-1][0] == b:
-            out[-1][1] += 1
-        else:
-            out.append([b, 1])
-    return out
 
 
 def _warm_up(w: Worker) -> None:

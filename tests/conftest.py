@@ -19,6 +19,13 @@ def zero_pfn():
     return zero_page_pfn()
 
 
+@pytest.fixture(scope="module")
+def profile():
+    """This host's kernel profile (shmkit.profile), as the model reads it."""
+    from shmkit.profile import read_profile
+    return read_profile().to_dict()
+
+
 @pytest.fixture
 def run(zero_pfn):
     """run(builder_or_experiment) -> the record of one live run (one attempt)."""

@@ -47,15 +47,6 @@ def sysv_table() -> dict[int, dict]:
 
 
 
-def _state(pid: int) -> bytes | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2:][:1]
-
-
 def _sig_caught(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -204,7 +195,7 @@ class Trial:
                     env = f.read()
             except OSError:
                 continue
-            if mark in env.split(b"\0") and _state(int(d)) not in (b"Z", b"X", None):
+            if mark in env.split(b"\0") and procfs.alive(int(d)):
                 out.append(int(d))
         return out
 

@@ -183,3 +183,20 @@ def test_predict_from_a_fresh_worker(tmp_path):
     # the name as the normal form shows it: the handle (prefix mode), the name itself (hermetic)
     assert "/dev/shm/<shm:obj>" in stdout or ("isolation: hermetic" in stdout and "/dev/shm/obj" in stdout)
     assert _created_by(proc.pid) == []     # the snapshot's worker and run dir are gone
+
+
+def test_isolation_is_one_option_of_every_command_that_runs_experiments():
+    """--isolation is declared once (cli._isolation_option) for run, predict and validate."""
+    import argparse
+
+    from shmkit.cli import build_parser
+
+    p = build_parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    opts = []
+    for cmd in ("run", "predict", "validate"):
+        assert p.parse_args([cmd, "--isolation", "prefix"]).isolation == "prefix"
+        assert p.parse_args([cmd]).isolation is None
+        (o,) = [a for a in sub.choices[cmd]._actions if "--isolation" in a.option_strings]
+        opts.append((o.choices, o.default, o.help))
+    assert opts[0] == opts[1] == opts[2] and opts[0][0] == ("auto", "hermetic", "prefix")

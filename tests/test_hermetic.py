@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from shmkit import isolation, manager, registry
+from shmkit import isolation, manager, procfs
 from shmkit.spec import ExperimentBuilder, SpecError, loads
-from tests.helpers import registry_entries, shmkit, spawn
+from tests.helpers import kill_run, shmkit, start_in_long_step
 
 HERMETIC_OK, WHY = isolation.probe()
 needs_ns = pytest.mark.skipif(not HERMETIC_OK, reason=f"no namespaces here: {WHY}")
@@ -113,13 +111,8 @@ def test_sigkill_of_the_parent_leaves_nothing_without_clean(tmp_path):
     exp.write_text(LONG.replace("NAME", name).replace("KEY", str(key)))
     state = tmp_path / "state"
     state.mkdir()
-    proc = spawn("run", str(exp), "--attempts", "1", "--isolation", "hermetic", state=state)
+    proc, entries = start_in_long_step(exp, state, "--isolation", "hermetic")
     try:
-        assert _wait(lambda: any(e.get("kind") == "file" and e["path"].endswith("big")
-                                 for e in registry_entries(state)) or proc.poll() is not None)
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.5)        # inside the 3 GiB step
-        entries = registry_entries(state)
         run = next(e for e in entries if e["kind"] == "run")
         workers = [e["pid"] for e in entries if e.get("kind") == "worker"]
         run_dir = Path(run["dir"])
@@ -136,10 +129,7 @@ def test_sigkill_of_the_parent_leaves_nothing_without_clean(tmp_path):
     except BaseException:
         proc.kill()
         raise
-    proc.kill()                       # SIGKILL: no cleanup of its own
-    proc.wait(timeout=60)
-    proc.stdout.close()
-    proc.stderr.close()
+    kill_run(proc)                    # SIGKILL: no cleanup of its own
 
     def gone(pid):
         # a zombie has exited: the test process may be the orphans' subreaper (an in-process
@@ -148,7 +138,7 @@ def test_sigkill_of_the_parent_leaves_nothing_without_clean(tmp_path):
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             pass
-        return not registry.alive(pid, None)
+        return not procfs.alive(pid)
 
     assert _wait(lambda: all(gone(p) for p in workers)), "the workers outlived the manager"
     assert _wait(lambda: not run_dir.exists()), f"{run_dir} left behind"

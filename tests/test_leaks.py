@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import leftovers, registry_entries, shmkit, spawn
+from shmkit import procfs
+from tests.helpers import kill_run, leftovers, shmkit, start_in_long_step
 from tests.interrupts import Trial, check_stopped
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
@@ -80,18 +81,8 @@ def _start(tmp_path):
     exp.write_text(LONG)
     state = tmp_path / "state"
     state.mkdir()
-    proc = spawn("run", str(exp), "--attempts", "1", state=state)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        entries = registry_entries(state)
-        if any(e.get("kind") == "file" and e["path"].endswith("big") for e in entries):
-            time.sleep(0.5)  # well inside the 3 GiB step
-            return proc, state, entries
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"the long step never started: {proc.communicate()}")
+    proc, entries = start_in_long_step(exp, state)
+    return proc, state, entries
 
 
 def _run_facts(entries):
@@ -118,15 +109,9 @@ def test_sigkill_of_a_worker_mid_step_is_reported_and_the_run_cleans_up(tmp_path
 def _wait_gone(pids, timeout: float = 60.0) -> None:
     """The workers of a killed parent see their socket close and exit; on a loaded machine
     that takes a moment, and clean rightly keeps a run whose processes still live."""
-    import os
-
-    deadline = time.time() + timeout
+    deadline = time.monotonic() + timeout
     for pid in pids:
-        while time.time() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+        while procfs.alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
 
 
@@ -134,10 +119,7 @@ def test_sigkill_of_the_parent_then_clean_leaves_nothing(tmp_path):
     proc, state, entries = _start(tmp_path)
     prefix, keys, workers = _run_facts(entries)
     try:
-        proc.kill()
-        proc.wait(timeout=60)   # not communicate(): the forked worker, busy in its 3 GiB step,
-        proc.stdout.close()     # holds the pipes it inherited until it sees its socket close
-        proc.stderr.close()
+        kill_run(proc)
         assert leftovers(prefix, keys), "the killed run should have left objects for clean to find"
         _wait_gone(workers.values())
         res = shmkit("clean", state=state)
@@ -244,12 +226,7 @@ def _main_worker_gone(t: Trial, seen: dict) -> bool:
             seen[e["name"]] = e["pid"]
     if "kid" not in seen:
         return False
-    try:
-        with open(f"/proc/{seen['main']}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return True
-    return data[data.rindex(b")") + 2:][:1] in (b"Z", b"X")
+    return not procfs.alive(seen["main"])
 
 
 def _stop(t: Trial, trial: dict) -> None:

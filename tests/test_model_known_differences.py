@@ -10,6 +10,7 @@ import pytest
 
 from model.known_differences import KNOWN_DIFFERENCES, by_id
 from shmkit import spec
+from tests.helpers import live_and_model
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="live runs need Linux")
 
@@ -25,21 +26,10 @@ def test_every_known_difference_has_its_test():
         assert d.reason.strip() and d.what.strip()
 
 
-@pytest.fixture(scope="module")
-def profile():
-    from shmkit.profile import read_profile
-    return read_profile().to_dict()
-
-
 def _live_and_model(text: str, profile: dict, name: str):
-    from shmkit import manager, record
-    from shmkit.predict import predict, snapshot_from_record
-
-    exp = spec.loads(text, name)
-    live = manager.run_experiment(exp)
-    assert live["status"] == "ok"
-    pred = predict(exp, profile, snapshot_from_record(live, profile), live["pads"])
-    return record.normalise(live), record.normalise(pred)
+    """The normal forms of the live record and of the model's prediction (tests.helpers)."""
+    _, _, live, pred, _ = live_and_model(spec.loads(text, name), profile)
+    return live, pred
 
 
 COLD_SEQUENTIAL = """

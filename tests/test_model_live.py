@@ -12,35 +12,19 @@ from pathlib import Path
 import pytest
 
 from shmkit import spec
+from tests import helpers
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 # the bundled experiments, and the regressions that differential testing found and the model fixed
 BUNDLED = sorted(EXPERIMENTS.glob("*.toml")) + sorted((EXPERIMENTS / "regressions").glob("*.toml"))
 
 
-@pytest.fixture(scope="module")
-def profile():
-    from shmkit.profile import read_profile
-    return read_profile().to_dict()
-
-
 def live_and_model(path: Path, profile: dict):
-    """The live record, the prediction, their normal forms, and the fields not compared on
-    this host (a running DAMON context: model/known_differences.py "damon-accessed-bits")."""
-    from shmkit import damon, manager, record
-    from shmkit.compare import damon_not_compared
-    from shmkit.predict import predict, snapshot_from_record
-    from shmkit.validate import run_pids
-
-    exp = spec.load(path)
-    with damon.Watch() as watch:
-        live = manager.run_experiment(exp)
-    assert live["status"] == "ok", f"{path.name}: live run {live['status']}: {live.get('abort')}"
-    pred = predict(exp, profile, snapshot_from_record(live, profile), live["pads"])
-    skip = damon_not_compared(watch.clearers(run_pids(live)))
+    """tests.helpers.live_and_model of a bundled file, saying which fields are not compared."""
+    live, pred, nl, nm, skip = helpers.live_and_model(spec.load(path), profile)
     for n in skip:
         print(f"{path.name}: not compared: {n.field}: {n.why} ({', '.join(n.cause)})")
-    return live, pred, record.normalise(live), record.normalise(pred), skip
+    return live, pred, nl, nm, skip
 
 
 def assert_same_calls(path: Path, live: dict, nl: dict, nm: dict) -> None:

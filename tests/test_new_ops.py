@@ -193,3 +193,44 @@ def test_write_length_and_offsets_are_bounded():
         spec.loads(base + 'length = "8 MiB"\n', "x.toml")
     with pytest.raises(spec.SpecError, match="offset: .* does not fit a loff_t"):
         spec.loads(base + 'length = 1\noffset = "0x8000000000000000"\n', "x.toml")
+
+
+def test_page_cache_invalidation_skips_dirty_mapped_and_straddling_folios():
+    """model.objects.invalidate_unmapped follows mm/truncate.c mapping_try_invalidate: only
+    folios wholly inside the range (find_lock_entries), and of those the clean unmapped ones
+    (mapping_evict_folio)."""
+    from model.objects import DISK, Inode, invalidate_unmapped
+
+    ino = Inode(DISK, 1, "fe:01", 8 * PAGE)
+    ino.add_folio(0, 2)                 # clean, unmapped: dropped
+    ino.add_folio(2, 1, dirty=True)     # dirty: stays
+    ino.add_folio(3, 1)
+    ino.mapcount[3] = 1                 # mapped: stays
+    ino.add_folio(4, 4)                 # reaches past the range: stays
+    assert invalidate_unmapped(ino, 0, 6) == 2
+    assert list(ino.cached) == [0, 0, 2, 1, 1, 1, 1, 1]
+    assert invalidate_unmapped(ino, 0, 8) == 4
+    assert list(ino.cached) == [0, 0, 2, 1, 0, 0, 0, 0]
+
+
+def test_fadvise_dontneed_and_evict_invalidate_by_the_one_function(monkeypatch):
+    """posix_fadvise(DONTNEED) (model.fileio) and the harness's evict (model.files) drop pages
+    through model.objects.invalidate_unmapped, not each by a loop of its own."""
+    import model.fileio
+    import model.files
+    from model import objects
+
+    calls = []
+
+    def spy(ino, lo, hi):
+        calls.append((lo, hi))
+        return objects.invalidate_unmapped(ino, lo, hi)
+
+    monkeypatch.setattr(model.fileio, "invalidate_unmapped", spy)
+    monkeypatch.setattr(model.files, "invalidate_unmapped", spy)
+    k = _kernel()
+    assert _step(k, 1, "file", name="/tmp/f", size=8 * PAGE, fill="zero", cache="warm", on="disk")["result"] == "ok"
+    assert _step(k, 2, "fadvise", file="/tmp/f", offset=PAGE, length=2 * PAGE, advice="dontneed")["result"] == "ok"
+    assert _step(k, 3, "evict", file="/tmp/f")["result"] == "ok"
+    assert calls == [(1, 3), (0, 8)]
+    assert k.files["/tmp/f"].cached_pages() == 0

@@ -633,3 +633,45 @@ def test_live_vmstat_has_the_background_counters():
     vm = procfs.read_vmstat()
     assert "pgfault" in vm and vm["pgfault"] > 0
     assert {"pgsteal_kswapd", "pgmigrate_success"} <= set(vm)
+
+
+def test_one_liveness_check_and_a_zombie_is_dead_to_it(tmp_path):
+    """procfs.alive is shmkit's one pid-alive check (the registry, the manager, bench's cleanup
+    and the guest's scratch disks use it): a zombie has exited (its memory and attachments are
+    released) and counts as dead, which os.kill(pid, 0) does not see."""
+    import time
+
+    from shmkit import guest, registry
+    from shmkit.bench import cleanup
+
+    assert registry.alive is procfs.alive and cleanup.alive is procfs.alive
+    me = os.getpid()
+    assert procfs.alive(me) and procfs.alive(me, procfs.process_start(me))
+    assert not procfs.alive(me, procfs.process_start(me) + 1)      # a reused pid
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 60
+        while procfs.process_state(pid) != "Z" and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert procfs.process_state(pid) == "Z"
+        os.kill(pid, 0)                                             # the old check: "alive"
+        assert not procfs.alive(pid) and not procfs.alive(pid, procfs.process_start(pid))
+        disks = tmp_path / "disks"
+        disks.mkdir(mode=0o700)
+        stale, live = disks / f"scratch-{pid}-a.img", disks / f"scratch-{me}-b.img"
+        stale.touch()
+        live.touch()
+        guest.ScratchDisk(tmp_path)._remove_stale()
+        assert not stale.exists() and live.exists()
+    finally:
+        os.waitpid(pid, 0)
+    assert procfs.process_state(pid) is None and not procfs.alive(pid)
+
+
+def test_parse_stat_reads_after_the_last_parenthesis():
+    from shmkit.procfs import parse_stat
+
+    fields = parse_stat(b"42 (a) b) (c) Z 1 42 42 0 -1 4227148 10 0 0 0 0 3 0 0 20 0 1 0 2259317 0\n")
+    assert fields[0] == "Z" and fields[19] == "2259317"

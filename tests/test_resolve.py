@@ -6,10 +6,12 @@ bundled experiments raw-values, range-addr-errors, range-across-vmas-and-holes,
 touch-byte-address and mremap-old-len-zero."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from model import flags
-from model.resolve import RESOLVERS, Skip, accesses, resolve
+from model.resolve import RESOLVERS, Names, Skip, accesses, resolve
 from shmkit import libc, spec
 from shmkit.spec import SpecError, loads
 
@@ -73,6 +75,88 @@ def test_the_flag_tables_exist_once():
     assert spec.MADVICE == tuple(flags.MADV)
 
 
+# The kernel's numbers, written by hand from the uapi headers (x86-64; checked against
+# include/uapi/asm-generic/mman-common.h, asm-generic/mman.h, arch/x86/include/uapi/asm/mman.h,
+# linux/mman.h, asm-generic/hugetlb_encode.h, linux/fadvise.h, linux/fcntl.h, asm-generic/fcntl.h,
+# linux/ipc.h, linux/shm.h, linux/memfd.h), so that a wrong entry in model/flags.py cannot pass
+# by being compared with itself.
+UAPI = {
+    "MAP": {"SHARED": 0x01, "PRIVATE": 0x02, "SHARED_VALIDATE": 0x03, "FIXED": 0x10,
+            "ANONYMOUS": 0x20, "32BIT": 0x40, "GROWSDOWN": 0x0100, "DENYWRITE": 0x0800,
+            "EXECUTABLE": 0x1000, "LOCKED": 0x2000, "NORESERVE": 0x4000, "POPULATE": 0x8000,
+            "NONBLOCK": 0x10000, "STACK": 0x20000, "HUGETLB": 0x40000, "SYNC": 0x80000,
+            "FIXED_NOREPLACE": 0x100000, "UNINITIALIZED": 0x4000000,
+            "HUGE_2MB": 0x54000000, "HUGE_1GB": 0x78000000},      # 21 << 26, 30 << 26
+    "MADV": {"normal": 0, "random": 1, "sequential": 2, "willneed": 3, "dontneed": 4, "free": 8,
+             "remove": 9, "dontfork": 10, "dofork": 11, "mergeable": 12, "unmergeable": 13,
+             "hugepage": 14, "nohugepage": 15, "dontdump": 16, "dodump": 17, "wipeonfork": 18,
+             "keeponfork": 19, "cold": 20, "pageout": 21, "populate_read": 22,
+             "populate_write": 23, "dontneed_locked": 24, "collapse": 25, "guard_install": 102,
+             "guard_remove": 103},
+    "MS": {"ASYNC": 1, "INVALIDATE": 2, "SYNC": 4},
+    "MREMAP": {"MAYMOVE": 1, "FIXED": 2, "DONTUNMAP": 4},
+    "MCL": {"CURRENT": 1, "FUTURE": 2, "ONFAULT": 4},
+    "FADV": {"normal": 0, "random": 1, "sequential": 2, "willneed": 3, "dontneed": 4, "noreuse": 5},
+    "F_SEAL": {"SEAL": 0x1, "SHRINK": 0x2, "GROW": 0x4, "WRITE": 0x8, "FUTURE_WRITE": 0x10},
+    "SHMCTL_CMD": {"rmid": 0, "set": 1, "stat": 2, "lock": 11, "unlock": 12},
+}
+UAPI_SCALARS = {
+    "PROT_READ": 1, "PROT_WRITE": 2, "PROT_EXEC": 4, "MLOCK_ONFAULT": 1, "MAP_TYPE": 0x0f,
+    "MAP_HUGE_SHIFT": 26, "IPC_PRIVATE": 0, "IPC_CREAT": 0o1000, "IPC_EXCL": 0o2000,
+    "IPC_RMID": 0, "IPC_SET": 1, "IPC_STAT": 2, "SHM_LOCK": 11, "SHM_UNLOCK": 12,
+    "SHM_RDONLY": 0o10000, "SHM_RND": 0o20000, "SHM_REMAP": 0o40000, "SHM_EXEC": 0o100000,
+    "F_ADD_SEALS": 1033, "F_GET_SEALS": 1034, "MFD_CLOEXEC": 1, "MFD_ALLOW_SEALING": 2,
+    "O_RDONLY": 0, "O_WRONLY": 1, "O_RDWR": 2, "O_ACCMODE": 3, "O_CREAT": 0o100, "O_EXCL": 0o200,
+    "O_TRUNC": 0o1000,
+    "F_SEAL_SEAL": 1, "F_SEAL_SHRINK": 2, "F_SEAL_GROW": 4, "F_SEAL_WRITE": 8, "F_SEAL_FUTURE_WRITE": 0x10,
+}
+
+
+def test_the_flag_tables_hold_the_kernels_numbers():
+    """Every entry of model/flags.py's tables against the hand-written uapi values, and no
+    entry the headers do not have."""
+    for table, want in UAPI.items():
+        assert getattr(flags, table) == want, table
+    for name, want in UAPI_SCALARS.items():
+        assert getattr(flags, name) == want, name
+    assert flags.MAP["HUGE_2MB"] == 21 << flags.MAP_HUGE_SHIFT
+
+
+def test_the_flag_tables_agree_with_the_c_library_headers():
+    """A second source: the constants Python's own modules took from this system's C headers
+    when they were built (those it has)."""
+    import fcntl
+    import mmap
+    import os
+
+    seen = 0
+    for name, value in flags.MAP.items():
+        if hasattr(mmap, f"MAP_{name}"):
+            assert getattr(mmap, f"MAP_{name}") == value, name
+            seen += 1
+    for name, value in flags.MADV.items():
+        if hasattr(mmap, f"MADV_{name.upper()}"):
+            assert getattr(mmap, f"MADV_{name.upper()}") == value, name
+            seen += 1
+    for name, value in flags.FADV.items():
+        assert getattr(os, f"POSIX_FADV_{name.upper()}") == value, name
+        seen += 1
+    for name, value in flags.F_SEAL.items():
+        if hasattr(fcntl, f"F_SEAL_{name}"):
+            assert getattr(fcntl, f"F_SEAL_{name}") == value, name
+            seen += 1
+    for name in ("F_ADD_SEALS", "F_GET_SEALS"):
+        if hasattr(fcntl, name):
+            assert getattr(fcntl, name) == getattr(flags, name), name
+            seen += 1
+    for name in ("O_RDONLY", "O_WRONLY", "O_RDWR", "O_CREAT", "O_EXCL", "O_TRUNC"):
+        assert getattr(os, name) == getattr(flags, name), name
+        seen += 1
+    assert (os.MFD_CLOEXEC, os.MFD_ALLOW_SEALING) == (flags.MFD_CLOEXEC, flags.MFD_ALLOW_SEALING)
+    assert (mmap.PROT_READ, mmap.PROT_WRITE, mmap.PROT_EXEC) == (1, 2, 4)
+    assert seen >= 25, seen
+
+
 def test_names_become_numbers_and_raw_numbers_pass_as_given():
     c = _calls(MMAP + '[[step]]\ndo = "madvise"\nregion = "b"\nadvice = "dontneed"\n'
                '[[step]]\ndo = "madvise"\nregion = "b"\nadvice = 18\n'
@@ -118,6 +202,54 @@ def test_a_missing_region_is_skipped_with_one_message():
     with pytest.raises(Skip) as e:
         resolve(st.do, st.arg, {}, _Names(), PAGE)
     assert e.value.result == {"skipped": "region 'b' does not exist (the call that made it failed)"}
+
+
+def test_a_missing_handle_is_skipped_with_the_same_message_on_both_sides():
+    """Worker.fd_of and Kernel.fd take their "skipped" result from model.resolve.Skip, and the
+    words are written nowhere else (issue 10: one definition of each thing)."""
+    from types import SimpleNamespace
+
+    from model.kernel import Kernel
+    from shmkit.worker import StepFailed, Worker
+
+    want = {"skipped": "handle 'h' does not exist (the call that made it failed)"}
+    assert Skip("h", "handle").result == want
+    with pytest.raises(StepFailed) as live:
+        Worker.fd_of(SimpleNamespace(fds={}), "h")
+    with pytest.raises(Exception) as model:
+        Kernel.fd(None, SimpleNamespace(fds={}), "h")
+    assert live.value.result == model.value.result == want
+    root = Path(__file__).resolve().parent.parent
+    words = "does not exist (the call that made it failed)"
+    where = [str(p.relative_to(root)) for d in ("shmkit", "model") for p in sorted((root / d).rglob("*.py"))
+             if words in p.read_text()]
+    assert where == ["model/resolve.py"], where
+
+
+def test_one_naming_bookkeeping_for_both_sides():
+    """model.resolve.Names keeps the names a run's steps create, for the live side
+    (Manager.naming, with its registry notes) and the model side (shmkit.predict) alike."""
+    from shmkit import manager
+
+    names, notes = Names(_Run()), []
+    for st in _exp('[[step]]\ndo = "file"\nname = "f"\nsize = 4096\n'
+                   '[[step]]\ndo = "shm_open"\nas = "p"\nname = "x"\ncreate = true\nsize = 4096\n'
+                   '[[step]]\ndo = "shm_open"\nas = "q"\nname = "x"\n'
+                   '[[step]]\ndo = "memfd"\nas = "m"\nname = "y"\n'
+                   '[[step]]\ndo = "shmget"\nas = "s"\nkey = 5\nsize = 5000\ncreate = true\n'
+                   '[[step]]\ndo = "shmget"\nas = "t"\nsize = 1\n').steps:
+        names.resolve(st.do, st.arg, {}, PAGE, note=notes.append)
+        names.done(st.do, st.arg, "ok" if st.get("as") == "s" else {"errno": "EINVAL"}, {"shmid": 7})
+    assert notes == [{"kind": "file", "path": "/tmp/run/p-f"}, {"kind": "posix", "name": "/p-x"},
+                     {"kind": "memfd", "name": "p-y"}, {"kind": "sysv", "key": 5},
+                     {"kind": "sysv", "key": 0}]
+    assert names.record() == {"posix": {"/p-x": "x"}, "files": {"/tmp/run/p-f": "f"},
+                              "keys": {"5": "s", "0": "t"}, "memfds": {"p-y": "y"},
+                              "shmids": {"7": "s"}}
+    assert (names.file("f"), names.file("g")) == ("/tmp/run/p-f", "/tmp/run/missing-g")
+    assert (names.shmid("s"), names.segment_size("s"), names.shmid("t")) == (7, 5000, None)
+    m = manager.Manager(_exp(MMAP), isolate="prefix")
+    assert isinstance(m.naming, Names) and m.naming.run is m.run
 
 
 def test_accesses_count_every_page_the_range_covers():

@@ -27,7 +27,7 @@ from pathlib import Path
 import posix_ipc
 import pytest
 
-from shmkit import registry
+from shmkit import procfs, registry
 from tests.helpers import registry_entries, shmkit
 
 ROOT = os.geteuid() == 0
@@ -476,24 +476,62 @@ def test_a_real_worker_is_proved_to_be_its_runs_and_no_other(tmp_path, monkeypat
         m.run.cleanup()
 
 
+PR_GET_CHILD_SUBREAPER = 37     # uapi/linux/prctl.h
+
+
+@pytest.fixture
+def subreaper():
+    """This test process as the orphans' subreaper (PR_SET_CHILD_SUBREAPER) for one test, then
+    as it was; the pids the test appends to the yielded list are reaped at the end."""
+    import ctypes
+
+    from shmkit import libc
+    from shmkit.manager import PR_SET_CHILD_SUBREAPER
+
+    was = ctypes.c_int(0)
+    libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(was))
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
+    adopted: list[int] = []
+    try:
+        yield adopted
+    finally:
+        for pid in adopted:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        libc.prctl(PR_SET_CHILD_SUBREAPER, was.value)
+
+
 @needs_root
-def test_a_killed_run_is_still_cleaned_and_its_worker_killed(tmp_path):
+def test_a_killed_run_is_still_cleaned_and_its_worker_killed(tmp_path, subreaper):
     """The positive side: a run whose manager was SIGKILLed while a worker lives on is cleaned
     by `shmkit clean`: the worker killed, every object gone. The main worker dies with the
     manager (PR_SET_PDEATHSIG); a forked one would see its socket close and exit, so it is
-    stopped first, as a worker stuck in a step would be."""
+    stopped first, as a worker stuck in a step would be.
+
+    The workers have a process group of their own (shmkit.manager). A stopped member of a
+    process group that becomes orphaned gets SIGHUP + SIGCONT (kernel/exit.c
+    kill_orphaned_pgrp), which kills a worker; with this test process as the subreaper
+    (kernel/exit.c find_new_reaper) the workers' new parent is in their session and outside
+    their group, so the group is never orphaned (will_become_orphaned_pgrp) and the kid can be
+    stopped while the manager still lives. Stopped then, it cannot reach the end of its step
+    and exit before the check, however loaded the machine (stopped only after the manager's
+    death, it often had: the manager notes a step's objects before it sends the step)."""
     state = tmp_path / "state"
     exp = tmp_path / "exp.toml"
     exp.write_text(EXP + '[[step]]\ndo = "fork"\nchild = "kid"\n'
-                   '[[step]]\ndo = "file"\nin = "kid"\nname = "big"\nsize = "3 GiB"\nfill = "random"\n')
-    # the prefix mode's `clean` (a hermetic run needs none: tests/test_hermetic.py)
+                   '[[step]]\ndo = "file"\nin = "kid"\nname = "big"\nsize = "64 MiB"\nfill = "random"\n')
+    # the prefix mode's `clean` (a hermetic run needs none: tests/test_hermetic.py); the
+    # manager waits for the stopped kid (its ready message or its step) up to --timeout
     env = _env(SHMKIT_STATE=state, SHMKIT_ISOLATION="prefix")
-    proc = subprocess.Popen([sys.executable, "-m", "shmkit", "run", str(exp), "--attempts", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "shmkit", "run", str(exp), "--attempts", "1",
+                             "--timeout", "3600"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     entries, deadline = [], time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         entries = registry_entries(state) if state.exists() else []
-        if any(e.get("kind") == "file" and e["path"].endswith("big") for e in entries):
+        if any(e.get("kind") == "worker" and e["name"] == "kid" for e in entries):
             break
         time.sleep(0.05)
     worker = next((e for e in entries if e.get("kind") == "worker" and e["name"] == "kid"), None)
@@ -501,18 +539,24 @@ def test_a_killed_run_is_still_cleaned_and_its_worker_killed(tmp_path):
     assert worker and run, (proc.poll(), entries)
     prefix = f"shmkit-{run['run']}-"
     main = next(e for e in entries if e.get("kind") == "worker" and e["name"] == "main")
+    subreaper += [main["pid"], worker["pid"]]
     try:
-        # The workers have a process group of their own (shmkit.manager): when the manager dies
-        # that group is orphaned, and the kernel sends SIGHUP + SIGCONT to an orphaned group
-        # that has a stopped member (kernel/exit.c kill_orphaned_pgrp). So the kid, busy
-        # writing its 3 GiB file, is stopped only once the manager and the main worker are gone.
+        # the kid is noted once forked; the run goes on only through it (its ready message,
+        # then its file step), so it is stopped before the run can end
+        os.kill(worker["pid"], signal.SIGSTOP)
+        deadline = time.monotonic() + 60
+        while procfs.process_state(worker["pid"]) not in ("T", None) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert procfs.process_state(worker["pid"]) == "T", procfs.process_state(worker["pid"])
+        assert proc.poll() is None, "the run ended before its kid was stopped"
         proc.kill()
         proc.wait(timeout=60)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while registry.alive(main["pid"], main["start"]) and time.monotonic() < deadline:
             time.sleep(0.02)
-        os.kill(worker["pid"], signal.SIGSTOP)
-        assert registry.is_worker_of(worker["pid"], worker["start"], run["run"], {os.geteuid()})
+        assert not registry.alive(main["pid"], main["start"]), "PR_SET_PDEATHSIG did not end the main worker"
+        assert registry.is_worker_of(worker["pid"], worker["start"], run["run"], {os.geteuid()}), \
+            procfs.process_state(worker["pid"])
         res = shmkit("clean", state=state)
         assert res.returncode == 0, res.stderr
         assert f"removed worker pid {worker['pid']}" in res.stdout, res.stdout
@@ -521,6 +565,9 @@ def test_a_killed_run_is_still_cleaned_and_its_worker_killed(tmp_path):
         assert [n for n in os.listdir("/dev/shm") if n.startswith(prefix)] == []
         assert list(state.glob("*.jsonl")) == []
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         if registry.process_start(worker["pid"]) == worker["start"]:
             os.kill(worker["pid"], signal.SIGKILL)
         shmkit("clean", state=state)

@@ -48,7 +48,7 @@ def test_fsync_between_steps_is_caught_as_writeback():
         m.observe()
         recs = [m.take_step(s) for s in exp.steps[:3]]
         assert recs[2]["result"] == "ok"
-        path = next(iter(m.run.files))
+        path = next(iter(m.naming.files))
         assert _dirty_kb(recs[2]["processes"]["main"], path) == 16   # the kernel's rule: 4 written pages
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -71,7 +71,7 @@ def _view(path: str, dirty: int, rss: int = 16, perms: str = "rw-s") -> dict:
 def m():
     m = manager.Manager(spec.loads(EXP))
     path = str(m.run.dir / "f")
-    m.run.files[path] = "data"
+    m.naming.files[path] = "data"
     m.procs["main"] = manager.Proc("main", 1, None, None, regions={"map": (0x10000, 0x4000, True, "file")})
     return m, path
 

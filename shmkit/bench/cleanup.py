@@ -15,6 +15,8 @@ import shutil
 import stat
 import tempfile
 
+from shmkit.procfs import alive  # a zombie counts as dead
+
 PREFIX = "shmkit-bench-"
 
 
@@ -49,16 +51,6 @@ def make_rundir(d: str) -> None:
                            "symbolic link); refusing to use it; accepted: remove it, or set TMPDIR") from None
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def wait_dead(pids: set[int], timeout: float) -> None:
     """Waits until none of `pids` runs: each is gone or a zombie (an orphaned peer is reaped by
     init, whenever that comes; a zombie has released its memory and attachments)."""
@@ -66,14 +58,7 @@ def wait_dead(pids: set[int], timeout: float) -> None:
 
     deadline = time.monotonic() + timeout
     for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                break
-            if stat[stat.rindex(b")") + 2:][:1] in (b"Z", b"X"):
-                break
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.002)
 
 
