@@ -159,11 +159,13 @@ def calc_vm_prot_bits(prot: int) -> int:
         | (VM_EXEC if prot & PROT_EXEC else 0)
 
 
-def calc_vm_flag_bits(flags: int) -> int:
+def calc_vm_flag_bits(flags: int, stack_nohugepage: bool = True) -> int:
     """include/linux/mman.h calc_vm_flag_bits(): MAP_GROWSDOWN -> VM_GROWSDOWN, MAP_LOCKED ->
-    VM_LOCKED, MAP_SYNC -> VM_SYNC, MAP_STACK -> VM_NOHUGEPAGE (x86 adds nothing)."""
+    VM_LOCKED, MAP_SYNC -> VM_SYNC, MAP_STACK -> VM_NOHUGEPAGE (x86 adds nothing; the last one
+    from 6.7 on: model.versions MAP_STACK_NOHUGEPAGE_SINCE, the kernel says which)."""
     return (VM_GROWSDOWN if flags & MAP["GROWSDOWN"] else 0) | (VM_LOCKED if flags & MAP["LOCKED"] else 0) \
-        | (VM_SYNC if flags & MAP["SYNC"] else 0) | (VM_NOHUGEPAGE if flags & MAP["STACK"] else 0)
+        | (VM_SYNC if flags & MAP["SYNC"] else 0) \
+        | (VM_NOHUGEPAGE if flags & MAP["STACK"] and stack_nohugepage else 0)
 
 
 def bits(table: dict, items) -> int:

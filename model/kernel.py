@@ -60,8 +60,9 @@ from model.proc import maps_line, residency, vma_record
 from model.process import Process, Region
 from model.resolve import Skip   # a missing handle: the one "skipped" message
 from model.seals import Seals
-from model.versions import (ANON_MERGE_UNFAULTED_SINCE, EXEC_READAHEAD_SINCE, FILE_FAULT_VMA_LOCK_SINCE, HUGE_ZERO_WP_SINCE,
-                             THP_PAD_TOPDOWN_SINCE, release_of)
+from model.versions import (ANON_MERGE_UNFAULTED_SINCE, EXEC_READAHEAD_SINCE, FILE_FAULT_VMA_LOCK_SINCE,
+                             HUGE_ZERO_WP_SINCE, MAP_STACK_NOHUGEPAGE_SINCE, THP_PAD_TOPDOWN_SINCE,
+                             release_of)
 from model.vma import OpenFile, Vma
 
 
@@ -92,6 +93,7 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
         self.release = release_of(profile)
         self.huge_zero_wp_thp = self.release >= HUGE_ZERO_WP_SINCE
         self.exec_readahead = self.release >= EXEC_READAHEAD_SINCE
+        self.map_stack_nohugepage = self.release >= MAP_STACK_NOHUGEPAGE_SINCE
         # a file fault retried after dropping its lock counts minor (under the per-VMA lock)
         # or major (FAULT_FLAG_TRIED under the mmap lock): model.versions
         self.retry_counts_minor = self.release >= FILE_FAULT_VMA_LOCK_SINCE and \

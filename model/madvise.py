@@ -10,7 +10,7 @@ mm/ksm.c ksm_madvise.
 from __future__ import annotations
 
 from model.flags import MADV, MADV_NAME, ULONG_MASK, c_int  # model.resolve's numbers
-from model.versions import GUARD_SINCE
+from model.versions import GUARD_SINCE, POPULATE_TRIED_SINCE
 
 from model.errors import StepError, errno
 from model.flags import (PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
@@ -229,6 +229,16 @@ class MadviseOps:
         keeps an anonymous page's dirtiness in its PTE)."""
         mm = proc.mm
         minor = major = 0
+        # how a fault that dropped the lock is retried (model.versions POPULATE_TRIED_SINCE)
+        tried = self.release >= POPULATE_TRIED_SINCE
+        self.mem.gup = "gup-tried" if tried else "gup-restart"
+        try:
+            return self._madvise_populate(mm, start, end, write, tried)
+        finally:
+            self.mem.gup = None
+
+    def _madvise_populate(self, mm, start: int, end: int, write: bool, tried: bool):
+        minor = major = 0
         at = start
         while at < end:
             v = mm.vma_at(at)
@@ -257,6 +267,11 @@ class MadviseOps:
                 done, mi, ma, fault = self.mem.access(mm, v.start + (j << PAGE_SHIFT), k - j, write, None)
                 for i in range(j, j + done):
                     self.mem.touch_folio(v, i)
+                if not tried:
+                    # faultin_vma_page_range() -> __get_user_pages(): after VM_FAULT_RETRY
+                    # madvise_populate() retakes the lock and starts again at the address, a
+                    # fresh fault that finds the page cached (as __mm_populate does)
+                    mi, ma = mi + ma, 0
                 minor += mi
                 major += ma
                 if fault is not None:

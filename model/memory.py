@@ -51,6 +51,11 @@ class Memory(ReadaheadOps, HugePageOps):
 
     def __init__(self, kernel):
         self.k = kernel
+        # who is faulting: None, a user access (its retry may come from a per-VMA-lock attempt);
+        # "gup-tried", GUP whose retry carries FAULT_FLAG_TRIED (__get_user_pages_locked);
+        # "gup-restart", GUP that starts again without it (__mm_populate, MADV_POPULATE_*
+        # before 6.9): see readahead_retry
+        self.gup = None
 
     # ----- anon_vma -------------------------------------------------------------------------
     def anon_vma_prepare(self, mm, vma: Vma) -> None:
@@ -174,10 +179,12 @@ class Memory(ReadaheadOps, HugePageOps):
         if vma.flags & VM_RAND_READ:
             return "minor"
         self.async_readahead(vma, idx)
-        if self.k.retry_counts_minor:
+        if self.gup == "gup-restart":
+            return "minor"
+        if self.gup is None and self.k.retry_counts_minor:
             return "minor"
         self.k.note("do_async_mmap_readahead dropped the mmap lock: the retried fault "
-                    "(FAULT_FLAG_TRIED) counts as major (before 6.7)")
+                    "(FAULT_FLAG_TRIED) counts as major" + (" (GUP)" if self.gup else " (before 6.7)"))
         return "major"
 
     def _get_page(self, vma: Vma, idx: int) -> str:

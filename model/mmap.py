@@ -125,7 +125,7 @@ class MmapOps:
         # PROT_EXEC alone takes the execute-only protection key (execute_only_pkey)
         pkey = VM_PKEY_BIT0 if prot == PROT_EXEC and self.pkeys else 0
         # mm->def_flags: VM_LOCKED (| VM_LOCKONFAULT) after mlockall(MCL_FUTURE)
-        vm_flags = calc_vm_prot_bits(prot) | pkey | calc_vm_flag_bits(flags) | mm.def_flags \
+        vm_flags = calc_vm_prot_bits(prot) | pkey | calc_vm_flag_bits(flags, self.map_stack_nohugepage) | mm.def_flags \
             | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
         mtype = flags & MAP_TYPE
         thp = False

@@ -47,6 +47,23 @@ FILE_FAULT_VMA_LOCK_SINCE = (6, 7)
 # (read-around 4..35, the PG_readahead page 28 skipped), 12 on 6.18 (20..47).
 EXEC_READAHEAD_SINCE = (6, 17)
 
+# include/linux/mman.h calc_vm_flag_bits(): MAP_STACK sets VM_NOHUGEPAGE ("mm: mmap: map MAP_STACK
+# to VM_NOHUGEPAGE", Yang Shi, c4608d1bf7c6, a fix for 6.7's THP-aligned anonymous mappings;
+# release bracketed by what was measured). Before, MAP_STACK changed no VMA flag, so a stack
+# mapping merges with a plain neighbour. Measured: mmap-flags-growsdown.toml step 7 merges on
+# 6.1, stays apart ("nh") on 6.12 and 6.18.
+MAP_STACK_NOHUGEPAGE_SINCE = (6, 7)
+
+# mm/madvise.c madvise_populate(): MADV_POPULATE_READ/WRITE fault through faultin_page_range() ->
+# __get_user_pages_locked(), whose retry after VM_FAULT_RETRY carries FAULT_FLAG_TRIED: a fault
+# that dropped the lock for I/O counts major ("mm/madvise: make MADV_POPULATE_(READ|WRITE)
+# handle VM_FAULT_RETRY properly", David Hildenbrand, 631426ba1d45, 6.9). Before, it called
+# faultin_vma_page_range() -> __get_user_pages() and, the lock dropped, started again at the
+# address without FAULT_FLAG_TRIED: no major fault at all, as mlock and MAP_POPULATE
+# (__mm_populate) still do. Measured: populate-cold-file.toml step 8 (a cold 64-page file,
+# 128 KiB read_ahead_kb) is 7 minor on 6.1, 4 minor + 3 major on 6.12.
+POPULATE_TRIED_SINCE = (6, 9)
+
 # mm/vma.c is_mergeable_anon_vma(): a faulted range joins an unfaulted neighbour
 # ("mm/vma: fix incorrectly disallowed anonymous VMA merges", Lorenzo Stoakes, 6.16; before,
 # list_is_singular(&tgt->anon_vma_chain) refused it). Measured: 6.1 and 6.12 refuse, 6.18 merges.

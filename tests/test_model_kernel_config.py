@@ -112,3 +112,40 @@ def test_fault_on_the_readahead_mark_counts_by_the_lock_it_held(release, per_vma
     assert _step(k, 4, "touch", region="m", pages=(0, 1), access="read")["faults"] == {"minor": 0, "major": 1}
     f = _step(k, 5, "touch", region="m", pages=(0, 32), access="read")["faults"]
     assert f == {"minor": 2 - major, "major": major}, f
+
+
+@pytest.mark.parametrize("release, merged", [((6, 1), True), ((6, 6), True), ((6, 7), False), ((6, 18), False)])
+def test_map_stack_sets_nohugepage_from_6_7(release, merged):
+    """mmap-flags-growsdown.toml step 7: a MAP_STACK mapping right below a plain one merges
+    with it on 6.1 (MAP_STACK changed no flag), stays apart with "nh" from 6.7 (6.12, 6.18
+    measured)."""
+    k = Kernel({**profile(), "release_tuple": list(release)}, snapshot())
+    _mmap(k, 1, 4, 4)
+    out = run_step(k, {"index": 2, "do": "mmap", "in": "main",
+                       "args": {"as": "s", "length": 4 * PAGE_SIZE, "prot": "rw",
+                                "flags": ("PRIVATE", "ANONYMOUS", "FIXED", "STACK"),
+                                "addr": ("abs", BASE)}}, Direct())
+    assert out["result"] == "ok"
+    assert (len(_ours(k)) == 1) is merged, [vmflags(v) for v in _ours(k)]
+    assert ("nh" in vmflags(_ours(k)[0])) is not merged
+    assert k.check() == []
+
+
+@pytest.mark.parametrize("release, faults", [((6, 1), {"minor": 7, "major": 0}),
+                                             ((6, 8), {"minor": 7, "major": 0}),
+                                             ((6, 9), {"minor": 4, "major": 3}),
+                                             ((6, 12), {"minor": 4, "major": 3})])
+def test_madvise_populate_retry_by_release(release, faults):
+    """populate-cold-file.toml step 8, MADV_POPULATE_READ of a cold 64-page file whose disk reads
+    32 pages ahead: the faults that drop the lock (the cold one, and the readahead marks)
+    count major from 6.9 (__get_user_pages_locked retries with FAULT_FLAG_TRIED; 6.12
+    measured), never before (6.1 measured: madvise_populate starts again without it)."""
+    k = _file_kernel(release)
+    _step(k, 1, "file", name="/tmp/h", size=64 * PAGE_SIZE, cache="cold")
+    _step(k, 2, "open", file="/tmp/h", **{"as": "fd"})
+    addr = BASE + 383 * PAGE_SIZE        # as both guests placed it: page 383 of a page table
+    assert _step(k, 3, "mmap", **{"as": "m", "length": 64 * PAGE_SIZE, "prot": "r", "flags": ("SHARED", "FIXED"),
+                                  "fd": "fd", "addr": ("abs", addr)})["result"] == "ok"
+    out = _step(k, 4, "madvise", region="m", advice="populate_read")
+    assert out["result"] == "ok", out
+    assert out["faults"] == faults
