@@ -60,7 +60,7 @@ from model.proc import maps_line, residency, vma_record
 from model.process import Process, Region
 from model.seals import Seals
 from model.versions import (ANON_MERGE_UNFAULTED_SINCE, FILE_FAULT_VMA_LOCK_SINCE, HUGE_ZERO_WP_SINCE,
-                             THP_PAD_TOPDOWN_SINCE, release_of)
+                             LOCKONFAULT_MNEMONIC_SINCE, THP_PAD_TOPDOWN_SINCE, release_of)
 from model.vma import OpenFile, Vma
 
 
@@ -90,6 +90,8 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
         # the host's kernel release, for rules that changed between versions (model.versions)
         self.release = release_of(profile)
         self.huge_zero_wp_thp = self.release >= HUGE_ZERO_WP_SINCE
+        # smaps VmFlags names VM_LOCKONFAULT "lf" (else "??"): model.versions
+        self.lockonfault_named = self.release >= LOCKONFAULT_MNEMONIC_SINCE
         # a file fault retried after dropping its lock counts minor (under the per-VMA lock)
         # or major (FAULT_FLAG_TRIED under the mmap lock): model.versions
         self.retry_counts_minor = self.release >= FILE_FAULT_VMA_LOCK_SINCE and \
@@ -254,7 +256,8 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
                 res = residency(p.mm, r.addr, npages, self.anon) if r.mapped and npages < (1 << 22) else {}
                 regions[h] = {"addr": r.addr, "length": r.length, "mapped": r.mapped, "kind": r.kind, **res}
             procs[name] = {"pid": p.pid, "maps": [maps_line(v) for v in vmas],
-                           "vmas": [vma_record(v, self.anon, v.opaque.get("smaps_kb") if v.opaque else None)
+                           "vmas": [vma_record(v, self.anon, v.opaque.get("smaps_kb") if v.opaque else None,
+                                               self.lockonfault_named)
                                     for v in vmas],
                            "regions": regions}
         shm = [{"name": n, "size": ino.size, "mode": oct(ino.mode & 0o7777)}

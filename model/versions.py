@@ -9,6 +9,12 @@ from __future__ import annotations
 
 NEWEST = (6, 18)
 
+# fs/proc/task_mmu.c show_smap_vma_flags(): VM_LOCKONFAULT has the VmFlags mnemonic "lf"; before,
+# the table had no entry for it and the bit printed as "??" ("mm: do not show ?? for
+# VM_LOCKONFAULT pages", Jason A. Donenfeld, posted 2022-12-05, 6.2). Measured: 6.1 prints "??"
+# (mlock-onfault.toml, mlockall-future.toml), 6.12 and 6.18 print "lf".
+LOCKONFAULT_MNEMONIC_SINCE = (6, 2)
+
 # mm/huge_memory.c do_huge_zero_wp_pmd(): a write fault on the huge zero page gets a THP
 # instead of splitting the PMD ("mm: huge_memory: add do_huge_zero_wp_pmd()", 6.13)
 HUGE_ZERO_WP_SINCE = (6, 13)
