@@ -15,6 +15,19 @@ NEWEST = (6, 18)
 # (mlock-onfault.toml, mlockall-future.toml), 6.12 and 6.18 print "lf".
 LOCKONFAULT_MNEMONIC_SINCE = (6, 2)
 
+# mm/filemap.c generic_perform_write(): the chunk handed to ->write_begin is the mapping's
+# largest folio (mapping_max_folio_size), not a page ("filemap: Convert generic_perform_write()
+# to support large folios", 9aac777aaf94, series posted 2024-05-27, 6.11); every tmpfs/shmem
+# inode had large folios (__shmem_get_inode: mapping_set_large_folios) until "tmpfs: don't
+# enable large folios if not supported" (Kefeng Wang, v4 posted 2024-10-17, 6.13) set them only
+# when the mount's huge= is not never (shm_mnt: shmem_enabled). So shmem_write_begin's
+# F_SEAL_GROW check (pos + len > i_size) sees the whole rest of the write up to the next 2 MiB
+# boundary on 6.11-6.12, one page before and after (with huge=never). Measured:
+# memfd-seal-future-write.toml step 5 (a 2-page pwrite at page 1 of a 2-page memfd sealed
+# F_SEAL_GROW) writes 4096 bytes on 6.1 and 6.18, is EPERM (nothing written) on 6.12.
+SHMEM_WRITE_LARGE_CHUNK_SINCE = (6, 11)
+SHMEM_WRITE_LARGE_CHUNK_UNTIL = (6, 13)
+
 # mm/huge_memory.c do_huge_zero_wp_pmd(): a write fault on the huge zero page gets a THP
 # instead of splitting the PMD ("mm: huge_memory: add do_huge_zero_wp_pmd()", 6.13)
 HUGE_ZERO_WP_SINCE = (6, 13)

@@ -126,3 +126,27 @@ def test_lock_on_fault_mnemonic_by_kernel_version(release, name):
     assert _step(k, 2, "mlock", region="b", pages=(0, 4), onfault=True)["result"] == "ok"
     locked = [v["vmflags"] for v in k.observe()["processes"]["main"]["vmas"] if "lo" in v["vmflags"]]
     assert locked == [["rd", "wr", "mr", "mw", "me", "lo", name, "ac"]], locked
+
+
+@pytest.mark.parametrize("release, written", [((6, 1), 4096), ((6, 10), 4096), ((6, 11), None), ((6, 12), None),
+                                              ((6, 13), 4096), ((6, 18), 4096)])
+def test_grow_sealed_write_past_the_end_by_kernel_version(release, written):
+    """memfd-seal-future-write.toml step 5: a 2-page pwrite at page 1 of a 2-page memfd sealed
+    F_SEAL_GROW. shmem_write_begin refuses a chunk with pos + len > i_size; the chunk is a page
+    (the first is written, the second refused: a short write) except on 6.11-6.12, where
+    generic_perform_write hands the whole write to write_begin because every shmem mapping has
+    large folios: EPERM, nothing written. Measured: 4096 on Debian 6.1.0-50 and here (6.18),
+    EPERM on 6.12.118."""
+    k = _file_kernel(release)
+    io = {"fd": None, "file": None, "shm": None, "memfd": "mem"}
+    assert _step(k, 1, "memfd", **{"as": "mem", "name": "mem", "size": 2 * PAGE_SIZE,
+                                   "sealing": True})["result"] == "ok"
+    assert _step(k, 2, "seal", fd=None, memfd="mem", shm=None, seals=("GROW",))["result"] == "ok"
+    out = _step(k, 3, "write", **io, offset=PAGE_SIZE, length=2 * PAGE_SIZE, value=0x42)
+    if written is None:
+        assert out["result"] == {"errno": "EPERM"}, out
+    else:
+        assert out["result"] == "ok" and out["value"] == {"written": written}, out
+    # a write that stays inside the file is whole everywhere
+    out = _step(k, 4, "write", **io, offset=0, length=2 * PAGE_SIZE, value=0x43)
+    assert out["result"] == "ok" and out["value"] == {"written": 2 * PAGE_SIZE}, out
