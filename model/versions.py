@@ -28,6 +28,15 @@ LOCKONFAULT_MNEMONIC_SINCE = (6, 2)
 SHMEM_WRITE_LARGE_CHUNK_SINCE = (6, 11)
 SHMEM_WRITE_LARGE_CHUNK_UNTIL = (6, 13)
 
+# mm/madvise.c madvise_cold_or_pageout_pte_range(): MADV_PAGEOUT leaves the PTE young and
+# reclaim_pages() -> reclaim_folio_list() -> shrink_folio_list(ignore_references = true) skips
+# folio_referenced() ("mm: madvise: pageout: ignore references rather than clearing young",
+# Barry Song, 6.9); before, the walk cleared the young bit of every PTE (and PMD) it isolated,
+# as MADV_COLD does. A page reclaim keeps (anonymous without swap, a lazy-free page written
+# again) so shows smaps Referenced 0 before 6.9. Measured: madvise-pageout.toml step 3 and
+# madvise-free-lazy.toml step 6 show Referenced 0 on 6.1, the pages' size on 6.12 and 6.18.
+PAGEOUT_KEEPS_YOUNG_SINCE = (6, 9)
+
 # mm/huge_memory.c do_huge_zero_wp_pmd(): a write fault on the huge zero page gets a THP
 # instead of splitting the PMD ("mm: huge_memory: add do_huge_zero_wp_pmd()", 6.13)
 HUGE_ZERO_WP_SINCE = (6, 13)
