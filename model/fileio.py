@@ -66,7 +66,7 @@ class FileIO:
         if end > ino.size:
             ino.resize(end)                     # write_end: i_size_write(pos + copied)
         if ino.is_shmem:
-            self._shmem_write_pages(ino, pos, end)
+            self._shmem_write_pages(ino, pos, end, self.mglru)
         else:
             self._filemap_write_pages(ino, pos, end)
         # the first byte of each page is what the model keeps of a page's contents
@@ -95,13 +95,13 @@ class FileIO:
         return p
 
     @staticmethod
-    def _shmem_write_pages(ino, pos: int, end: int) -> None:
+    def _shmem_write_pages(ino, pos: int, end: int, mglru: bool) -> None:
         """mm/shmem.c shmem_write_begin -> shmem_get_folio(SGP_WRITE): an existing folio is
         marked accessed, a new one (order 0: no shmem THP here) starts referenced;
         shmem_write_end marks it dirty."""
         for idx in range(pos >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1):
             if ino.is_cached(idx):
-                ino.lru[idx] = mark_accessed(ino.lru[idx])
+                ino.lru[idx] = mark_accessed(ino.lru[idx], mglru)
             else:
                 ino.add_folio(idx, 1)
                 ino.lru[idx] = 1

@@ -54,7 +54,7 @@ from model.mm import TASK_SIZE, AddressSpace
 from model.mmap import MmapOps
 from model.mprotect import MprotectOps
 from model.mremap import MremapOps
-from model.objects import DISK, SHMEM, TMPFS, AnonPages, Inode
+from model.objects import DISK, SHMEM, TMPFS, AnonPages, Inode, lru_gen_enabled
 from model.pages import pages_of
 from model.proc import maps_line, residency, vma_record
 from model.process import Process, Region
@@ -90,6 +90,8 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
         # the host's kernel release, for rules that changed between versions (model.versions)
         self.release = release_of(profile)
         self.huge_zero_wp_thp = self.release >= HUGE_ZERO_WP_SINCE
+        # folio_mark_accessed() takes the multi-gen LRU path (model.objects.lru_gen_enabled)
+        self.mglru = lru_gen_enabled(profile)
         # smaps VmFlags names VM_LOCKONFAULT "lf" (else "??"): model.versions
         self.lockonfault_named = self.release >= LOCKONFAULT_MNEMONIC_SINCE
         # a file fault retried after dropping its lock counts minor (under the per-VMA lock)
@@ -118,7 +120,7 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
         # bdi->io_pages (max_sectors_kb in pages): how far a request larger than ra_pages may
         # read (force_page_cache_ra, ractl_max_pages); unknown: no larger than ra_pages
         self.io_pages = dev.get("disk_io_pages") or 0
-        self.anon = AnonPages()
+        self.anon = AnonPages(self.mglru)
         self.mem = Memory(self)
         self.files: dict[str, Inode] = {}       # disk and tmpfs files by path
         self.posix: dict[str, Inode] = {}       # /dev/shm names (without '/') -> inode
