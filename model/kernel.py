@@ -59,7 +59,7 @@ from model.pages import pages_of
 from model.proc import maps_line, residency, vma_record
 from model.process import Process, Region
 from model.seals import Seals
-from model.versions import (ANON_MERGE_UNFAULTED_SINCE, FILE_FAULT_VMA_LOCK_SINCE, HUGE_ZERO_WP_SINCE,
+from model.versions import (ANON_MERGE_UNFAULTED_SINCE, EXEC_READAHEAD_SINCE, FILE_FAULT_VMA_LOCK_SINCE, HUGE_ZERO_WP_SINCE,
                              LOCKONFAULT_MNEMONIC_SINCE, THP_PAD_TOPDOWN_SINCE, release_of)
 from model.vma import OpenFile, Vma
 
@@ -94,6 +94,7 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
         self.mglru = lru_gen_enabled(profile)
         # smaps VmFlags names VM_LOCKONFAULT "lf" (else "??"): model.versions
         self.lockonfault_named = self.release >= LOCKONFAULT_MNEMONIC_SINCE
+        self.exec_readahead = self.release >= EXEC_READAHEAD_SINCE
         # a file fault retried after dropping its lock counts minor (under the per-VMA lock)
         # or major (FAULT_FLAG_TRIED under the mmap lock): model.versions
         self.retry_counts_minor = self.release >= FILE_FAULT_VMA_LOCK_SINCE and \

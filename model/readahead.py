@@ -41,7 +41,10 @@ class ReadaheadOps:
         centred on the fault, async_size = ra_pages / 4."""
         ino = vma.file.inode
         ra = vma.file.ra_pages or ino.readahead_pages
-        if vma.flags & (VM_RAND_READ | VM_EXEC) == VM_RAND_READ:
+        # the VM_EXEC branch exists from 6.17 (model.versions EXEC_READAHEAD_SINCE); before,
+        # VM_RAND_READ stops readahead whatever VM_EXEC says, and VM_EXEC reads around
+        exec_branch = vma.flags & VM_EXEC if self.k.exec_readahead else 0
+        if vma.flags & VM_RAND_READ and not exec_branch:
             if not ino.is_cached(pgoff):
                 ino.add_folio(pgoff, 1)
             self.k.note("page cache miss: no readahead (VM_RAND_READ) (do_sync_mmap_readahead)")
@@ -49,7 +52,7 @@ class ReadaheadOps:
         if vma.flags & VM_SEQ_READ:
             self.sync_ra(vma, pgoff, ra)
             return
-        if vma.flags & VM_EXEC:
+        if exec_branch:
             # executable memory "rarely benefits from readahead": from the fault (rounded down
             # to exec_folio_order(), 0 on x86) up to ra_pages, cut at the end of the VMA, and
             # async_size 0 (no mark). Measured: file-readahead-exec.toml.

@@ -67,6 +67,14 @@ THP_PAD_TOPDOWN_SINCE = (6, 8)
 # major on 6.1, minor on 6.12 and 6.18.
 FILE_FAULT_VMA_LOCK_SINCE = (6, 7)
 
+# mm/filemap.c do_sync_mmap_readahead(): a VM_EXEC mapping reads from the fault (rounded down
+# to exec_folio_order()) to ra_pages, cut at the VMA, async_size 0, also under MADV_RANDOM
+# ("mm/filemap: allow arch to request folio size for exec memory", Ryan Roberts, 6.17).
+# Before, VM_EXEC was read around like any mapping, and VM_RAND_READ meant no readahead.
+# Measured: file-readahead-exec.toml, a fault at page 20 maps 15 pages on 6.1 and 6.12
+# (read-around 4..35, the PG_readahead page 28 skipped), 12 on 6.18 (20..47).
+EXEC_READAHEAD_SINCE = (6, 17)
+
 # mm/vma.c is_mergeable_anon_vma(): a faulted range joins an unfaulted neighbour
 # ("mm/vma: fix incorrectly disallowed anonymous VMA merges", Lorenzo Stoakes, 6.16; before,
 # list_is_singular(&tgt->anon_vma_chain) refused it). Measured: 6.1 and 6.12 refuse, 6.18 merges.

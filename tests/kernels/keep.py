@@ -43,6 +43,17 @@ def main(paths: list[str]) -> int:
             kept = {e["path"]: e for e in old["experiments"]}
         for e in doc["experiments"]:
             kept[os.path.basename(e["path"])] = slim(e)
+        # runs recorded before shmkit kept a run's machine inputs (devices, read_ahead_kb,
+        # io_pages, uid, capabilities: shmkit.predict.process_inputs) get those of a later run
+        # on the same kernel and guest setup, marked as such; without any they stay without
+        # (the replay then assumes the kernel's defaults)
+        known = next((e["live"]["inputs"] for e in kept.values() if e["live"].get("inputs")
+                      and not e["live"]["inputs"].get("supplied")), None)
+        if known is not None:
+            for e in kept.values():
+                if not e["live"].get("inputs"):
+                    e["live"]["inputs"] = {**known, "supplied": "from another run of this kernel "
+                                           "in the same guest setup (tests/kernels/keep.py)"}
         new = {"format": doc.get("format"), "kind": "validate", "shmkit": doc.get("shmkit"),
                "host": doc["host"], "probed": doc.get("probed"),
                "experiments": [kept[k] for k in sorted(kept)]}
