@@ -325,7 +325,8 @@ class MadviseOps:
         dirty one stays cached (only kswapd writes back file folios) with PG_reclaim set, which
         is the PG_readahead bit; shmem stays cached (no swap to write it to), and an anonymous
         page stays mapped (no swap) unless it is lazy-free (MADV_FREE, !PG_swapbacked):
-        try_to_unmap_one() discards a lazy-free page whose PTE is still clean, and one written since (dirty PTE) is made swap-backed again and kept.
+        try_to_unmap_one() discards a lazy-free page whose PTE is still clean, and one written
+        since (dirty PTE) is made swap-backed again and kept.
         A PMD-mapped anonymous THP (not mapped elsewhere) that the range covers whole is aged
         as one folio, or for MADV_PAGEOUT discarded whole if lazy-free and clean, else split
         (shrink_folio_list: add_to_swap fails without swap -> split_folio_to_list); one the

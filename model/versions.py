@@ -35,9 +35,10 @@ SHMEM_WRITE_LARGE_CHUNK_UNTIL = (6, 13)
 # reclaim_pages() -> reclaim_folio_list() -> shrink_folio_list(ignore_references = true) skips
 # folio_referenced() ("mm: madvise: pageout: ignore references rather than clearing young",
 # Barry Song, 2864f3d0f583, merged 2024-03-15 for 6.9); before, the walk cleared the young bit
-# of every PTE (and PMD) it isolated, as MADV_COLD does. A page reclaim keeps (anonymous without swap, a lazy-free page written
-# again) so shows smaps Referenced 0 before 6.9. Measured: madvise-pageout.toml step 3 and
-# madvise-free-lazy.toml step 6 show Referenced 0 on 6.1, the pages' size on 6.12 and 6.18.
+# of every PTE (and PMD) it isolated, as MADV_COLD does. A page reclaim keeps (anonymous
+# without swap, a lazy-free page written again) so shows smaps Referenced 0 before 6.9.
+# Measured: madvise-pageout.toml step 3 and madvise-free-lazy.toml step 6 show Referenced 0
+# on 6.1, the pages' size on 6.12 and 6.18.
 PAGEOUT_KEEPS_YOUNG_SINCE = (6, 9)
 
 # mm/huge_memory.c do_huge_zero_wp_pmd(): a write fault on the huge zero page gets a THP
