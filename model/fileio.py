@@ -9,6 +9,7 @@ from __future__ import annotations
 from model.errors import errno
 from model.flags import FADV_NAME, F_SEAL_GROW, F_SEAL_FUTURE_WRITE, F_SEAL_WRITE, PAGE_SHIFT, PAGE_SIZE
 from model.objects import DISK, invalidate_unmapped, mark_accessed
+from model.versions import SHMEM_WRITE_LARGE_CHUNK_SINCE, SHMEM_WRITE_LARGE_CHUNK_UNTIL
 from model.vma import OpenFile
 
 # include/linux/pagemap.h MAX_PAGECACHE_ORDER (PMD order on x86-64); ext4's mapping max order
@@ -59,15 +60,13 @@ class FileIO:
             raise errno("EPERM", f0)            # shmem_write_begin: is_write_sealed
         end = pos + count
         if ino.is_shmem and seals & F_SEAL_GROW and end > ino.size:
-            # shmem_write_begin per page-sized chunk: the first chunk reaching past i_size fails
-            end = max(pos, min(end, ino.size & ~(PAGE_SIZE - 1) if ino.size & (PAGE_SIZE - 1)
-                               else ino.size))
+            end = self._grow_sealed_end(ino, pos, end)
             if end <= pos:
                 raise errno("EPERM", f0)
         if end > ino.size:
             ino.resize(end)                     # write_end: i_size_write(pos + copied)
         if ino.is_shmem:
-            self._shmem_write_pages(ino, pos, end)
+            self._shmem_write_pages(ino, pos, end, self.mglru)
         else:
             self._filemap_write_pages(ino, pos, end)
         # the first byte of each page is what the model keeps of a page's contents
@@ -78,14 +77,31 @@ class FileIO:
                   "dirty (no PTE changes: mappings see the new bytes)")
         return f0, {"written": end - pos}
 
+    def _grow_sealed_end(self, ino, pos: int, end: int) -> int:
+        """Where generic_perform_write stops on a memfd sealed F_SEAL_GROW: each chunk runs to
+        the next chunk boundary or the end of the write, and shmem_write_begin refuses (EPERM)
+        the first whose pos + len passes i_size; an accepted chunk gets an order-0 folio (no
+        shmem THP here), so one page of it is copied and the next chunk starts after it. The
+        chunk is a page, or the largest folio (2 MiB) on 6.11-6.12 (model.versions
+        SHMEM_WRITE_LARGE_CHUNK_SINCE/UNTIL)."""
+        large = SHMEM_WRITE_LARGE_CHUNK_SINCE <= self.release < SHMEM_WRITE_LARGE_CHUNK_UNTIL
+        chunk = (1 << MAX_PAGECACHE_ORDER) * PAGE_SIZE if large else PAGE_SIZE
+        p = pos
+        while p < end:
+            n = min(chunk - (p & (chunk - 1)), end - p)
+            if p + n > ino.size:
+                break
+            p += min(n, PAGE_SIZE - (p & (PAGE_SIZE - 1)))
+        return p
+
     @staticmethod
-    def _shmem_write_pages(ino, pos: int, end: int) -> None:
+    def _shmem_write_pages(ino, pos: int, end: int, mglru: bool) -> None:
         """mm/shmem.c shmem_write_begin -> shmem_get_folio(SGP_WRITE): an existing folio is
         marked accessed, a new one (order 0: no shmem THP here) starts referenced;
         shmem_write_end marks it dirty."""
         for idx in range(pos >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1):
             if ino.is_cached(idx):
-                ino.lru[idx] = mark_accessed(ino.lru[idx])
+                ino.lru[idx] = mark_accessed(ino.lru[idx], mglru)
             else:
                 ino.add_folio(idx, 1)
                 ino.lru[idx] = 1

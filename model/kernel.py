@@ -54,15 +54,15 @@ from model.mm import TASK_SIZE, AddressSpace
 from model.mmap import MmapOps
 from model.mprotect import MprotectOps
 from model.mremap import MremapOps
-from model.objects import DISK, SHMEM, TMPFS, AnonPages, Inode
+from model.objects import DISK, SHMEM, TMPFS, AnonPages, Inode, lru_gen_enabled
 from model.pages import pages_of
 from model.proc import maps_line, residency, vma_record
 from model.process import Process, Region
 from model.resolve import Skip   # a missing handle: the one "skipped" message
 from model.seals import Seals
 from model.versions import (ANON_MERGE_UNFAULTED_SINCE, EXEC_READAHEAD_SINCE, FILE_FAULT_VMA_LOCK_SINCE,
-                             HUGE_ZERO_WP_SINCE, MAP_STACK_NOHUGEPAGE_SINCE, THP_PAD_TOPDOWN_SINCE,
-                             release_of)
+                             HUGE_ZERO_WP_SINCE, LOCKONFAULT_MNEMONIC_SINCE, MAP_STACK_NOHUGEPAGE_SINCE,
+                             THP_PAD_TOPDOWN_SINCE, release_of)
 from model.vma import OpenFile, Vma
 
 
@@ -92,6 +92,10 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
         # the host's kernel release, for rules that changed between versions (model.versions)
         self.release = release_of(profile)
         self.huge_zero_wp_thp = self.release >= HUGE_ZERO_WP_SINCE
+        # folio_mark_accessed() takes the multi-gen LRU path (model.objects.lru_gen_enabled)
+        self.mglru = lru_gen_enabled(profile)
+        # smaps VmFlags names VM_LOCKONFAULT "lf" (else "??"): model.versions
+        self.lockonfault_named = self.release >= LOCKONFAULT_MNEMONIC_SINCE
         self.exec_readahead = self.release >= EXEC_READAHEAD_SINCE
         self.map_stack_nohugepage = self.release >= MAP_STACK_NOHUGEPAGE_SINCE
         # a file fault retried after dropping its lock counts minor (under the per-VMA lock)
@@ -120,7 +124,7 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
         # bdi->io_pages (max_sectors_kb in pages): how far a request larger than ra_pages may
         # read (force_page_cache_ra, ractl_max_pages); unknown: no larger than ra_pages
         self.io_pages = dev.get("disk_io_pages") or 0
-        self.anon = AnonPages()
+        self.anon = AnonPages(self.mglru)
         self.mem = Memory(self)
         self.files: dict[str, Inode] = {}       # disk and tmpfs files by path
         self.posix: dict[str, Inode] = {}       # /dev/shm names (without '/') -> inode
@@ -258,7 +262,8 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
                 res = residency(p.mm, r.addr, npages, self.anon) if r.mapped and npages < (1 << 22) else {}
                 regions[h] = {"addr": r.addr, "length": r.length, "mapped": r.mapped, "kind": r.kind, **res}
             procs[name] = {"pid": p.pid, "maps": [maps_line(v) for v in vmas],
-                           "vmas": [vma_record(v, self.anon, v.opaque.get("smaps_kb") if v.opaque else None)
+                           "vmas": [vma_record(v, self.anon, v.opaque.get("smaps_kb") if v.opaque else None,
+                                               self.lockonfault_named)
                                     for v in vmas],
                            "regions": regions}
         shm = [{"name": n, "size": ino.size, "mode": oct(ino.mode & 0o7777)}

@@ -10,7 +10,7 @@ mm/ksm.c ksm_madvise.
 from __future__ import annotations
 
 from model.flags import MADV, MADV_NAME, ULONG_MASK, c_int  # model.resolve's numbers
-from model.versions import GUARD_SINCE, POPULATE_TRIED_SINCE
+from model.versions import GUARD_SINCE, PAGEOUT_KEEPS_YOUNG_SINCE, POPULATE_TRIED_SINCE
 
 from model.errors import StepError, errno
 from model.flags import (PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
@@ -348,16 +348,20 @@ class MadviseOps:
         """mm/madvise.c madvise_cold_or_pageout_pte_range(): folios mapped elsewhere too are
         left alone; the others are aged (young cleared) and, for MADV_PAGEOUT, reclaimed at once
         (reclaim_pages -> shrink_folio_list): try_to_unmap, then a clean file folio is freed, a
-        dirty one stays cached (only kswapd writes back file folios), shmem stays cached (no
-        swap to write it to), and an anonymous page stays mapped (no swap) unless it is lazy-free
-        (MADV_FREE, !PG_swapbacked): try_to_unmap_one() discards a lazy-free page whose PTE is
-        still clean, and one written since (dirty PTE) is made swap-backed again and kept.
+        dirty one stays cached (only kswapd writes back file folios) with PG_reclaim set, which
+        is the PG_readahead bit; shmem stays cached (no swap to write it to), and an anonymous
+        page stays mapped (no swap) unless it is lazy-free (MADV_FREE, !PG_swapbacked):
+        try_to_unmap_one() discards a lazy-free page whose PTE is still clean, and one written
+        since (dirty PTE) is made swap-backed again and kept.
         A PMD-mapped anonymous THP (not mapped elsewhere) that the range covers whole is aged
         as one folio, or for MADV_PAGEOUT discarded whole if lazy-free and clean, else split
         (shrink_folio_list: add_to_swap fails without swap -> split_folio_to_list); one the
         range cuts is split first (split_folio). A split maps zero-filled subpages to the
-        shared zero page (split_anon_thp)."""
-        unmapped = freed = aged = discarded = 0
+        shared zero page (split_anon_thp). Before 6.9 MADV_PAGEOUT clears the young bit of
+        every PTE it isolates too (model.versions PAGEOUT_KEEPS_YOUNG_SINCE): a page reclaim
+        keeps is old."""
+        unmapped = freed = aged = discarded = marked = 0
+        clear_young = pageout and self.release < PAGEOUT_KEEPS_YOUNG_SINCE
         whole = set()
         for h, kind in sorted(vma.huge.items()):
             if not (h < b and a < h + 512):
@@ -383,6 +387,11 @@ class MadviseOps:
                 self.anon.lazyfree.difference_update(ids)
                 whole.discard(h)
                 self.split_anon_thp(mm, vma, h)
+                if clear_young:          # the PMD was made old before the split
+                    for j in range(h, h + 512):
+                        if vma.pte[j] & PTE_KIND == PTE_ANON:
+                            vma.pte[j] &= ~PTE_YOUNG
+                            self.anon.set_lru(vma.anon[j], 0)
         i = a
         while i < b:
             e = vma.pte[i]
@@ -396,11 +405,15 @@ class MadviseOps:
                     if not pageout:     # ptep_test_and_clear_young, folio_clear_referenced, deactivate
                         vma.pte[i] = e & ~PTE_YOUNG
                         self.anon.set_lru(pid, 0)
-                    elif pid in self.anon.lazyfree:
-                        self.anon.lazyfree.discard(pid)
-                        if not e & PTE_DIRTY:
-                            self.mem.zap(vma, i, i + 1)
-                            discarded += 1
+                    else:
+                        if clear_young:  # pte_mkold, ClearPageReferenced (before 6.9)
+                            vma.pte[i] = e & ~PTE_YOUNG
+                            self.anon.set_lru(pid, 0)
+                        if pid in self.anon.lazyfree:
+                            self.anon.lazyfree.discard(pid)
+                            if not e & PTE_DIRTY:
+                                self.mem.zap(vma, i, i + 1)
+                                discarded += 1
                     aged += not pageout
                 i += 1
                 continue
@@ -425,11 +438,22 @@ class MadviseOps:
                         ino.cached[j] = 0
                         ino.folio[j] = -1
                     freed += fb - fa
+                elif not ino.is_shmem:
+                    # shrink_folio_list: a dirty file folio outside kswapd is folio_set_reclaim()ed
+                    # and put back; PG_reclaim is PG_readahead (include/linux/page-flags.h), so
+                    # fault-around skips it and the next fault on it starts async readahead
+                    # (FileFaults.readahead_retry). Measured: one fault per 4 KiB folio after
+                    # the pageout (madvise-pageout.toml step 13 on 6.1 and 6.12).
+                    ino.ra_flag[fa:fb] = b"\x01" * (fb - fa)
+                    marked += fb - fa
             i = hi
         if pageout:
             self.note(f"MADV_PAGEOUT: reclaim_pages unmapped {unmapped} page(s) and freed {freed} "
                       "clean file page(s); anonymous pages stay (no swap), dirty and shmem pages stay cached")
             if discarded:
                 self.note(f"MADV_PAGEOUT: try_to_unmap_one discarded {discarded} clean lazy-free page(s)")
+            if marked:
+                self.note(f"MADV_PAGEOUT: {marked} dirty file page(s) kept with PG_reclaim "
+                          "(= PG_readahead) set")
         else:
             self.note(f"MADV_COLD: {aged} page(s) aged (young cleared, folio deactivated)")

@@ -121,7 +121,7 @@ class Memory(ReadaheadOps, HugePageOps):
                     ino.mark_dirty(idx)
                 if e & PTE_YOUNG and ino.is_cached(idx):   # zap_present_folio_ptes: young -> accessed
                     from model.objects import mark_accessed
-                    ino.lru[idx] = mark_accessed(ino.lru[idx])
+                    ino.lru[idx] = mark_accessed(ino.lru[idx], self.k.mglru)
             pte[i] = 0
         return n
 
@@ -588,4 +588,4 @@ class Memory(ReadaheadOps, HugePageOps):
             from model.objects import mark_accessed
             ino = vma.file.inode
             idx = vma.file_index(j)
-            ino.lru[idx] = mark_accessed(ino.lru[idx])
+            ino.lru[idx] = mark_accessed(ino.lru[idx], self.k.mglru)

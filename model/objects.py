@@ -134,19 +134,34 @@ def invalidate_unmapped(ino: Inode, lo: int, hi: int) -> int:
     return dropped
 
 
-def mark_accessed(state: int) -> int:
-    """mm/swap.c folio_mark_accessed() without MGLRU, on the state 0 (inactive), 1 (inactive,
-    PG_referenced), 2 (active) or 3 (active, PG_referenced): a folio without PG_referenced
-    gets it (0 -> 1, 2 -> 3: an active folio too); an inactive one with it is activated and
-    loses it (1 -> 2); 3 stays. PG_referenced is the low bit (smaps Referenced)."""
+def mark_accessed(state: int, mglru: bool = False) -> int:
+    """mm/swap.c folio_mark_accessed() on the state 0 (inactive), 1 (inactive, PG_referenced),
+    2 (active) or 3 (active, PG_referenced): a folio without PG_referenced gets it (0 -> 1,
+    2 -> 3: an active folio too); an inactive one with it is activated and loses it (1 -> 2);
+    3 stays. PG_referenced is the low bit (smaps Referenced). With the multi-gen LRU on
+    (lru_gen_enabled(): folio_inc_refs) PG_referenced is set and never cleared here, and
+    nothing is activated: the next calls set PG_workingset and count refs in the flags."""
+    if mglru:
+        return state | 1
     return (1, 2, 3, 3)[state]
+
+
+def lru_gen_enabled(profile: dict) -> bool:
+    """include/linux/mm_inline.h lru_gen_enabled(): the LRU_GEN_CORE static key, on at boot
+    with CONFIG_LRU_GEN_ENABLED (CONFIG_LRU_GEN needed). Measured: Debian 6.12 (=y) keeps
+    smaps Referenced after a second MADV_POPULATE_READ of mapped pages, Debian 6.1 (LRU_GEN
+    without LRU_GEN_ENABLED) and this host (no LRU_GEN) clear it. The runtime switch
+    /sys/kernel/mm/lru_gen/enabled is not in the profile: the boot default is assumed."""
+    config = profile.get("config") or {}
+    return config.get("LRU_GEN") is True and config.get("LRU_GEN_ENABLED") is True
 
 
 class AnonPages:
     """Every anonymous page (struct folio of order 0, anon): mapcount, contents and
     PageAnonExclusive, indexed by a page id (>= 1)."""
 
-    def __init__(self):
+    def __init__(self, mglru: bool = False):
+        self.mglru = mglru   # lru_gen_enabled(): folio_mark_accessed takes the MGLRU path
         self.mapcount = array("i", [0])
         self.data = bytearray(1)
         self.exclusive = bytearray(1)
@@ -176,8 +191,8 @@ class AnonPages:
         return first
 
     def mark_accessed(self, pid: int) -> None:
-        """mm/swap.c folio_mark_accessed() without MGLRU (see mark_accessed)."""
-        self.set_lru(pid, mark_accessed(self.lru[pid]))
+        """mm/swap.c folio_mark_accessed() (see mark_accessed)."""
+        self.set_lru(pid, mark_accessed(self.lru[pid], self.mglru))
 
     def set_lru(self, pid: int, state: int) -> None:
         self.referenced += (state & 1) - (self.lru[pid] & 1)

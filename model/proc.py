@@ -5,7 +5,7 @@ sysvipc_shm_proc_show) and the /dev/shm listing."""
 from __future__ import annotations
 
 from model.flags import (PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
-                         PTE_NONE, PTE_YOUNG, PTE_ZERO, VM_LOCKED, VMFLAG_NAMES)
+                         PTE_NONE, PTE_YOUNG, PTE_ZERO, VM_LOCKED, VM_LOCKONFAULT, VMFLAG_NAMES)
 from model.vma import Vma, render_maps_line
 
 PSS_SHIFT = 12
@@ -85,22 +85,27 @@ def smaps(vma: Vma, anon) -> dict:
 
 
 _VMFLAG_ORDER = sorted(VMFLAG_NAMES.items())
+# before 6.2 the mnemonics table has no VM_LOCKONFAULT entry: the bit prints as its default
+# "??" (model.versions.LOCKONFAULT_MNEMONIC_SINCE)
+_VMFLAG_ORDER_NO_LF = sorted({**VMFLAG_NAMES, VM_LOCKONFAULT: "??"}.items())
 
 
-def vmflags(vma: Vma) -> list[str]:
+def vmflags(vma: Vma, lockonfault_named: bool = True) -> list[str]:
     """The smaps "VmFlags:" line as fs/proc/task_mmu.c show_smap_vma_flags() prints it: the
-    two-letter mnemonic of every set vm_flags bit, lowest bit first. A VMA of the snapshot the
-    model does not model keeps what the live side read."""
+    two-letter mnemonic of every set vm_flags bit, lowest bit first ("??" for VM_LOCKONFAULT
+    when the kernel's table does not name it). A VMA of the snapshot the model does not model
+    keeps what the live side read."""
     if vma.opaque is not None:
         return list(vma.opaque.get("vmflags") or [])
-    return [name for bit, name in _VMFLAG_ORDER if vma.flags & bit]
+    order = _VMFLAG_ORDER if lockonfault_named else _VMFLAG_ORDER_NO_LF
+    return [name for bit, name in order if vma.flags & bit]
 
 
-def vma_record(vma: Vma, anon, smaps_of_opaque: dict | None = None) -> dict:
+def vma_record(vma: Vma, anon, smaps_of_opaque: dict | None = None, lockonfault_named: bool = True) -> dict:
     f = vma.fields()
     return {"start": vma.start, "end": vma.end, **f,
             "smaps_kb": smaps(vma, anon) if vma.opaque is None else (smaps_of_opaque or {}),
-            "vmflags": vmflags(vma)}
+            "vmflags": vmflags(vma, lockonfault_named)}
 
 
 def maps_line(vma: Vma) -> str:

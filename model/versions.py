@@ -9,6 +9,38 @@ from __future__ import annotations
 
 NEWEST = (6, 18)
 
+# fs/proc/task_mmu.c show_smap_vma_flags(): VM_LOCKONFAULT has the VmFlags mnemonic "lf"; before,
+# the table had no entry for it and the bit printed as "??" ("mm: do not show ?? for
+# VM_LOCKONFAULT pages", Jason A. Donenfeld, posted 2022-12-05 before the 6.2 merge window; the
+# release is bracketed by what was measured: 6.1 without it, 6.12 with it). Measured: 6.1
+# prints "??" (mlock-onfault.toml, mlockall-future.toml), 6.12 and 6.18 print "lf".
+LOCKONFAULT_MNEMONIC_SINCE = (6, 2)
+
+# mm/filemap.c generic_perform_write(): the chunk handed to ->write_begin is the mapping's
+# largest folio (mapping_max_folio_size), not a page ("filemap: Convert generic_perform_write()
+# to support large folios", 9aac777aaf94, series posted 2024-05-27, 6.11); every tmpfs/shmem
+# inode had large folios (__shmem_get_inode: mapping_set_large_folios) until "tmpfs: don't
+# enable large folios if not supported" (Kefeng Wang, v4 posted 2024-10-17, in linux-next
+# 2024-11-24, 6.13) set them only when the mount's huge= is not never (shm_mnt: shmem_enabled;
+# the model assumes never, as everywhere for shmem). A revert of that commit was in the mm tree
+# in 2026-05 (after 6.18): re-measure on a newer kernel. So shmem_write_begin's
+# F_SEAL_GROW check (pos + len > i_size) sees the whole rest of the write up to the next 2 MiB
+# boundary on 6.11-6.12, one page before and after (with huge=never). Measured:
+# memfd-seal-future-write.toml step 5 (a 2-page pwrite at page 1 of a 2-page memfd sealed
+# F_SEAL_GROW) writes 4096 bytes on 6.1 and 6.18, is EPERM (nothing written) on 6.12.
+SHMEM_WRITE_LARGE_CHUNK_SINCE = (6, 11)
+SHMEM_WRITE_LARGE_CHUNK_UNTIL = (6, 13)
+
+# mm/madvise.c madvise_cold_or_pageout_pte_range(): MADV_PAGEOUT leaves the PTE young and
+# reclaim_pages() -> reclaim_folio_list() -> shrink_folio_list(ignore_references = true) skips
+# folio_referenced() ("mm: madvise: pageout: ignore references rather than clearing young",
+# Barry Song, 2864f3d0f583, merged 2024-03-15 for 6.9); before, the walk cleared the young bit
+# of every PTE (and PMD) it isolated, as MADV_COLD does. A page reclaim keeps (anonymous
+# without swap, a lazy-free page written again) so shows smaps Referenced 0 before 6.9.
+# Measured: madvise-pageout.toml step 3 and madvise-free-lazy.toml step 6 show Referenced 0
+# on 6.1, the pages' size on 6.12 and 6.18.
+PAGEOUT_KEEPS_YOUNG_SINCE = (6, 9)
+
 # mm/huge_memory.c do_huge_zero_wp_pmd(): a write fault on the huge zero page gets a THP
 # instead of splitting the PMD ("mm: huge_memory: add do_huge_zero_wp_pmd()", 6.13)
 HUGE_ZERO_WP_SINCE = (6, 13)

@@ -149,3 +149,100 @@ def test_madvise_populate_retry_by_release(release, faults):
     out = _step(k, 4, "madvise", region="m", advice="populate_read")
     assert out["result"] == "ok", out
     assert out["faults"] == faults
+
+@pytest.mark.parametrize("release, name", [((6, 1), "??"), ((6, 2), "lf"), ((6, 12), "lf"), ((6, 18), "lf")])
+def test_lock_on_fault_mnemonic_by_kernel_version(release, name):
+    """mlock-onfault.toml step 2: mlock2(MLOCK_ONFAULT) sets VM_LOCKED|VM_LOCKONFAULT; smaps
+    VmFlags names the second bit "lf" only from 6.2 (show_smap_vma_flags had no entry for it
+    before, so the default "??" printed, in the same bit position). Measured: "??" on Debian
+    6.1.0-50, "lf" on 6.12.118 and here (6.18)."""
+    k = _file_kernel(release)
+    assert _step(k, 1, "mmap", **{"as": "b", "length": 8 * PAGE_SIZE, "prot": "rw",
+                                  "flags": ("PRIVATE", "ANONYMOUS")})["result"] == "ok"
+    assert _step(k, 2, "mlock", region="b", pages=(0, 4), onfault=True)["result"] == "ok"
+    locked = [v["vmflags"] for v in k.observe()["processes"]["main"]["vmas"] if "lo" in v["vmflags"]]
+    assert locked == [["rd", "wr", "mr", "mw", "me", "lo", name, "ac"]], locked
+
+
+@pytest.mark.parametrize("release, written", [((6, 1), 4096), ((6, 10), 4096), ((6, 11), None), ((6, 12), None),
+                                              ((6, 13), 4096), ((6, 18), 4096)])
+def test_grow_sealed_write_past_the_end_by_kernel_version(release, written):
+    """memfd-seal-future-write.toml step 5: a 2-page pwrite at page 1 of a 2-page memfd sealed
+    F_SEAL_GROW. shmem_write_begin refuses a chunk with pos + len > i_size; the chunk is a page
+    (the first is written, the second refused: a short write) except on 6.11-6.12, where
+    generic_perform_write hands the whole write to write_begin because every shmem mapping has
+    large folios: EPERM, nothing written. Measured: 4096 on Debian 6.1.0-50 and here (6.18),
+    EPERM on 6.12.118."""
+    k = _file_kernel(release)
+    io = {"fd": None, "file": None, "shm": None, "memfd": "mem"}
+    assert _step(k, 1, "memfd", **{"as": "mem", "name": "mem", "size": 2 * PAGE_SIZE,
+                                   "sealing": True})["result"] == "ok"
+    assert _step(k, 2, "seal", fd=None, memfd="mem", shm=None, seals=("GROW",))["result"] == "ok"
+    out = _step(k, 3, "write", **io, offset=PAGE_SIZE, length=2 * PAGE_SIZE, value=0x42)
+    if written is None:
+        assert out["result"] == {"errno": "EPERM"}, out
+    else:
+        assert out["result"] == "ok" and out["value"] == {"written": written}, out
+    # a write that stays inside the file is whole everywhere
+    out = _step(k, 4, "write", **io, offset=0, length=2 * PAGE_SIZE, value=0x43)
+    assert out["result"] == "ok" and out["value"] == {"written": 2 * PAGE_SIZE}, out
+
+
+def _pageout_anon(release):
+    k = _file_kernel(release)
+    _step(k, 1, "mmap", **{"as": "a", "length": 4 * PAGE_SIZE, "prot": "rw", "flags": ("PRIVATE", "ANONYMOUS")})
+    _step(k, 2, "touch", region="a", pages=(0, 4), access="write", value=1)
+    out = _step(k, 3, "madvise", region="a", advice="pageout")
+    assert out["result"] == "ok", out
+    return next(v for v in k.observe()["processes"]["main"]["vmas"] if v["smaps_kb"].get("Rss") == 16)["smaps_kb"]
+
+
+@pytest.mark.parametrize("release, referenced", [((6, 1), 0), ((6, 8), 0), ((6, 9), 16), ((6, 12), 16),
+                                                 ((6, 18), 16)])
+def test_pageout_ages_what_it_keeps_only_before_6_9(release, referenced):
+    """madvise-pageout.toml step 3: MADV_PAGEOUT of 4 written anonymous pages with no swap
+    keeps them mapped; before 6.9 madvise_cold_or_pageout_pte_range() made each PTE old (and
+    shrink_folio_list ran folio_referenced()), from 6.9 the PTEs stay young and reclaim ignores
+    references. Measured: smaps Referenced 0 on Debian 6.1.0-50, 16 kB on 6.12.118 and here."""
+    sm = _pageout_anon(release)
+    assert sm["Anonymous"] == 16 and sm["Referenced"] == referenced, sm
+
+
+@pytest.mark.parametrize("release, retry_major", [((6, 1), True), ((6, 12), False), ((6, 18), False)])
+def test_pageout_of_dirty_file_pages_marks_them_readahead(release, retry_major):
+    """madvise-pageout.toml steps 10-13 on a disk without large folios: MADV_PAGEOUT unmaps 4
+    written (dirty) file pages and keeps them cached with PG_reclaim, the PG_readahead bit, so
+    fault-around skips them and each read faults on its own and starts async readahead (the
+    retry counts major under the mmap lock, 6.1; minor after the per-VMA lock). Measured: 4
+    major faults on Debian 6.1.0-50, 4 minor on 6.12.118 (both: 4 KiB folios)."""
+    k = _file_kernel(release)
+    k.large_folios = False
+    _step(k, 1, "file", name="/tmp/d", size=4 * PAGE_SIZE, cache="cold")
+    _step(k, 2, "open", file="/tmp/d", **{"as": "fd"})
+    assert _step(k, 3, "mmap", **{"as": "f", "length": 4 * PAGE_SIZE, "prot": "rw", "flags": ("SHARED",),
+                                  "fd": "fd"})["result"] == "ok"
+    _step(k, 4, "touch", region="f", pages=(0, 4), access="write", value=2)
+    assert _step(k, 5, "madvise", region="f", advice="pageout")["result"] == "ok"
+    f = _step(k, 6, "touch", region="f", pages=(0, 4), access="read")["faults"]
+    assert f == ({"minor": 0, "major": 4} if retry_major else {"minor": 4, "major": 0}), f
+
+
+@pytest.mark.parametrize("config, referenced", [({}, 0), ({"LRU_GEN": True}, 0),
+                                                ({"LRU_GEN": True, "LRU_GEN_ENABLED": True}, 16)])
+def test_second_populate_read_keeps_referenced_only_with_mglru(config, referenced):
+    """madvise-populate.toml steps 4-6: after MADV_COLD (PTEs old, PG_referenced clear) two
+    MADV_POPULATE_READs of the mapped pages take no fault; FOLL_TOUCH calls
+    folio_mark_accessed(): the first sets PG_referenced, the second activates the folio and
+    clears it, unless the multi-gen LRU is on (folio_inc_refs: PG_referenced stays).
+    Measured: smaps Referenced 0 on Debian 6.1.0-50 (LRU_GEN, not LRU_GEN_ENABLED) and here
+    (no LRU_GEN), 16 kB on Debian 6.12.118 (LRU_GEN_ENABLED=y)."""
+    k = Kernel({**profile(), "release_tuple": [6, 12], "config": config}, snapshot())
+    _step(k, 1, "mmap", **{"as": "b", "length": 4 * PAGE_SIZE, "prot": "rw", "flags": ("PRIVATE", "ANONYMOUS")})
+    _step(k, 2, "madvise", region="b", advice="populate_write")
+    _step(k, 3, "madvise", region="b", advice="cold")
+    seen = []
+    for n in (4, 5):
+        assert _step(k, n, "madvise", region="b", advice="populate_read")["faults"] == {"minor": 0, "major": 0}
+        sm = next(v for v in k.observe()["processes"]["main"]["vmas"] if v["smaps_kb"].get("Rss") == 16)
+        seen.append(sm["smaps_kb"]["Referenced"])
+    assert seen == [16, referenced], seen
