@@ -266,7 +266,7 @@ class MadviseOps:
                     k += 1
                 done, mi, ma, fault = self.mem.access(mm, v.start + (j << PAGE_SHIFT), k - j, write, None)
                 for i in range(j, j + done):
-                    self.mem.touch_folio(v, i)
+                    self.mem.touch_folio(v, i, fresh=True)
                 if not tried:
                     # faultin_vma_page_range() -> __get_user_pages(): after VM_FAULT_RETRY
                     # madvise_populate() retakes the lock and starts again at the address, a

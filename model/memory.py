@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from array import array
 
-from model.flags import PTE_GUARD, VM_PKEY_MASK, VM_RAND_READ
+from model.flags import PTE_GUARD, VM_LOCKED, VM_PKEY_MASK, VM_RAND_READ
 from model.flags import (PAGE_SHIFT, PAGE_SIZE, PTE_ANON, PTE_DIRTY, PTE_FILE, PTE_KIND,
                          PTE_NONE, PTE_WRITE, PTE_YOUNG, PTE_ZERO, PTRS_PER_PTE,
                          VM_READ, VM_EXEC, VM_SHARED, VM_WRITE)
@@ -560,6 +560,7 @@ class Memory(ReadaheadOps, HugePageOps):
                 continue
             write = vma.flags & (VM_WRITE | VM_SHARED) == VM_WRITE
             a, b = vma.index(max(start, vma.start)), vma.index(min(end, vma.end))
+            before = self.mapped_as(vma, a, b)
             for j in range(a, b):
                 e = vma.pte[j]
                 if e & PTE_KIND != PTE_NONE and (not write or e & PTE_WRITE):
@@ -575,12 +576,31 @@ class Memory(ReadaheadOps, HugePageOps):
                 else:
                     minor += 1        # "major" included: see the docstring
             # follow_page_pte() with FOLL_TOUCH marks every page it returns accessed
+            after = self.mapped_as(vma, a, b)
             for j in range(a, b):
-                self.touch_folio(vma, j)
+                self.touch_folio(vma, j, fresh=before[j - a] != after[j - a])
         return minor, major
 
-    def touch_folio(self, vma: Vma, j: int) -> None:
-        """folio_mark_accessed() on the page behind page j, if any (GUP's FOLL_TOUCH)."""
+    @staticmethod
+    def mapped_as(vma: Vma, a: int, b: int) -> list:
+        """What pages [a, b) of vma map (PTE and anonymous page), to tell the pages a populate
+        faulted in (or replaced) from those it found (touch_folio's `fresh`)."""
+        return [(vma.pte[j], vma.anon[j] if vma.anon is not None else 0) for j in range(a, b)]
+
+    def touch_folio(self, vma: Vma, j: int, fresh: bool = False) -> None:
+        """folio_mark_accessed() on the page behind page j, if any (GUP's FOLL_TOUCH). Under
+        the multi-gen LRU, folio_inc_refs() returns at once for an unevictable folio: a page of
+        a VM_LOCKED VMA is mlocked (mlock_vma_pages_range drains the mlock batch before
+        __mm_populate touches it), so it gains no PG_referenced; without MGLRU
+        folio_mark_accessed() sets PG_referenced before it looks at unevictable. A folio the
+        populate itself faulted in (`fresh`) waits in the mlock batch (mlock_new_folio), not yet
+        unevictable, when GUP touches it: it gains PG_referenced. Measured:
+        mprotect-locked-private.toml, in the child forked after the mlocks (copy_present_pte
+        makes its PTEs old) Debian 6.12 (LRU_GEN_ENABLED) shows Referenced 0 for the pages
+        touched before their mlock and the full size for those the mlock faulted in; this
+        host shows the full size for both."""
+        if self.k.mglru and vma.flags & VM_LOCKED and not fresh:
+            return
         kind = vma.pte[j] & PTE_KIND
         if kind == PTE_ANON:
             self.k.anon.mark_accessed(vma.anon[j])
