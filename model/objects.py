@@ -151,7 +151,11 @@ def lru_gen_enabled(profile: dict) -> bool:
     with CONFIG_LRU_GEN_ENABLED (CONFIG_LRU_GEN needed). Measured: Debian 6.12 (=y) keeps
     smaps Referenced after a second MADV_POPULATE_READ of mapped pages, Debian 6.1 (LRU_GEN
     without LRU_GEN_ENABLED) and this host (no LRU_GEN) clear it. The runtime switch
-    /sys/kernel/mm/lru_gen/enabled is not in the profile: the boot default is assumed."""
+    /sys/kernel/mm/lru_gen/enabled (mm/vmscan.c enabled_store; bit 0 is LRU_GEN_CORE) wins when
+    the profile read it (`lru_gen_enabled`); else the boot default from the config."""
+    switch = profile.get("lru_gen_enabled")
+    if isinstance(switch, int):
+        return bool(switch & 1)
     config = profile.get("config") or {}
     return config.get("LRU_GEN") is True and config.get("LRU_GEN_ENABLED") is True
 

@@ -129,6 +129,7 @@ class KernelProfile:
     # (model/known_differences.py "damon-accessed-bits").
     damon: dict[str, Any] | None = None
     khugepaged_scan_sleep_ms: int | None = None
+    lru_gen_enabled: int | None = None
 
     # Convenience views of the sysctls most rules use.
     @property
@@ -504,6 +505,15 @@ def _read_mounts(r: _Reader) -> tuple[dict | None, str, dict | None]:
     return dev_shm, tmpdir, tmp_mount
 
 
+def _hex_or_none(path: str) -> int | None:
+    """A sysfs file holding a hex mask; None when it is absent (the option is not built)."""
+    try:
+        with open(path) as f:
+            return int(f.read().strip(), 16)
+    except (OSError, ValueError):
+        return None
+
+
 def _read_thp(r: _Reader) -> dict[str, Any]:
     return {
         "thp_enabled": r.thp_mode(f"{_THP}/enabled", "thp_enabled"),
@@ -516,6 +526,9 @@ def _read_thp(r: _Reader) -> dict[str, Any]:
         "thp_sizes": _read_thp_sizes(r),
         # how often khugepaged scans (its passes collapse a run's own heaps behind a step;
         # shmkit matrix spaces them to an hour in a guest, and the record says so)
+        # the multi-gen LRU's runtime switch (a hex mask, bit 0 LRU_GEN_CORE); absent without
+        # CONFIG_LRU_GEN (model.objects.lru_gen_enabled)
+        "lru_gen_enabled": _hex_or_none(os.path.join(r.sysfs, "kernel/mm/lru_gen/enabled")),
         "khugepaged_scan_sleep_ms": r.int_value(
             r.sys(f"{_THP}/khugepaged/scan_sleep_millisecs", "khugepaged_scan_sleep_ms"),
             "khugepaged_scan_sleep_ms"),

@@ -246,3 +246,16 @@ def test_second_populate_read_keeps_referenced_only_with_mglru(config, reference
         sm = next(v for v in k.observe()["processes"]["main"]["vmas"] if v["smaps_kb"].get("Rss") == 16)
         seen.append(sm["smaps_kb"]["Referenced"])
     assert seen == [16, referenced], seen
+
+
+@pytest.mark.parametrize("config, switch, on", [
+    ({"LRU_GEN": True, "LRU_GEN_ENABLED": True}, None, True),
+    ({"LRU_GEN": True, "LRU_GEN_ENABLED": True}, 0x0, False),
+    ({"LRU_GEN": True}, None, False),
+    ({"LRU_GEN": True}, 0x7, True),
+    ({}, None, False)])
+def test_mglru_follows_its_runtime_switch_over_the_config(config, switch, on):
+    """lru_gen_enabled(): /sys/kernel/mm/lru_gen/enabled (bit 0, LRU_GEN_CORE) when the profile
+    read it, else the boot default CONFIG_LRU_GEN_ENABLED."""
+    from model.objects import lru_gen_enabled
+    assert lru_gen_enabled({"config": config, "lru_gen_enabled": switch}) is on
