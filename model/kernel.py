@@ -62,6 +62,7 @@ from model.resolve import Skip   # a missing handle: the one "skipped" message
 from model.seals import Seals
 from model.versions import (ANON_MERGE_UNFAULTED_SINCE, EXEC_READAHEAD_SINCE, FILE_FAULT_VMA_LOCK_SINCE,
                              HUGE_ZERO_WP_SINCE, LOCKONFAULT_MNEMONIC_SINCE, MAP_STACK_NOHUGEPAGE_SINCE,
+                             PAGEMAP_PMD_EXCLUSIVE_ONCE_SINCE, PAGEMAP_PMD_EXCLUSIVE_PER_PAGE_SINCE,
                              THP_PAD_TOPDOWN_SINCE, release_of)
 from model.vma import OpenFile, Vma
 
@@ -98,6 +99,9 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
         self.lockonfault_named = self.release >= LOCKONFAULT_MNEMONIC_SINCE
         self.exec_readahead = self.release >= EXEC_READAHEAD_SINCE
         self.map_stack_nohugepage = self.release >= MAP_STACK_NOHUGEPAGE_SINCE
+        # pagemap's PM_MMAP_EXCLUSIVE for a PMD-mapped THP (model.proc.residency)
+        self.pmd_exclusive = ("first" if self.release >= PAGEMAP_PMD_EXCLUSIVE_ONCE_SINCE else
+                              "page" if self.release >= PAGEMAP_PMD_EXCLUSIVE_PER_PAGE_SINCE else "head")
         # a file fault retried after dropping its lock counts minor (under the per-VMA lock)
         # or major (FAULT_FLAG_TRIED under the mmap lock): model.versions
         self.retry_counts_minor = self.release >= FILE_FAULT_VMA_LOCK_SINCE and \
@@ -259,7 +263,8 @@ class Kernel(MmapOps, MprotectOps, MadviseOps, MlockOps, MremapOps, FileOps, Acc
             regions = {}
             for h, r in p.regions.items():
                 npages = pages_of(r.length)
-                res = residency(p.mm, r.addr, npages, self.anon) if r.mapped and npages < (1 << 22) else {}
+                res = residency(p.mm, r.addr, npages, self.anon, self.pmd_exclusive) \
+                    if r.mapped and npages < (1 << 22) else {}
                 regions[h] = {"addr": r.addr, "length": r.length, "mapped": r.mapped, "kind": r.kind, **res}
             procs[name] = {"pid": p.pid, "maps": [maps_line(v) for v in vmas],
                            "vmas": [vma_record(v, self.anon, v.opaque.get("smaps_kb") if v.opaque else None,

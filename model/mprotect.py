@@ -16,6 +16,7 @@ from model.flags import (PAGE_SHIFT, PAGE_SIZE, PROT_EXEC, PROT_GROWSDOWN, PROT_
 from model.mm import TASK_SIZE
 from model.pages import page_align
 from model.process import Process
+from model.versions import UNACCOUNT_UNFAULTED_SINCE
 from model.vma import Vma
 
 
@@ -112,7 +113,8 @@ class MprotectOps:
         mm = proc.mm
         if newflags & VM_WRITE and not vma.flags & (VM_ACCOUNT | VM_WRITE | VM_SHARED | VM_NORESERVE):
             newflags |= VM_ACCOUNT       # a private mapping becoming writable is charged
-        elif not newflags & VM_WRITE and vma.flags & VM_ACCOUNT and vma.is_anonymous and vma.anon_vma is None:
+        elif not newflags & VM_WRITE and vma.flags & VM_ACCOUNT and vma.is_anonymous and vma.anon_vma is None \
+                and self.release >= UNACCOUNT_UNFAULTED_SINCE:
             newflags &= ~VM_ACCOUNT      # an unfaulted anonymous VMA made read-only is uncharged
         if newflags == vma.flags:
             return 0, 0

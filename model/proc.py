@@ -112,9 +112,11 @@ def maps_line(vma: Vma) -> str:
     return render_maps_line(vma.start, vma.end, vma.fields())
 
 
-def residency(mm, start: int, npages: int, anon) -> dict:
+def residency(mm, start: int, npages: int, anon, pmd_exclusive: str = "first") -> dict:
     """pagemap over [start, start + npages pages): present entries, how many map the zero
-    page, and how many map a page mapped exactly once (PM_MMAP_EXCLUSIVE)."""
+    page, and how many map a page mapped exactly once (PM_MMAP_EXCLUSIVE). A PMD-mapped THP's
+    bit (model.versions PAGEMAP_PMD_EXCLUSIVE_*): "first", decided once from its first page
+    read; "page", page by page; "head", once from its head page."""
     present = zero = exclusive = 0
     end = start + (npages << PAGE_SHIFT)
     for vma in mm.overlapping(start, end):
@@ -141,8 +143,8 @@ def residency(mm, start: int, npages: int, anon) -> dict:
         # PTEs reads as exclusive when its first page is mapped only here)
         pmd_excl = {}
         for h, k in vma.huge.items():
-            if k == "anon" and h < b and a < h + 512:
-                first = max(a, h)
+            if k == "anon" and h < b and a < h + 512 and pmd_exclusive != "page":
+                first = max(a, h) if pmd_exclusive == "first" else h
                 pmd_excl[h] = anon.mapcount[vma.anon[first]] == 1
         for i in range(a, b):
             e = vma.pte[i]

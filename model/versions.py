@@ -96,6 +96,25 @@ MAP_STACK_NOHUGEPAGE_SINCE = (6, 7)
 # 128 KiB read_ahead_kb) is 7 minor on 6.1, 4 minor + 3 major on 6.12.
 POPULATE_TRIED_SINCE = (6, 9)
 
+# mm/mprotect.c mprotect_fixup(): an unfaulted private anonymous VMA (no anon_vma) made
+# read-only loses VM_ACCOUNT and its commit charge ("mm/mprotect: allow unfaulted VMAs to be
+# unaccounted on mprotect()", Lorenzo Stoakes, posted 2023-06-26, 6.5). Before, it kept both.
+# Measured: raw-values.toml step 7 (mprotect rw -> r of a never-touched mapping) keeps "ac" on
+# 6.1, drops it on 6.12 and 6.18.
+UNACCOUNT_UNFAULTED_SINCE = (6, 5)
+
+# fs/proc/task_mmu.c pagemap_pmd_range(): PM_MMAP_EXCLUSIVE of a PMD-mapped THP. Until 6.10 it
+# was decided once for the PMD from page_mapcount(pmd_page()), the head page; "fs/proc/task_mmu:
+# properly detect PM_MMAP_EXCLUSIVE per page of PMD-mapped THPs" (David Hildenbrand,
+# 2c1f057e5be6, 2024, 6.10) asked folio_precise_page_mapcount() of each page; "fs/proc/task_mmu:
+# remove per-page mapcount dependency for PM_MMAP_EXCLUSIVE (CONFIG_NO_PAGE_MAPCOUNT)" (6.15)
+# decides it once again, from the first page read. Releases bracketed by what was measured:
+# thp-fork-split.toml step 6 (the child's write split its PMD and copied pages 0-1; the
+# parent's THP is still PMD-mapped) reads 512 exclusive pages on 6.1 (head page mapped once),
+# 2 on 6.12 (the two the child copied), 512 on 6.18 (first page read mapped once).
+PAGEMAP_PMD_EXCLUSIVE_PER_PAGE_SINCE = (6, 10)
+PAGEMAP_PMD_EXCLUSIVE_ONCE_SINCE = (6, 15)
+
 # mm/vma.c is_mergeable_anon_vma(): a faulted range joins an unfaulted neighbour
 # ("mm/vma: fix incorrectly disallowed anonymous VMA merges", Lorenzo Stoakes, 6.16; before,
 # list_is_singular(&tgt->anon_vma_chain) refused it). Measured: 6.1 and 6.12 refuse, 6.18 merges.

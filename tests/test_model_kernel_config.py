@@ -259,3 +259,43 @@ def test_mglru_follows_its_runtime_switch_over_the_config(config, switch, on):
     read it, else the boot default CONFIG_LRU_GEN_ENABLED."""
     from model.objects import lru_gen_enabled
     assert lru_gen_enabled({"config": config, "lru_gen_enabled": switch}) is on
+
+
+@pytest.mark.parametrize("release, accounted", [((6, 1), True), ((6, 4), True), ((6, 5), False), ((6, 18), False)])
+def test_unfaulted_mapping_made_read_only_is_unaccounted_from_6_5(release, accounted):
+    """raw-values.toml step 7: mprotect(PROT_READ) of a never-touched private anonymous mapping
+    drops VM_ACCOUNT ("ac") from 6.5 (6.12, 6.18 measured), keeps it before (6.1 measured)."""
+    k = Kernel({**profile(), "release_tuple": list(release)}, snapshot())
+    assert _mmap(k, 1, 0, 4)["result"] == "ok"
+    out = run_step(k, {"index": 2, "do": "mprotect", "in": "main",
+                       "args": {"region": "m1", "prot": "r"}}, Direct())
+    assert out["result"] == "ok"
+    (v,) = _ours(k)
+    assert ("ac" in vmflags(v)) is accounted
+    assert k.check() == []
+
+
+@pytest.mark.parametrize("release, exclusive", [((6, 1), 512), ((6, 10), 2), ((6, 12), 2), ((6, 15), 512),
+                                                ((6, 18), 512)])
+def test_pagemap_exclusive_of_a_pmd_mapped_thp_by_release(release, exclusive):
+    """thp-fork-split.toml step 6: after a child's write split its PMD and copied pages 0-1,
+    the parent's still PMD-mapped THP reads PM_MMAP_EXCLUSIVE for 512 pages when the head (6.1)
+    or the first page read (6.15+, 6.18 measured) decides for the PMD, for 2 when each page
+    decides (6.10-6.14, 6.12 measured)."""
+    prof = {**profile(), "release_tuple": list(release), "thp_enabled": "madvise"}
+    k = Kernel(prof, snapshot())
+    big = 4 << 20
+
+    def st(n, do, proc="main", **args):
+        out = run_step(k, {"index": n, "do": do, "in": proc, "args": args}, Direct())
+        assert out["result"] == "ok", (do, out)
+        return out
+    st(1, "mmap", **{"as": "buf", "length": big, "prot": "rw", "flags": ("PRIVATE", "ANONYMOUS", "FIXED"),
+                     "addr": ("abs", BASE)})
+    st(2, "madvise", region="buf", advice="hugepage")
+    st(3, "touch", region="buf", pages=(0, 512), access="write", value=1)
+    st(4, "fork", child="kid")
+    st(5, "touch", proc="kid", region="buf", pages=(0, 2), access="write", value=2)
+    res = k.observe()["processes"]["main"]["regions"]["buf"]
+    assert res["exclusive"] == exclusive, res
+    assert k.check() == []
