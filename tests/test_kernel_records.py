@@ -40,14 +40,14 @@ def _known(release: str, name: str):
 
 
 def test_records_are_kept():
-    """At least two kernels besides the host's, each with most of the bundled set: a replay
+    """At least two kernels besides the host's, each with 90% of the bundled set or more: a replay
     of nothing proves nothing."""
     releases = {r for r, _, _ in RECORDS}
     assert len(releases) >= 2, releases
     bundled = {p.name for p in EXPERIMENTS.glob("*.toml")}
     for r in releases:
         names = {e["path"] for rr, _, e in RECORDS if rr == r}
-        assert len(names & bundled) >= 0.5 * len(bundled), (r, len(names & bundled), len(bundled))
+        assert len(names & bundled) >= 0.9 * len(bundled), (r, sorted(bundled - names))
 
 
 def test_every_kernel_known_difference_has_a_kept_record():
