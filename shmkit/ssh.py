@@ -170,8 +170,12 @@ def watch():
         pass
     gone.set()
 threading.Thread(target=watch, daemon=True).start()
+# every temporary file of pip, venv and validate goes inside the private directory (TMPDIR),
+# so that the trap's removal of that one directory leaves nothing, however the run ends
+# (pip killed mid-install would leave its own tmp* directories in the remote's $TMPDIR)
+os.makedirs(os.path.join(d, "tmp"), mode=0o700, exist_ok=True)
 env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1",
-           SHMKIT_STATE=os.path.join(d, "state"))
+           SHMKIT_STATE=os.path.join(d, "state"), TMPDIR=os.path.join(d, "tmp"))
 prog = os.path.join(d, "progress")
 seen = [0]
 def relay():
