@@ -498,7 +498,18 @@ def test_live_minflt_grows_by_exactly_the_pages_touched():
     try:
         for access in ("write", "read", "write", "read"):
             for n in (1, 16, 300):
-                assert _faults_for(fd, n, access) == (n, 0), (access, n)
+                # The thread's counter also counts what the host makes the interpreter fault
+                # again meanwhile (DAMON's pageout or reclaim taking its clean file pages, seen
+                # in CI on a busy machine: 3 and 1 for one page). Such outside faults only
+                # add: an attempt may show more, never fewer, and one clean attempt of four
+                # must show exactly n and 0, as the harness retries a perturbed step.
+                tries = []
+                for _ in range(4):
+                    tries.append(_faults_for(fd, n, access))
+                    if tries[-1] == (n, 0):
+                        break
+                assert tries[-1] == (n, 0), (access, n, tries)
+                assert all(a >= n and b >= 0 for a, b in tries), (access, n, tries)
     finally:
         os.close(fd)
 
