@@ -62,19 +62,6 @@ def replay_experiment(exp, profile: dict, entry: dict) -> dict:
     live = entry["live"]
     return compare_live(exp, profile, live, damon_not_compared(causes),
                         entry.get("comparison", {}).get("live_seconds", 0.0))
-    pred = predict(exp, profile, snapshot_from_record(live, profile), live["pads"])
-    nl, nm = record.normalise(live), record.normalise(pred)
-    diffs = differences(nl, nm, skip)
-    fields = count_fields(nl, skip)
-    checks = [f"step {s['index']}: {c}" for s in pred["steps"] for c in s["check"]]
-    out["predicted"] = pred
-    out["status"] = "match" if not diffs and not checks else "mismatch"
-    out["comparison"].update(
-        fields=fields, matched=max(fields - len(diffs), 0),
-        differences=[asdict(d) for d in diffs], first=str(diffs[0]) if diffs else None,
-        checks=checks, model_seconds=pred["model_seconds"],
-        steps=len(exp.steps), not_compared=[n.account(count_not_compared(nl, n)) for n in skip])
-    return out
 
 
 def run_pids(rec: dict) -> set[int]:
